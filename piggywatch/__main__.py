@@ -1,0 +1,3 @@
+from piggywatch.cli import main
+
+main()

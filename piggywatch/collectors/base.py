@@ -1,0 +1,37 @@
+"""The collector interface."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from piggywatch.store import MetricSpec, Sample
+
+
+class CollectorError(Exception):
+    """A sampling cycle failed for a reason worth counting and reporting.
+
+    ``reason`` is a short, stable word used as a metric label: connect, query, timeout,
+    busy, setup (a prerequisite such as an extension is missing).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Collector(Protocol):
+    """Samples one source. ``collect`` raises CollectorError for expected failures."""
+
+    @property
+    def name(self) -> str:
+        """Short stable name, used as the ``collector`` label."""
+        ...
+
+    def specs(self) -> Sequence[MetricSpec]:
+        """Every metric family this collector may produce."""
+        ...
+
+    def collect(self, now: float) -> list[Sample]:
+        """Run one sampling cycle; ``now`` is the wall-clock time stamped on the samples."""
+        ...

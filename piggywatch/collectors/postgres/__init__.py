@@ -1,0 +1,1 @@
+"""PostgreSQL collectors: connections, database, statements, tables."""

@@ -1,0 +1,383 @@
+"""The settings model, loaded from YAML with ${ENV} interpolation and PIGGYWATCH_* overrides.
+
+Every problem is reported in the user's words with the file, the line and the key path,
+and unknown keys are errors (with a "did you mean" where a known key is close), because a
+misspelt option that is silently ignored is how an alert goes missing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(value: object) -> float:
+    """Turn ``"30s"``, ``"5m"``, ``"1h"``, ``"250ms"`` or a number of seconds into seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
+    else:
+        raise ValueError(f"{value!r} is not a duration; write it like 30s, 5m or 1h")
+    if seconds <= 0:
+        raise ValueError("a duration must be greater than zero")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    """Where the daemon listens."""
+
+    listen: str = Field(default="0.0.0.0:9790", pattern=r"^\[?[0-9A-Za-z.:_-]*\]?:\d{1,5}$")
+
+
+class CollectorOptions(_Strict):
+    """Options every collector has."""
+
+    enabled: bool = True
+    interval: Duration = 30.0
+    # Bounds each query (statement_timeout) and the whole sampling cycle.
+    timeout: Duration = 5.0
+
+
+class ConnectionsOptions(CollectorOptions):
+    """pg_stat_activity and connection limits."""
+
+    interval: Duration = 15.0
+    top_n: int = Field(default=10, ge=1, le=1000)
+
+
+class DatabaseOptions(CollectorOptions):
+    """pg_stat_database, database sizes, cache hit ratio, replication lag."""
+
+
+class StatementsOptions(CollectorOptions):
+    """pg_stat_statements, exported as deltas of the top K statements."""
+
+    timeout: Duration = 10.0
+    top_k: int = Field(default=100, ge=1, le=10000)
+    # None: look in the schemas where the extension usually lives (extensions, public, ...).
+    schema_name: str | None = Field(default=None, alias="schema")
+
+
+class TablesOptions(CollectorOptions):
+    """Size and row estimates of the largest tables (a slow, heavier query)."""
+
+    interval: Duration = 300.0
+    timeout: Duration = 30.0
+    top_n: int = Field(default=20, ge=1, le=1000)
+
+
+class PostgresCollectors(_Strict):
+    """The PostgreSQL collectors of one target, each with its own interval."""
+
+    connections: ConnectionsOptions = ConnectionsOptions()
+    database: DatabaseOptions = DatabaseOptions()
+    statements: StatementsOptions = StatementsOptions()
+    tables: TablesOptions = TablesOptions()
+
+
+class TargetConfig(_Strict):
+    """One monitored PostgreSQL database."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    dsn: SecretStr
+    connect_timeout: Duration = 5.0
+    collectors: PostgresCollectors = PostgresCollectors()
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn_is_postgres(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if not raw.strip():
+            raise ValueError("the DSN is empty (is its ${VARIABLE} set?)")
+        return value
+
+
+class SentryConfig(_Strict):
+    """Where the daemon's own errors go; an empty dsn sends nothing."""
+
+    dsn: SecretStr = SecretStr("")
+    environment: str = "production"
+
+
+class LoggingConfig(_Strict):
+    """Log level and format; ``auto`` is JSON unless stderr is a terminal."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "text"] = "auto"
+
+
+class Settings(_Strict):
+    """The whole configuration file."""
+
+    server: ServerConfig = ServerConfig()
+    targets: list[TargetConfig] = Field(min_length=1)
+    sentry: SentryConfig = SentryConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_target_names(cls, targets: list[TargetConfig]) -> list[TargetConfig]:
+        seen: set[str] = set()
+        for target in targets:
+            if target.name in seen:
+                raise ValueError(f"target name {target.name!r} is used twice")
+            seen.add(target.name)
+        return targets
+
+    def secrets(self) -> list[str]:
+        """Every secret value in the configuration, for log and error scrubbing."""
+        found = [t.dsn.get_secret_value() for t in self.targets]
+        found.append(self.sentry.dsn.get_secret_value())
+        return [s for s in found if s]
+
+
+# --- loading -------------------------------------------------------------------------
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a configuration file, in the user's words."""
+
+    file: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` says every reason."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+OVERRIDE_PREFIX = "PIGGYWATCH_"
+
+
+def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Load and validate a configuration file, or raise ConfigError listing every problem."""
+    env = os.environ if environ is None else environ
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem(file, None, "", f"cannot read the file: {exc.strerror}")]) from exc
+    return parse_settings(text, file, env)
+
+
+def parse_settings(text: str, file: str, environ: Mapping[str, str]) -> Settings:
+    """Validate YAML ``text`` (named ``file`` in messages) into Settings."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([Problem(file, line, "", f"not valid YAML: {reason}")]) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([Problem(file, 1, "", "the file must be a mapping of settings")])
+    lines: dict[Path_, int] = {}
+    if node is not None:
+        _index_lines(node, (), lines)
+    problems: list[Problem] = []
+    data = _interpolate(data, (), environ, lines, file, problems)
+    _apply_overrides(data, environ, problems)
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_explain(exc, file, lines))
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _index_lines(node: yaml.Node, path: Path_, lines: dict[Path_, int]) -> None:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = (*path, str(key.value))
+            lines[child] = key.start_mark.line + 1
+            _index_lines(value, child, lines)
+            lines[child] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _index_lines(item, (*path, index), lines)
+
+
+def _interpolate(
+    value: Any,
+    path: Path_,
+    environ: Mapping[str, str],
+    lines: dict[Path_, int],
+    file: str,
+    problems: list[Problem],
+) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, (*path, str(k)), environ, lines, file, problems)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, (*path, i), environ, lines, file, problems)
+                for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        problems.append(Problem(file, _line_for(path, lines), _dotted(path),
+                                f"environment variable {name} is not set "
+                                f"(set it, or write ${{{name}:-default}})"))
+        return ""
+
+    return _ENV_REF.sub(substitute, value)
+
+
+def _apply_overrides(data: dict[str, Any], environ: Mapping[str, str],
+                     problems: list[Problem]) -> None:
+    """Apply PIGGYWATCH_SECTION__KEY=value variables (``__`` separates levels).
+
+    Only variables whose first part names a top-level setting count, so variables such as
+    PIGGYWATCH_API_TOKEN stay free for ${...} interpolation.
+    """
+    top_level = {(f.alias or name) for name, f in Settings.model_fields.items()}
+    for var in sorted(environ):
+        if not var.startswith(OVERRIDE_PREFIX):
+            continue
+        parts = var[len(OVERRIDE_PREFIX):].lower().split("__")
+        if parts[0] not in top_level:
+            continue
+        try:
+            value = yaml.safe_load(environ[var])
+        except yaml.YAMLError:
+            value = environ[var]
+        cursor: Any = data
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            key: str | int = int(part) if part.isdigit() and isinstance(cursor, list) else part
+            if isinstance(cursor, list):
+                if not isinstance(key, int) or key >= len(cursor):
+                    problems.append(Problem("environment", None, var,
+                                            f"no list item {part} to override"))
+                    break
+                if last:
+                    cursor[key] = value
+                else:
+                    cursor = cursor[key]
+            elif isinstance(cursor, dict):
+                if last:
+                    cursor[key] = value
+                else:
+                    cursor = cursor.setdefault(key, {})
+            else:
+                problems.append(Problem("environment", None, var,
+                                        f"{'.'.join(parts[:depth])} is not a section"))
+                break
+
+
+def _explain(exc: ValidationError, file: str, lines: dict[Path_, int]) -> list[Problem]:
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc: Path_ = tuple(error["loc"])
+        if error["type"] == "extra_forbidden":
+            message = f"unknown key {loc[-1]!r}"
+            known = _known_keys(loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+            if close:
+                message += f"; did you mean {close[0]!r}?"
+            elif known:
+                message += f"; known keys here: {', '.join(sorted(known))}"
+        elif error["type"] == "missing":
+            message = f"required key {loc[-1]!r} is missing"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        problems.append(Problem(file, _line_for(loc, lines), _dotted(loc), message))
+    return problems
+
+
+def _line_for(path: Path_, lines: dict[Path_, int]) -> int | None:
+    for end in range(len(path), -1, -1):
+        if path[:end] in lines:
+            return lines[path[:end]]
+    return None
+
+
+def _dotted(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def _known_keys(path: Path_) -> list[str]:
+    """The keys a model accepts at ``path`` (for "did you mean")."""
+    model: Any = Settings
+    for part in path:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+        field = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return [f.alias or n for n, f in model.model_fields.items()]
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (list, Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if isinstance(found, type) and issubclass(found, BaseModel):
+                return found
+        return None
+    return annotation

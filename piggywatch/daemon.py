@@ -1,0 +1,265 @@
+"""Wiring and lifecycle: collectors on a schedule, the HTTP server, signals, readiness."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+from piggywatch import __version__
+from piggywatch.collectors import Collector, CollectorError
+from piggywatch.collectors.postgres.connections import ConnectionsCollector
+from piggywatch.collectors.postgres.database import DatabaseCollector
+from piggywatch.collectors.postgres.statements import StatementsCollector
+from piggywatch.collectors.postgres.tables import TablesCollector
+from piggywatch.collectors.postgres.target import PostgresTarget
+from piggywatch.config import Settings, TargetConfig
+from piggywatch.exporter import build_registry
+from piggywatch.observability import redactor
+from piggywatch.selfmetrics import SelfMetrics
+from piggywatch.server import Endpoints, HttpServer, split_listen
+from piggywatch.store import MemoryStore, Sample, labels_of
+
+log = logging.getLogger(__name__)
+
+# How long a stop may take before worker threads stuck in a network call are abandoned.
+STOP_GRACE_SECONDS = 3.0
+
+
+@dataclass
+class CollectorJob:
+    """One collector of one target, run on its own interval; never raises."""
+
+    target: PostgresTarget
+    collector: Collector
+    interval: float
+    store: MemoryStore
+    self_metrics: SelfMetrics
+    clock: Callable[[], float] = time.time
+    attempted: bool = False
+    running: bool = False
+    _failing: str | None = field(default=None, repr=False)
+
+    @property
+    def source(self) -> str:
+        """The store key of this job's snapshot."""
+        return f"{self.target.name}/{self.collector.name}"
+
+    def run(self) -> None:
+        """One sampling cycle: collect, publish, count."""
+        self.running = True
+        try:
+            self._cycle()
+        finally:
+            self.running = False
+
+    def _cycle(self) -> None:
+        started = time.monotonic()
+        now = self.clock()
+        error: str | None = None
+        samples: list[Sample] = []
+        try:
+            samples = self.collector.collect(now)
+        except CollectorError as exc:
+            error = exc.reason
+            self._report_failure(exc.reason, str(exc))
+        except Exception:
+            error = "internal"
+            # An unexpected error is a bug in PiggyWatch: full traceback, and Sentry if set.
+            log.exception("collector %s of target %s crashed", self.collector.name,
+                          self.target.name)
+        if error is None:
+            name = self.target.name
+            self.store.publish(self.source, [
+                Sample(s.name, labels_of(dict(s.labels), target=name), s.value, s.timestamp)
+                for s in samples
+            ], now)
+            if self._failing is not None:
+                log.info("collector %s of target %s recovered", self.collector.name, name)
+                self._failing = None
+        else:
+            # Stale figures would look current; drop them until the next success.
+            self.store.clear(self.source)
+        self.attempted = True
+        self.self_metrics.cycle_done(self.target.name, self.collector.name,
+                                     duration=time.monotonic() - started, now=now,
+                                     error=error, samples=len(samples), up=self.target.up)
+
+    def _report_failure(self, reason: str, message: str) -> None:
+        # Log a failure when it starts or changes, not every cycle it persists: a database
+        # that is down for an hour should not write thousands of identical lines.
+        text = f"collector {self.collector.name} of target {self.target.name}: {message}"
+        if self._failing != message:
+            log.warning(text, extra={"target": self.target.name,
+                                     "collector": self.collector.name})
+            self._failing = message
+        else:
+            log.debug(text)
+
+
+def build_collectors(config: TargetConfig, target: PostgresTarget) -> list[tuple[Collector, float]]:
+    """The enabled collectors of one target, each with its interval."""
+    opts = config.collectors
+    found: list[tuple[Collector, float]] = []
+    if opts.connections.enabled:
+        found.append((ConnectionsCollector(target, timeout=opts.connections.timeout,
+                                           top_n=opts.connections.top_n),
+                      opts.connections.interval))
+    if opts.database.enabled:
+        found.append((DatabaseCollector(target, timeout=opts.database.timeout),
+                      opts.database.interval))
+    if opts.statements.enabled:
+        found.append((StatementsCollector(target, timeout=opts.statements.timeout,
+                                          top_k=opts.statements.top_k,
+                                          schema=opts.statements.schema_name),
+                      opts.statements.interval))
+    if opts.tables.enabled:
+        found.append((TablesCollector(target, timeout=opts.tables.timeout,
+                                      top_n=opts.tables.top_n),
+                      opts.tables.interval))
+    return found
+
+
+class Daemon:
+    """The running PiggyWatch: scheduler, collectors, store and HTTP server."""
+
+    def __init__(self, settings: Settings, *, listen: str | None = None) -> None:
+        self.settings = settings
+        redactor.add(settings.secrets())
+        self.store = MemoryStore()
+        self.self_metrics = SelfMetrics(self.store)
+        self.targets: list[PostgresTarget] = []
+        self.jobs: list[CollectorJob] = []
+        self._statements: dict[str, StatementsCollector] = {}
+        for config in settings.targets:
+            target = PostgresTarget(config.name, config.dsn.get_secret_value(),
+                                    connect_timeout=config.connect_timeout)
+            self.targets.append(target)
+            for collector, interval in build_collectors(config, target):
+                self.store.register(collector.specs())
+                self.self_metrics.add_job(target.name, collector.name)
+                self.jobs.append(CollectorJob(target, collector, interval, self.store,
+                                              self.self_metrics))
+                if isinstance(collector, StatementsCollector):
+                    self._statements[target.name] = collector
+        self.self_metrics.publish(time.time())
+        self.listen = listen or settings.server.listen
+        self.http: HttpServer | None = None
+        self._scheduler: Any = None
+        self._stop = threading.Event()
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready once every target has had its first sampling attempt."""
+        waiting = sorted({job.target.name for job in self.jobs if not job.attempted})
+        if waiting:
+            return False, "waiting for the first sample of: " + ", ".join(waiting)
+        return True, "ready"
+
+    def statements_report(self) -> dict[str, Any]:
+        """The top statements of every target, for GET /api/v1/statements."""
+        return {name: [s.as_dict() for s in collector.top_statements()]
+                for name, collector in self._statements.items()}
+
+    def sample_once(self) -> None:
+        """Run every collector once, in order, without the scheduler or the server."""
+        for job in self.jobs:
+            job.run()
+        for target in self.targets:
+            target.close()
+
+    def start(self) -> None:
+        """Start the HTTP server and the schedule (every job runs once at once)."""
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        host, port = split_listen(self.listen)
+        endpoints = Endpoints(build_registry(self.store), ready=self.readiness,
+                              statements=self.statements_report)
+        self.http = HttpServer(endpoints, host, port)
+        self.http.start()
+        workers = max(4, min(32, len(self.jobs) + 2))
+        self._scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=workers)},
+            job_defaults={"coalesce": True, "max_instances": 1},
+            timezone="UTC",
+        )
+        start = time.time()
+        for job in self.jobs:
+            self._scheduler.add_job(
+                job.run, "interval", seconds=job.interval, id=job.source, name=job.source,
+                next_run_time=_utc(start),
+                # A cycle that could not start on time is skipped, not run late in a burst.
+                misfire_grace_time=max(1, int(job.interval / 2)),
+            )
+        self._scheduler.start()
+        log.info("piggywatch %s listening on http://%s/metrics with %d collectors on %d "
+                 "targets", __version__, f"{split_listen(self.listen)[0]}:{self.http.port}",
+                 len(self.jobs), len(self.targets))
+
+    def stop(self) -> None:
+        """Stop scheduling, cancel running queries, close connections and the server."""
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        for target in self.targets:
+            target.cancel()
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while time.monotonic() < deadline and self.busy():
+            time.sleep(0.05)
+        for target in self.targets:
+            target.close()
+        if self.http is not None:
+            self.http.stop()
+
+    def unreachable(self) -> dict[str, str]:
+        """Targets whose database could not be reached, with the reason."""
+        return {t.name: t.last_error or "unknown error" for t in self.targets if t.up is False}
+
+    def busy(self) -> bool:
+        """Whether any sampling cycle is still running."""
+        return any(job.running for job in self.jobs)
+
+    def request_stop(self, signum: int = signal.SIGTERM, frame: FrameType | None = None) -> None:
+        """Signal handler: ask the main loop to stop."""
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        self._stop.set()
+
+    def run_forever(self) -> bool:
+        """Run until SIGTERM/SIGINT, then stop. SIGHUP is logged, not fatal.
+
+        Returns False when a sampling cycle is still blocked in a network call after the
+        grace period; the caller should then leave with os._exit, as that thread would
+        otherwise hold the interpreter's exit.
+        """
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, _hangup)
+        self.start()
+        try:
+            self._stop.wait()
+        finally:
+            self.stop()
+        log.info("stopped")
+        return not self.busy()
+
+
+def exit_now_if_stuck(clean: bool) -> None:
+    """Leave at once when a worker is stuck, instead of waiting for it at interpreter exit."""
+    if not clean:
+        logging.shutdown()
+        os._exit(0)
+
+
+def _hangup(signum: int, frame: FrameType | None) -> None:
+    log.warning("SIGHUP received: configuration reload is not supported yet; "
+                "restart the daemon to apply a changed configuration")
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=UTC)

@@ -1,0 +1,1 @@
+"""Throwaway PostgreSQL, demo schema and synthetic workload for `piggywatch demo` and tests."""

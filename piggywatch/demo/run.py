@@ -1,0 +1,60 @@
+"""``piggywatch demo``: a throwaway PiggyBong database under synthetic load, monitored."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from importlib import resources
+from types import FrameType
+
+from piggywatch.config import load_settings
+from piggywatch.demo.cluster import PostgresNotFound, ThrowawayCluster
+
+DEMO_CONFIG = "piggywatch.yaml"
+DEMO_MAX_CONNECTIONS = 50
+
+
+def run_demo(listen: str) -> int:
+    """Run the demo until Ctrl-C or SIGTERM; remove everything on the way out."""
+    from piggywatch.daemon import Daemon, exit_now_if_stuck
+    from piggywatch.demo.workload import SyntheticWorkload
+    from piggywatch.observability import setup_logging
+
+    setup_logging("INFO", "text" if sys.stderr.isatty() else "json")
+
+    # SIGTERM during start-up must still tear the cluster down, so it raises like Ctrl-C.
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    clean = True
+    try:
+        cluster = ThrowawayCluster(max_connections=DEMO_MAX_CONNECTIONS)
+    except PostgresNotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        cluster.start()
+        cluster.bootstrap_demo()
+        dsn = cluster.dsn(dbname="piggybong", user="piggywatch",
+                          password=cluster.role_password("piggywatch"))
+        config = resources.files("piggywatch.demo").joinpath(DEMO_CONFIG)
+        with resources.as_file(config) as path:
+            settings = load_settings(path, {**os.environ, "PIGGYWATCH_DEMO_DSN": dsn})
+        with SyntheticWorkload(cluster.dsn(dbname="piggybong"), workers=2):
+            daemon = Daemon(settings, listen=listen)
+            print(f"PiggyWatch demo: PostgreSQL on {cluster.host}:{cluster.port} "
+                  f"(database piggybong) under synthetic load.\n"
+                  f"  metrics:    http://{listen}/metrics\n"
+                  f"  statements: http://{listen}/api/v1/statements\n"
+                  f"  readiness:  http://{listen}/readyz\n"
+                  f"Press Ctrl-C to stop and remove the database.", flush=True)
+            # run_forever installs its own SIGTERM/SIGINT handlers for a clean stop.
+            clean = daemon.run_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.destroy()
+    exit_now_if_stuck(clean)
+    return 0

@@ -1,0 +1,157 @@
+"""Logging (JSON in containers) and Sentry for the daemon's own errors, both scrubbed of secrets."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+# user:password@ in URLs and password=... in libpq keyword strings.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]+)(?=@)",
+                           re.IGNORECASE)
+_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>'[^']*'|\S+)", re.IGNORECASE)
+MASK = "***"
+
+
+class Redactor:
+    """Removes known secret values and anything shaped like a password from text."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._secrets: tuple[str, ...] = ()
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Remember secret values (whole DSNs, tokens); their password parts are added too."""
+        found = set(self._secrets)
+        for secret in secrets:
+            if not secret:
+                continue
+            found.add(secret)
+            for pattern in (_URL_PASSWORD, _KV_PASSWORD):
+                for match in pattern.finditer(secret):
+                    found.add(match.group("secret").strip("'"))
+        with self._lock:
+            # Longest first, so a DSN is masked whole before its password part is looked at.
+            self._secrets = tuple(sorted((s for s in found if len(s) >= 3), key=len, reverse=True))
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every secret replaced by ***."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
+        return _KV_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
+
+    def scrub_any(self, value: Any) -> Any:
+        """Scrub strings anywhere inside nested dicts, lists and tuples."""
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, dict):
+            return {k: self.scrub_any(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self.scrub_any(v) for v in value)
+        return value
+
+
+redactor = Redactor()
+
+
+class _ScrubFilter(logging.Filter):
+    """Formats the message once, scrubbed, so no handler ever sees the raw arguments."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redactor.scrub(record.getMessage())
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = redactor.scrub(
+                logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, the shape log shippers expect."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("target", "collector"):
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        return json.dumps(entry, ensure_ascii=False)
+
+
+_base_factory = logging.getLogRecordFactory()
+
+
+def _scrubbed_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    # Scrub at creation, before anything (Sentry's logging hook included) reads the record.
+    record = _base_factory(*args, **kwargs)
+    try:
+        message = record.getMessage()
+    except Exception:  # a bad format string must not lose the log line
+        message = str(record.msg)
+    record.msg = redactor.scrub(message)
+    record.args = None
+    return record
+
+
+def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
+    """Configure the root logger: JSON when stderr is not a terminal (or when asked)."""
+    logging.setLogRecordFactory(_scrubbed_record)
+    handler = logging.StreamHandler(sys.stderr)
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    handler.setFormatter(JsonFormatter() if use_json else logging.Formatter(
+        "%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(_ScrubFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Third-party chatter that would drown the daemon's own lines at INFO.
+    for noisy in ("apscheduler", "httpx", "httpcore", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def setup_sentry(dsn: str, environment: str, release: str) -> bool:
+    """Send the daemon's own unexpected errors to Sentry; an empty dsn sends nothing.
+
+    Returns whether events will be sent. sentry-sdk reads SENTRY_DSN when given no dsn,
+    so "" is passed explicitly to keep an unset config from reporting anywhere.
+    """
+    import sentry_sdk
+    from sentry_sdk.integrations.logging import LoggingIntegration
+
+    def before_send(event: Any, hint: Any) -> Any:
+        logentry = event.get("logentry")
+        if isinstance(logentry, dict) and logentry.get("params"):
+            # Params are raw objects here; serialise them ourselves so none escapes unscrubbed.
+            logentry["params"] = [str(p) for p in logentry["params"]]
+        return redactor.scrub_any(event)
+
+    def before_breadcrumb(crumb: Any, hint: Any) -> Any:
+        return redactor.scrub_any(crumb)
+
+    sentry_sdk.init(
+        dsn=dsn or "",
+        environment=environment,
+        release=f"piggywatch@{release}",
+        send_default_pii=False,
+        include_local_variables=False,
+        before_send=before_send,
+        before_breadcrumb=before_breadcrumb,
+        integrations=[LoggingIntegration(level=logging.INFO, event_level=logging.ERROR)],
+        default_integrations=True,
+    )
+    return bool(dsn)

@@ -1,0 +1,14 @@
+"""The series model and the in-memory store: the only place samples live."""
+
+from piggywatch.store.memory import MemoryStore, SeriesPoint
+from piggywatch.store.samples import Labels, MetricKind, MetricSpec, Sample, labels_of
+
+__all__ = [
+    "Labels",
+    "MemoryStore",
+    "MetricKind",
+    "MetricSpec",
+    "Sample",
+    "SeriesPoint",
+    "labels_of",
+]

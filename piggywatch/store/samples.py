@@ -1,0 +1,44 @@
+"""What a collector produces: metric descriptions and samples."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+# Sorted (name, value) pairs: hashable and cheap to compare, so a series key is just
+# (metric name, labels).
+Labels = tuple[tuple[str, str], ...]
+
+
+def labels_of(mapping: Mapping[str, str] | None = None, **extra: str) -> Labels:
+    """Build a canonical label tuple from a mapping and/or keyword arguments."""
+    merged = dict(mapping or {})
+    merged.update(extra)
+    return tuple(sorted(merged.items()))
+
+
+class MetricKind(StrEnum):
+    """How a metric's value behaves over time."""
+
+    COUNTER = "counter"
+    GAUGE = "gauge"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """A metric family's name, kind and HELP text, declared by the collector that owns it."""
+
+    name: str
+    kind: MetricKind
+    help: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One observation of one series."""
+
+    name: str
+    labels: Labels
+    value: float
+    timestamp: float

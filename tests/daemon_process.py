@@ -1,0 +1,115 @@
+"""Runs `piggywatch run` as a real subprocess and reads its /metrics, as Prometheus would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+Values = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def parse_metrics(text: str) -> Values:
+    """Every sample of an exposition, keyed by (name, labels)."""
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(values: Values, name: str, **labels: str) -> float | None:
+    """The one sample of ``name`` whose labels include ``labels``, or None."""
+    found = [v for (n, ls), v in values.items() if n == name and set(labels.items()) <= ls]
+    assert len(found) <= 1, f"{name}{labels} matches {len(found)} series"
+    return found[0] if found else None
+
+
+class DaemonProcess:
+    """`python -m piggywatch run` on a free loopback port, with stderr captured to a file."""
+
+    def __init__(self, config: Path, workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.config = config
+        self.stderr_path = workdir / "daemon.stderr"
+        self._env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Self:
+        self._stderr = self.stderr_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "piggywatch", "run", "--config", str(self.config),
+             "--listen", f"127.0.0.1:{self.port}"],
+            stdout=subprocess.DEVNULL, stderr=self._stderr, env=self._env)
+        self.wait_until(lambda: self.get("/readyz").status_code == 200, 20, "/readyz is 200")
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._stderr.close()
+
+    def get(self, path: str) -> httpx.Response:
+        try:
+            return httpx.get(self.url + path, timeout=5)
+        except httpx.TransportError:
+            assert self.proc is not None and self.proc.poll() is None, self.stderr()
+            return httpx.Response(599)
+
+    def metrics(self) -> Values:
+        response = self.get("/metrics")
+        assert response.status_code == 200
+        return parse_metrics(response.text)
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{self.stderr()}")
+
+    def wait_for_metric(self, condition: Callable[[Values], bool], timeout: float,
+                        what: str) -> Values:
+        found: list[Values] = []
+
+        def check() -> bool:
+            values = self.metrics()
+            if condition(values):
+                found.append(values)
+                return True
+            return False
+
+        self.wait_until(check, timeout, what)
+        return found[0]
+
+    def terminate(self, timeout: float = 5.0) -> tuple[int, float]:
+        """SIGTERM; returns the exit code and how long the exit took."""
+        assert self.proc is not None
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout + 5)
+        return code, time.monotonic() - started
+
+    def stderr(self) -> str:
+        self._stderr.flush()
+        return self.stderr_path.read_text(errors="replace")

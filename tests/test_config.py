@@ -1,0 +1,120 @@
+"""The configuration file: typo safety, interpolation, overrides, and where problems are."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from piggywatch.config import ConfigError, load_settings, parse_duration, parse_settings
+
+GOOD = """\
+server:
+  listen: 127.0.0.1:9790
+targets:
+  - name: main
+    dsn: ${DATABASE_URL}
+    collectors:
+      statements: {interval: 30s, top_k: 50}
+      tables: {interval: 5m}
+"""
+SECRET_DSN = "postgresql://app:s3cr3t-Pa55word@127.0.0.1:5432/app"
+
+
+def check(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "piggywatch.yaml"
+    path.write_text(text)
+    return subprocess.run([sys.executable, "-m", "piggywatch", "check", "--config", str(path)],
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **(env or {})},
+                          timeout=60)
+
+
+def test_good_config_loads_with_defaults_and_interpolation() -> None:
+    settings = parse_settings(GOOD, "f.yaml", {"DATABASE_URL": SECRET_DSN})
+    target = settings.targets[0]
+    assert target.dsn.get_secret_value() == SECRET_DSN
+    assert target.collectors.statements.top_k == 50
+    assert target.collectors.tables.interval == 300
+    assert target.collectors.connections.interval == 15  # default
+    assert SECRET_DSN not in repr(settings)
+
+
+def test_misspelt_key_fails_check_naming_key_line_and_suggestion(tmp_path: Path) -> None:
+    result = check(tmp_path, GOOD.replace("top_k: 50", "topk: 50"), {"DATABASE_URL": SECRET_DSN})
+    assert result.returncode == 1
+    assert "piggywatch.yaml:7:" in result.stderr
+    assert "targets[0].collectors.statements.topk" in result.stderr
+    assert "did you mean 'top_k'?" in result.stderr
+
+
+def test_every_problem_is_listed_and_no_secret_is_printed(tmp_path: Path) -> None:
+    text = GOOD.replace("interval: 5m", "interval: soon").replace("server:", "sever:")
+    result = check(tmp_path, text, {"DATABASE_URL": SECRET_DSN})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2, result.stderr
+    assert any(":1: sever: unknown key 'sever'; did you mean 'server'?" in ln for ln in lines)
+    assert any(":8: targets[0].collectors.tables.interval:" in ln for ln in lines)
+    assert "s3cr3t" not in result.stderr + result.stdout
+
+
+def test_good_config_passes_check_with_one_line_summary(tmp_path: Path) -> None:
+    result = check(tmp_path, GOOD, {"DATABASE_URL": SECRET_DSN})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("OK (1 targets, 4 collectors)")
+
+
+def test_unset_variable_is_named_with_its_line() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(GOOD, "f.yaml", {})
+    assert "f.yaml:5: targets[0].dsn: environment variable DATABASE_URL is not set" in str(info.value)
+
+
+def test_default_value_and_dollar_escape() -> None:
+    text = GOOD.replace("${DATABASE_URL}", "${DATABASE_URL:-postgresql://localhost/x}$$")
+    settings = parse_settings(text, "f.yaml", {})
+    assert settings.targets[0].dsn.get_secret_value() == "postgresql://localhost/x$"
+
+
+def test_piggywatch_variables_override_nested_keys() -> None:
+    env = {"DATABASE_URL": SECRET_DSN,
+           "PIGGYWATCH_SERVER__LISTEN": "0.0.0.0:9999",
+           "PIGGYWATCH_TARGETS__0__COLLECTORS__STATEMENTS__TOP_K": "7",
+           "PIGGYWATCH_LOGGING__LEVEL": "DEBUG",
+           # Not a top-level key: left for ${...} interpolation, not an error.
+           "PIGGYWATCH_API_TOKEN": "x"}
+    settings = parse_settings(GOOD, "f.yaml", env)
+    assert settings.server.listen == "0.0.0.0:9999"
+    assert settings.targets[0].collectors.statements.top_k == 7
+    assert settings.logging.level == "DEBUG"
+
+
+def test_duplicate_target_names_are_rejected() -> None:
+    text = GOOD + "  - name: main\n    dsn: postgresql://localhost/other\n"
+    with pytest.raises(ConfigError, match="target name 'main' is used twice"):
+        parse_settings(text, "f.yaml", {"DATABASE_URL": SECRET_DSN})
+
+
+def test_broken_yaml_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("targets:\n  - name: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, {})
+    assert f"{path}:3: not valid YAML" in str(info.value)
+
+
+@given(st.integers(min_value=1, max_value=10**6),
+       st.sampled_from([("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]))
+def test_durations_parse_to_seconds(amount: int, unit: tuple[str, float]) -> None:
+    assert parse_duration(f"{amount}{unit[0]}") == pytest.approx(amount * unit[1])
+
+
+@given(st.text().filter(lambda s: not re.match(r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d|w)?\s*$", s)))
+def test_non_durations_are_rejected_with_an_example(text: str) -> None:
+    with pytest.raises(ValueError, match="write it like 30s"):
+        parse_duration(text)
