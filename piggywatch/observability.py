@@ -60,20 +60,17 @@ class Redactor:
 redactor = Redactor()
 
 
-class _ScrubFilter(logging.Filter):
-    """Formats the message once, scrubbed, so no handler ever sees the raw arguments."""
+class ScrubbingFormatter(logging.Formatter):
+    """Scrubs tracebacks as they are formatted (messages are scrubbed at record creation)."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redactor.scrub(record.getMessage())
-        record.args = None
-        if record.exc_info and record.exc_info[1] is not None:
-            record.exc_text = redactor.scrub(
-                logging.Formatter().formatException(record.exc_info))
-            record.exc_info = None
-        return True
+    def formatException(self, ei: Any) -> str:
+        return redactor.scrub(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return redactor.scrub(super().formatStack(stack_info))
 
 
-class JsonFormatter(logging.Formatter):
+class JsonFormatter(ScrubbingFormatter):
     """One JSON object per line, the shape log shippers expect."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -86,8 +83,8 @@ class JsonFormatter(logging.Formatter):
         for key in ("target", "collector"):
             if hasattr(record, key):
                 entry[key] = getattr(record, key)
-        if record.exc_text:
-            entry["exception"] = record.exc_text
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 
@@ -111,9 +108,8 @@ def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
     logging.setLogRecordFactory(_scrubbed_record)
     handler = logging.StreamHandler(sys.stderr)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    handler.setFormatter(JsonFormatter() if use_json else logging.Formatter(
+    handler.setFormatter(JsonFormatter() if use_json else ScrubbingFormatter(
         "%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    handler.addFilter(_ScrubFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

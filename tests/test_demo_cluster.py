@@ -202,3 +202,16 @@ def test_failed_start_reports_log_and_cleans_up(monkeypatch: pytest.MonkeyPatch)
     assert created
     assert not created[0].exists()
     assert not broken.running
+
+
+def test_picked_port_taken_meanwhile_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        busy_port: int = squatter.getsockname()[1]
+        ports = iter([busy_port])
+        real_pick = cluster_module._free_loopback_port
+        monkeypatch.setattr(cluster_module, "_free_loopback_port", lambda: next(ports, real_pick()))
+        with ThrowawayCluster() as cluster:
+            assert cluster.port != busy_port
+            assert scalar(cluster.dsn(), "SELECT 1") == 1
