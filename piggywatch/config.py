@@ -200,7 +200,8 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([Problem(file, None, "", f"cannot read the file: {exc.strerror}")]) from exc
+        problem = Problem(file, None, "", f"cannot read the file: {exc.strerror}")
+        raise ConfigError([problem]) from exc
     return parse_settings(text, file, env)
 
 

@@ -11,7 +11,7 @@ from prometheus_client.registry import Collector as PromCollector
 from piggywatch.store import MemoryStore, MetricKind, MetricSpec, Sample
 
 # Counters are only ever read through the store; the _created series would be noise.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class StoreCollector(PromCollector):
@@ -50,7 +50,7 @@ def _family(spec: MetricSpec, samples: list[Sample] | None = None) -> Metric:
 
 def build_registry(store: MemoryStore, *, process_metrics: bool = True) -> CollectorRegistry:
     """A registry exposing the store, plus the standard process metrics."""
-    from prometheus_client import PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR
+    from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
 
     registry = CollectorRegistry(auto_describe=True)
     registry.register(StoreCollector(store))

@@ -26,12 +26,13 @@ targets:
 SECRET_DSN = "postgresql://app:s3cr3t-Pa55word@127.0.0.1:5432/app"
 
 
-def check(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def check(tmp_path: Path, text: str,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "piggywatch.yaml"
     path.write_text(text)
     return subprocess.run([sys.executable, "-m", "piggywatch", "check", "--config", str(path)],
-                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **(env or {})},
-                          timeout=60)
+                          capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", **(env or {})})
 
 
 def test_good_config_loads_with_defaults_and_interpolation() -> None:
@@ -72,7 +73,8 @@ def test_good_config_passes_check_with_one_line_summary(tmp_path: Path) -> None:
 def test_unset_variable_is_named_with_its_line() -> None:
     with pytest.raises(ConfigError) as info:
         parse_settings(GOOD, "f.yaml", {})
-    assert "f.yaml:5: targets[0].dsn: environment variable DATABASE_URL is not set" in str(info.value)
+    assert "f.yaml:5: targets[0].dsn: environment variable DATABASE_URL is not set" \
+        in str(info.value)
 
 
 def test_default_value_and_dollar_escape() -> None:
@@ -118,3 +120,11 @@ def test_durations_parse_to_seconds(amount: int, unit: tuple[str, float]) -> Non
 def test_non_durations_are_rejected_with_an_example(text: str) -> None:
     with pytest.raises(ValueError, match="write it like 30s"):
         parse_duration(text)
+
+
+def test_shipped_example_and_demo_configs_are_valid() -> None:
+    env = {"DATABASE_URL": SECRET_DSN, "PIGGYWATCH_DEMO_DSN": SECRET_DSN}
+    example = load_settings(Path(__file__).parent.parent / "examples" / "piggywatch.yaml", env)
+    assert example.sentry.dsn.get_secret_value() == ""
+    demo = Path(__file__).parent.parent / "piggywatch" / "demo" / "piggywatch.yaml"
+    assert load_settings(demo, env).targets[0].name == "piggybong"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from piggywatch.demo import cluster as cluster_module
 from piggywatch.demo.cluster import (
     DEMO_DATABASE,
     MONITOR_ROLE,
@@ -211,7 +213,9 @@ def test_picked_port_taken_meanwhile_is_replaced(monkeypatch: pytest.MonkeyPatch
         busy_port: int = squatter.getsockname()[1]
         ports = iter([busy_port])
         real_pick = cluster_module._free_loopback_port
-        monkeypatch.setattr(cluster_module, "_free_loopback_port", lambda: next(ports, real_pick()))
+        monkeypatch.setattr(
+            cluster_module, "_free_loopback_port", lambda: next(ports, None) or real_pick()
+        )
         with ThrowawayCluster() as cluster:
             assert cluster.port != busy_port
             assert scalar(cluster.dsn(), "SELECT 1") == 1

@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, LiteralString
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
-from psycopg.abc import Query
+from psycopg.abc import Params, Query
 
 from piggywatch.collectors.base import CollectorError
 
@@ -118,7 +118,7 @@ class Session:
         """The server's version as a number, e.g. 150019."""
         return self._target.server_version_num
 
-    def fetch(self, query: Query, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+    def fetch(self, query: Query, params: Params | None = None) -> list[tuple[Any, ...]]:
         """Run one query and return its rows, or raise CollectorError."""
         remaining_ms = int((self._deadline - time.monotonic()) * 1000)
         if remaining_ms <= 0:
@@ -131,7 +131,7 @@ class Session:
                 if wanted != self._target._statement_timeout_ms:
                     cur.execute(sql.SQL("SET statement_timeout = {}").format(wanted))
                     self._target._statement_timeout_ms = wanted
-                cur.execute(query, params)
+                cur.execute(query, params)  # type: ignore[arg-type]
                 rows = cur.fetchall() if cur.description is not None else []
         except pg_errors.QueryCanceled:
             raise CollectorError("timeout", "a query hit the statement timeout") from None
