@@ -157,7 +157,8 @@ class Daemon:
 
     def readiness(self) -> tuple[bool, str]:
         """Ready once every target has had its first sampling attempt."""
-        waiting = sorted({job.target.name for job in self.jobs if not job.attempted})
+        attempted = {job.target.name for job in self.jobs if job.attempted}
+        waiting = sorted({job.target.name for job in self.jobs} - attempted)
         if waiting:
             return False, "waiting for the first sample of: " + ", ".join(waiting)
         return True, "ready"

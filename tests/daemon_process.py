@@ -111,5 +111,6 @@ class DaemonProcess:
         return code, time.monotonic() - started
 
     def stderr(self) -> str:
-        self._stderr.flush()
+        if not self._stderr.closed:
+            self._stderr.flush()
         return self.stderr_path.read_text(errors="replace")
