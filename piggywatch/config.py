@@ -28,6 +28,8 @@ from pydantic import (
     field_validator,
 )
 
+from piggywatch.yamlpos import KeyPath, YamlSyntaxError, dotted, line_for, load_with_lines
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
@@ -164,7 +166,7 @@ class Settings(_Strict):
 
 # --- loading -------------------------------------------------------------------------
 
-Path_ = tuple[str | int, ...]
+Path_ = KeyPath
 
 
 @dataclass(frozen=True)
@@ -208,20 +210,13 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
 def parse_settings(text: str, file: str, environ: Mapping[str, str]) -> Settings:
     """Validate YAML ``text`` (named ``file`` in messages) into Settings."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([Problem(file, line, "", f"not valid YAML: {reason}")]) from exc
+        data, lines = load_with_lines(text)
+    except YamlSyntaxError as exc:
+        raise ConfigError([Problem(file, exc.line, "", f"not valid YAML: {exc}")]) from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([Problem(file, 1, "", "the file must be a mapping of settings")])
-    lines: dict[Path_, int] = {}
-    if node is not None:
-        _index_lines(node, (), lines)
     problems: list[Problem] = []
     data = _interpolate(data, (), environ, lines, file, problems)
     _apply_overrides(data, environ, problems)
@@ -232,19 +227,6 @@ def parse_settings(text: str, file: str, environ: Mapping[str, str]) -> Settings
     if problems:
         raise ConfigError(problems)
     return settings
-
-
-def _index_lines(node: yaml.Node, path: Path_, lines: dict[Path_, int]) -> None:
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            child = (*path, str(key.value))
-            lines[child] = key.start_mark.line + 1
-            _index_lines(value, child, lines)
-            lines[child] = key.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _index_lines(item, (*path, index), lines)
 
 
 def _interpolate(
@@ -272,7 +254,7 @@ def _interpolate(
             return environ[name]
         if default is not None:
             return default
-        problems.append(Problem(file, _line_for(path, lines), _dotted(path),
+        problems.append(Problem(file, line_for(path, lines), dotted(path),
                                 f"environment variable {name} is not set "
                                 f"(set it, or write ${{{name}:-default}})"))
         return ""
@@ -338,22 +320,8 @@ def _explain(exc: ValidationError, file: str, lines: dict[Path_, int]) -> list[P
             message = f"required key {loc[-1]!r} is missing"
         else:
             message = error["msg"].removeprefix("Value error, ")
-        problems.append(Problem(file, _line_for(loc, lines), _dotted(loc), message))
+        problems.append(Problem(file, line_for(loc, lines), dotted(loc), message))
     return problems
-
-
-def _line_for(path: Path_, lines: dict[Path_, int]) -> int | None:
-    for end in range(len(path), -1, -1):
-        if path[:end] in lines:
-            return lines[path[:end]]
-    return None
-
-
-def _dotted(path: Path_) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out
 
 
 def _known_keys(path: Path_) -> list[str]:
