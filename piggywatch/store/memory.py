@@ -1,15 +1,35 @@
-"""In-memory store: the latest snapshot of every source plus a bounded ring buffer per series."""
+"""In-memory store: the latest snapshot of every source plus a compact history per series."""
 
 from __future__ import annotations
 
+import math
 import threading
-from collections import deque
-from collections.abc import Iterable, Iterator
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from piggywatch.store.samples import Labels, MetricSpec, Sample
+from piggywatch.store.series import STALE_NAN, LabelMatcher, MatchOp, Series
 
-SeriesKey = tuple[str, Labels]
+_NAME_LABEL = "__name__"
+_INT32_MAX = 2**31 - 1
+# Offsets are rebased once the oldest live one passes ~12.4 days, so a series whose points
+# span less than that never needs more than 32 bits, however long the daemon runs.
+_REBASE_AFTER = 2**30
+# Compact when a sixteenth of a buffer is dead rather than half: at half, a steady series
+# carries up to twice its live points, which breaks the memory budget (bench/store_bench.py).
+# A sixteenth also fits in the slack array.append already allocates, so a steady series
+# never grows its buffers. Still amortised O(1): a compaction moving n live points comes
+# after at least n / 15 expiries.
+_COMPACT_DIVISOR = 16
+_COMPACT_MIN_DEAD = 8
+_SWEEP_MIN_APPENDS = 1024
+_MATCH_CACHE_SIZE = 4096
+# Far outside any real clock (about 317,000 years either side of 1970), yet small enough
+# that the edge search in _first_ms_from / _last_ms_to takes a step or two at most.
+_NEVER = -(10**16)
+_FOREVER = 10**16
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,23 +40,214 @@ class SeriesPoint:
     value: float
 
 
+class _History:
+    """One series' points: millisecond offsets from ``base`` and values, live from ``start``.
+
+    Points before ``start`` are expired; they are dropped in bulk by compaction so that
+    expiry is a bisect, not a shift of the whole buffer on every append.
+    """
+
+    __slots__ = ("base", "full_labels", "labels", "name", "owners", "start", "times", "values")
+
+    def __init__(self, name: str, labels: Labels) -> None:
+        self.name = name
+        self.labels = labels
+        self.base = 0
+        self.times: array[int] = array("i")
+        self.values: array[float] = array("d")
+        self.start = 0
+        # How many sources' current snapshots hold this series: stale once none does.
+        self.owners = 0
+        self.full_labels: Labels | None = None
+
+    def is_empty(self) -> bool:
+        return self.start == len(self.times)
+
+    def last_ms(self) -> int:
+        return self.base + self.times[-1]
+
+    def append(self, t_ms: int, value: float, horizon_ms: int) -> None:
+        """Add a point; an out-of-order one is dropped, a same-millisecond one replaces."""
+        if t_ms < horizon_ms:
+            return
+        self.expire(horizon_ms)
+        times = self.times
+        if self.start < len(times):
+            last = self.base + times[-1]
+            if t_ms <= last:
+                # Points must stay sorted for bisect; Prometheus rejects these too.
+                if t_ms == last:
+                    self.values[-1] = value
+                return
+        else:
+            # Empty: the cheapest moment to move the base.
+            self.base = t_ms
+        offset = t_ms - self.base
+        if offset > _INT32_MAX and times.typecode == "i":
+            self._compact()
+            self._rebase()
+            offset = t_ms - self.base
+            if offset > _INT32_MAX:
+                # Live points span more than 24.8 days (a very long retention).
+                self.times = array("q", self.times)
+        self.times.append(offset)
+        self.values.append(value)
+
+    def mark_stale(self, at_ms: int, horizon_ms: int) -> None:
+        """Append the stale marker at ``at_ms``, or just after the last point if that is later."""
+        self.expire(horizon_ms)
+        if not self.is_empty():
+            self.append(max(at_ms, self.last_ms() + 1), STALE_NAN, horizon_ms)
+
+    def expire(self, horizon_ms: int) -> None:
+        """Forget points older than ``horizon_ms``."""
+        times = self.times
+        start = self.start
+        n = len(times)
+        cut = horizon_ms - self.base
+        if start == n or times[start] >= cut:
+            return
+        start = bisect_left(times, cut, start, n)
+        self.start = start
+        if start == n:
+            del self.times[:]
+            del self.values[:]
+            self.start = 0
+        elif start >= _COMPACT_MIN_DEAD and start * _COMPACT_DIVISOR >= n:
+            self._compact()
+
+    def window(self, lo_ms: int, hi_ms: int) -> tuple[list[float], list[float]] | None:
+        """Copies of the points in ``[lo_ms, hi_ms]``, timestamps in seconds; None if none."""
+        base = self.base
+        times = self.times
+        i = bisect_left(times, lo_ms - base, self.start)
+        j = bisect_right(times, hi_ms - base, i)
+        if i == j:
+            return None
+        # Plain lists: they compare equal to what tests and rule unit tests build.
+        return [(base + t) / 1000 for t in times[i:j]], self.values[i:j].tolist()
+
+    def _compact(self) -> None:
+        start = self.start
+        if start:
+            del self.times[:start]
+            del self.values[:start]
+            self.start = 0
+        if self.times and self.times[0] > _REBASE_AFTER:
+            self._rebase()
+
+    def _rebase(self) -> None:
+        # Runs in Python over the live points, which is why it waits for the offsets to
+        # grow large instead of running on every compaction.
+        times = self.times
+        if self.start or not times:
+            return
+        shift = times[0]
+        code = "i" if times[-1] - shift <= _INT32_MAX else "q"
+        self.times = array(code, [t - shift for t in times])
+        self.base += shift
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    samples: tuple[Sample, ...]
+    owned: set[_History]
+
+
+def _to_ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _first_ms_from(t: float) -> int:
+    """The smallest whole millisecond ``m`` with ``m / 1000 >= t``, compared as returned."""
+    if math.isnan(t):
+        raise ValueError("range bound is NaN")
+    if t * 1000 <= _NEVER:
+        return _NEVER
+    if t * 1000 >= _FOREVER:
+        return _FOREVER
+    m = math.ceil(t * 1000)
+    # t * 1000 is rounded; settle on the exact edge as the caller will see it.
+    while m / 1000 < t:
+        m += 1
+    while (m - 1) / 1000 >= t:
+        m -= 1
+    return m
+
+
+def _last_ms_to(t: float) -> int:
+    """The largest whole millisecond ``m`` with ``m / 1000 <= t``, compared as returned."""
+    if math.isnan(t):
+        raise ValueError("range bound is NaN")
+    if t * 1000 <= _NEVER:
+        return _NEVER
+    if t * 1000 >= _FOREVER:
+        return _FOREVER
+    m = math.floor(t * 1000)
+    while m / 1000 > t:
+        m -= 1
+    while (m + 1) / 1000 <= t:
+        m += 1
+    return m
+
+
+def _label_value(labels: Labels, name: str) -> str:
+    for key, value in labels:
+        if key == name:
+            return value
+    return ""
+
+
+def _with_name(name: str, labels: Labels) -> Labels:
+    pair = (_NAME_LABEL, name)
+    at = bisect_left(labels, pair)
+    return (*labels[:at], pair, *labels[at:])
+
+
 class MemoryStore:
-    """Holds what collectors published.
+    """Holds what collectors published, and serves it to the exposition and the evaluator.
 
     Each source (one collector of one target) replaces its own snapshot on every cycle, so a
     series that a source stops reporting (a statement leaving the top K, a dropped table)
-    disappears from the exposition at once instead of lingering with a stale value. History
-    is kept per series for ``retention`` seconds, at most ``max_points`` points each, so
-    memory is bounded by series x min(retention / interval, max_points).
+    disappears from the exposition at once; its history gets a Prometheus stale marker at
+    that moment, so the evaluator stops seeing it too. History is kept for ``retention``
+    seconds behind the newest publish time, at 12 bytes a point.
+
+    Timestamps are kept to the millisecond. Within a series points must arrive in time
+    order: an older point is dropped and one in the same millisecond replaces the last.
     """
 
-    def __init__(self, *, retention: float = 3600.0, max_points: int = 720) -> None:
-        self._retention = retention
-        self._max_points = max_points
+    def __init__(self, *, retention: float = 3600.0) -> None:
         self._lock = threading.Lock()
         self._specs: dict[str, MetricSpec] = {}
-        self._snapshots: dict[str, tuple[Sample, ...]] = {}
-        self._history: dict[SeriesKey, deque[SeriesPoint]] = {}
+        self._sources: dict[str, _Snapshot] = {}
+        self._by_name: dict[str, dict[Labels, _History]] = {}
+        self._series_total = 0
+        self._retention_ms = self._checked_retention(retention)
+        self._now_ms = _NEVER
+        # Only ever moves forward, so widening the retention never resurrects dropped points.
+        self._horizon_ms = _NEVER
+        # Series no current snapshot holds: the only ones a sweep may remove.
+        self._orphans: set[_History] = set()
+        self._appends_since_sweep = 0
+        # Which series of one name pass a set of label matchers, valid while the name's
+        # generation (bumped whenever one of its series appears or goes) is unchanged.
+        self._generation = 0
+        self._name_generation: dict[str, int] = {}
+        self._match_cache: dict[tuple[str, frozenset[LabelMatcher]],
+                                tuple[int, list[_History]]] = {}
+
+    @property
+    def retention(self) -> float:
+        """Seconds of history kept behind the newest publish time."""
+        return self._retention_ms / 1000
+
+    def set_retention(self, seconds: float) -> None:
+        """Keep ``seconds`` of history from now on; a shorter window frees memory lazily."""
+        retention_ms = self._checked_retention(seconds)
+        with self._lock:
+            self._retention_ms = retention_ms
+            self._advance(self._now_ms)
 
     def register(self, specs: Iterable[MetricSpec]) -> None:
         """Declare metric families so they are described even before their first sample."""
@@ -53,54 +264,202 @@ class MemoryStore:
             return sorted(self._specs.values(), key=lambda s: s.name)
 
     def publish(self, source: str, samples: Iterable[Sample], now: float) -> None:
-        """Replace ``source``'s snapshot with ``samples`` and append them to history."""
-        batch = tuple(samples)
-        horizon = now - self._retention
-        with self._lock:
-            for sample in batch:
-                if sample.name not in self._specs:
-                    raise KeyError(f"sample of undeclared metric {sample.name}")
-                key = (sample.name, sample.labels)
-                points = self._history.get(key)
-                if points is None:
-                    points = deque(maxlen=self._max_points)
-                    self._history[key] = points
-                points.append(SeriesPoint(sample.timestamp, sample.value))
-            self._snapshots[source] = batch
-            self._expire(horizon)
+        """Replace ``source``'s snapshot with ``samples`` and append them to history.
 
-    def clear(self, source: str) -> None:
-        """Forget ``source``'s snapshot (its history ages out on its own)."""
+        Series the previous snapshot had and this one lacks get a stale marker at ``now``.
+        """
+        batch = tuple(samples)
+        now_ms = _to_ms(now)
         with self._lock:
-            self._snapshots.pop(source, None)
+            undeclared = {s.name for s in batch}.difference(self._specs)
+            if undeclared:
+                raise KeyError(f"sample of undeclared metric {min(undeclared)}")
+            self._advance(now_ms)
+            horizon = self._horizon_ms
+            by_name = self._by_name
+            owned: set[_History] = set()
+            # A batch mostly shares one timestamp: convert it once, and let every series
+            # created now share one int as its base.
+            last_ts = math.nan
+            t_ms = 0
+            for sample in batch:
+                name = sample.name
+                family = by_name.get(name)
+                hist = None if family is None else family.get(sample.labels)
+                if hist is None:
+                    hist = self._new_series(name, sample.labels)
+                if sample.timestamp != last_ts:
+                    last_ts = sample.timestamp
+                    t_ms = _to_ms(last_ts)
+                hist.append(t_ms, sample.value, horizon)
+                owned.add(hist)
+            previous = self._sources.get(source)
+            self._sources[source] = _Snapshot(batch, owned)
+            self._hand_over(set() if previous is None else previous.owned, owned, now_ms)
+            self._appends_since_sweep += len(batch)
+            if self._appends_since_sweep >= max(len(self._orphans), _SWEEP_MIN_APPENDS):
+                self._sweep()
+
+    def clear(self, source: str, now: float | None = None) -> None:
+        """Forget ``source``'s snapshot and mark its series stale.
+
+        The marker goes at ``now``, or without it at the newest publish time the store saw.
+        """
+        with self._lock:
+            snapshot = self._sources.pop(source, None)
+            if snapshot is None:
+                return
+            if now is not None:
+                self._advance(_to_ms(now))
+            at_ms = self._now_ms if now is None else _to_ms(now)
+            self._hand_over(snapshot.owned, set(), at_ms)
 
     def current(self) -> Iterator[tuple[MetricSpec, list[Sample]]]:
         """The latest samples of every source, grouped by metric family."""
         with self._lock:
             grouped: dict[str, list[Sample]] = {name: [] for name in self._specs}
-            for batch in self._snapshots.values():
-                for sample in batch:
+            for snapshot in self._sources.values():
+                for sample in snapshot.samples:
                     grouped[sample.name].append(sample)
             specs = dict(self._specs)
         for name in sorted(grouped):
             yield specs[name], grouped[name]
 
     def history(self, name: str, labels: Labels) -> list[SeriesPoint]:
-        """Stored points of one series, oldest first."""
+        """Stored points of one series, oldest first, stale markers included."""
         with self._lock:
-            return list(self._history.get((name, labels), ()))
+            hist = self._by_name.get(name, {}).get(labels)
+            if hist is None:
+                return []
+            hist.expire(self._horizon_ms)
+            found = hist.window(_NEVER, _FOREVER)
+        if found is None:
+            return []
+        return [SeriesPoint(t, v) for t, v in zip(*found, strict=True)]
 
     def series_count(self) -> int:
-        """How many series have history."""
+        """How many series the store holds."""
         with self._lock:
-            return len(self._history)
+            return self._series_total
 
-    def _expire(self, horizon: float) -> None:
-        stale = []
-        for key, points in self._history.items():
-            while points and points[0].timestamp < horizon:
-                points.popleft()
-            if not points:
-                stale.append(key)
-        for key in stale:
-            del self._history[key]
+    def select(self, matchers: Sequence[LabelMatcher], start: float, end: float) -> list[Series]:
+        """Series matching every matcher, with their points in ``[start, end]``.
+
+        Points include stale markers. Series without points in the range are left out.
+        The returned sequences are copies: the caller may keep or change them.
+        """
+        lo = _first_ms_from(start)
+        hi = _last_ms_to(end)
+        found: list[Series] = []
+        with self._lock:
+            horizon = self._horizon_ms
+            lo = max(lo, horizon)
+            if lo > hi:
+                return found
+            for hist in self._matching(matchers):
+                hist.expire(horizon)
+                window = hist.window(lo, hi)
+                if window is None:
+                    continue
+                labels = hist.full_labels
+                if labels is None:
+                    labels = hist.full_labels = _with_name(hist.name, hist.labels)
+                found.append(Series(labels, window[0], window[1]))
+        return found
+
+    @staticmethod
+    def _checked_retention(seconds: float) -> int:
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise ValueError(f"retention must be a positive number of seconds, not {seconds}")
+        return max(1, _to_ms(seconds))
+
+    def _advance(self, now_ms: int) -> None:
+        self._now_ms = max(self._now_ms, now_ms)
+        if self._now_ms > _NEVER:
+            self._horizon_ms = max(self._horizon_ms, self._now_ms - self._retention_ms)
+
+    def _new_series(self, name: str, labels: Labels) -> _History:
+        if any(key == _NAME_LABEL for key, _ in labels):
+            raise ValueError(f"sample of {name} carries a {_NAME_LABEL} label")
+        hist = _History(name, labels)
+        self._by_name.setdefault(name, {})[labels] = hist
+        self._series_total += 1
+        # Owned by nobody until the publish that created it hands it over.
+        self._orphans.add(hist)
+        self._touch(name)
+        return hist
+
+    def _hand_over(self, old: set[_History], new: set[_History], now_ms: int) -> None:
+        for hist in new:
+            if hist not in old:
+                hist.owners += 1
+                self._orphans.discard(hist)
+        horizon = self._horizon_ms
+        for hist in old:
+            if hist not in new:
+                hist.owners -= 1
+                if hist.owners == 0:
+                    hist.mark_stale(now_ms, horizon)
+                    self._orphans.add(hist)
+
+    def _sweep(self) -> None:
+        # Only orphans can die, and a sweep runs after at least as many appends as there are
+        # orphans, so its cost is amortised over the appends.
+        self._appends_since_sweep = 0
+        horizon = self._horizon_ms
+        gone = []
+        for hist in self._orphans:
+            hist.expire(horizon)
+            if hist.is_empty():
+                gone.append(hist)
+        for hist in gone:
+            self._orphans.discard(hist)
+            family = self._by_name[hist.name]
+            del family[hist.labels]
+            self._series_total -= 1
+            self._touch(hist.name)
+            if not family:
+                del self._by_name[hist.name]
+                del self._name_generation[hist.name]
+        if gone:
+            generations = self._name_generation
+            self._match_cache = {key: hit for key, hit in self._match_cache.items()
+                                 if generations.get(key[0]) == hit[0]}
+
+    def _touch(self, name: str) -> None:
+        self._generation += 1
+        self._name_generation[name] = self._generation
+
+    def _matching(self, matchers: Sequence[LabelMatcher]) -> Iterator[_History]:
+        name: str | None = None
+        on_name: list[LabelMatcher] = []
+        on_labels: list[LabelMatcher] = []
+        for matcher in matchers:
+            if matcher.name != _NAME_LABEL:
+                on_labels.append(matcher)
+            elif matcher.op is MatchOp.EQUAL and name is None:
+                name = matcher.value
+            else:
+                on_name.append(matcher)
+        names = list(self._by_name) if name is None else [name]
+        label_set = frozenset(on_labels)
+        for candidate in names:
+            if candidate in self._by_name and all(m.matches(candidate) for m in on_name):
+                yield from self._matching_in(candidate, label_set)
+
+    def _matching_in(self, name: str, matchers: frozenset[LabelMatcher]) -> Iterable[_History]:
+        family = self._by_name[name]
+        if not matchers:
+            return family.values()
+        generation = self._name_generation[name]
+        key = (name, matchers)
+        hit = self._match_cache.get(key)
+        if hit is not None and hit[0] == generation:
+            return hit[1]
+        found = [hist for labels, hist in family.items()
+                 if all(m.matches(_label_value(labels, m.name)) for m in matchers)]
+        if len(self._match_cache) >= _MATCH_CACHE_SIZE:
+            # Oldest entry first: dicts keep insertion order.
+            del self._match_cache[next(iter(self._match_cache))]
+        self._match_cache[key] = (generation, found)
+        return found
