@@ -118,13 +118,18 @@ class Session:
         """The server's version as a number, e.g. 150019."""
         return self._target.server_version_num
 
-    def fetch(self, query: Query, params: Params | None = None) -> list[tuple[Any, ...]]:
-        """Run one query and return its rows, or raise CollectorError."""
+    def fetch(self, query: Query, params: Params | None = None, *,
+              binary: bool = False) -> list[tuple[Any, ...]]:
+        """Run one query and return its rows, or raise CollectorError.
+
+        ``binary`` asks for results in binary format: cheaper to load for large results of
+        numbers (the statements collector reads thousands of rows every cycle).
+        """
         remaining_ms = int((self._deadline - time.monotonic()) * 1000)
         if remaining_ms <= 0:
             raise CollectorError("timeout", "the sampling cycle ran out of time")
         try:
-            with self._conn.cursor() as cur:
+            with self._conn.cursor(binary=binary) as cur:
                 # Lower statement_timeout only when the cycle's remaining time demands it,
                 # so a normal cycle costs no extra round trip.
                 wanted = min(remaining_ms, 600_000)

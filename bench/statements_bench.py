@@ -1,0 +1,257 @@
+"""One statements sample with 5,000 distinct statements in pg_stat_statements.
+
+Budget (issue): one sample of the statements collector takes at most 1.5x the time
+PostgreSQL itself spends executing the collector's main query, and exports at most K
+statement series. Prints the figures; exits 1 when over budget.
+
+    python bench/statements_bench.py [--statements 5000] [--samples 20] [--top-k 100]
+
+Between samples an application-like workload runs: a hot set of statements with skewed
+frequencies (the app's regular traffic), so every interval has fresh deltas to rank. That
+steady scenario is the budget's. Two harder ones are reported beside it: never-seen
+statements appearing every interval (entries move in the view, so they are matched by key
+rather than by position), and churn through cold statements with query texts fetched on
+every cycle that has newcomers to the top K (normally at most once a minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import multiprocessing
+import random
+import re
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from piggywatch.collectors.postgres.statements import CALLS, StatementsCollector
+from piggywatch.collectors.postgres.target import PostgresTarget
+from piggywatch.demo.cluster import ThrowawayCluster
+
+BUDGET_RATIO = 1.5
+COLUMNS_PER_TABLE = 50
+MONITOR = "bench_monitor"
+MONITOR_PASSWORD = "bench-monitor-password"
+# The collector's main query as pg_stat_statements records it (constants become $n).
+MAIN_QUERY_PATTERN = "%pg_stat_statements($%) WHERE queryid IS NOT NULL%"
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+def make_statements(conn: Conn, n: int) -> list[str]:
+    """Create tables and run ``n`` distinct statements once each.
+
+    Jumbling ignores constants and aliases, so distinct statements need distinct relations
+    or columns: one per (table, column) pair.
+    """
+    tables = -(-n // COLUMNS_PER_TABLE)
+    columns = ", ".join(f"c{c:02d} int" for c in range(COLUMNS_PER_TABLE))
+    for t in range(tables):
+        conn.execute(f"CREATE TABLE t{t:03d} ({columns})")
+    statements = [f"SELECT c{c:02d} FROM t{t:03d} WHERE c{c:02d} = 1"
+                  for t in range(tables) for c in range(COLUMNS_PER_TABLE)][:n]
+    run(conn, statements)
+    return statements
+
+
+def run(conn: Conn, statements: list[str]) -> None:
+    with conn.pipeline():
+        for statement in statements:
+            conn.execute(statement, prepare=False)
+
+
+class Workload:
+    """Runs statements from a separate process.
+
+    In the measuring process, the driver's own allocations would set off garbage
+    collections that then land inside collect() and get billed to the collector.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._pipe, child = ctx.Pipe()
+        self._process = ctx.Process(target=_workload_main, args=(dsn, child), daemon=True)
+        self._process.start()
+
+    def run(self, statements: list[str]) -> None:
+        self._pipe.send(statements)
+        self._pipe.recv()
+
+    def close(self) -> None:
+        self._pipe.send(None)
+        self._process.join(timeout=10)
+
+
+def _workload_main(dsn: str, pipe: Connection) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while (statements := pipe.recv()) is not None:
+            run(conn, statements)
+            pipe.send(True)
+
+
+def main_query_stats(conn: Conn) -> tuple[int, float]:
+    """Calls and total exec time (ms) of the collector's main query, by its own entry."""
+    # Not there before the first sample.
+    row = conn.execute(
+        "SELECT calls, total_exec_time FROM pg_stat_statements "
+        "WHERE query LIKE %s AND userid = %s::regrole ORDER BY calls DESC LIMIT 1",
+        (MAIN_QUERY_PATTERN, MONITOR),
+    ).fetchone()
+    return (0, 0.0) if row is None else (int(row[0]), float(row[1]))
+
+
+def explain_ms(conn: Conn, query: str, runs: int) -> float:
+    """Median execution time of ``query`` by EXPLAIN (ANALYZE, TIMING OFF), as the monitor."""
+    times = []
+    conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(MONITOR)))
+    try:
+        for _ in range(runs):
+            plan = conn.execute(f"EXPLAIN (ANALYZE, TIMING OFF) {query}").fetchall()
+            text = "\n".join(str(line[0]) for line in plan)
+            match = re.search(r"Execution Time: ([0-9.]+) ms", text)
+            if match is None:
+                raise RuntimeError(f"no execution time in EXPLAIN output:\n{text}")
+            times.append(float(match.group(1)))
+    finally:
+        conn.execute("RESET ROLE")
+    return statistics.median(times)
+
+
+@dataclass
+class Phase:
+    """One scenario: per sample, collect()'s wall time and PostgreSQL's main-query time."""
+
+    title: str
+    walls: list[float] = field(default_factory=list)
+    pg: list[float] = field(default_factory=list)
+    series: int = 0
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.walls) / statistics.median(self.pg)
+
+    def report(self) -> None:
+        ratios = [w / p for w, p in zip(self.walls, self.pg, strict=True)]
+        print(f"{self.title}:")
+        print(f"  collect() wall time:                 median "
+              f"{statistics.median(self.walls):.2f} ms, p95 {p95(self.walls):.2f} ms")
+        print(f"  PostgreSQL executing the main query: median "
+              f"{statistics.median(self.pg):.2f} ms, p95 {p95(self.pg):.2f} ms")
+        print(f"  ratio collect() / PostgreSQL:        {self.ratio:.2f} (of the medians; "
+              f"per sample: median {statistics.median(ratios):.2f}, p95 {p95(ratios):.2f})")
+        print(f"  statement series exported:           at most {self.series} per metric")
+
+
+def run_phase(title: str, collector: StatementsCollector, conn: Conn, load: Workload,
+              workload: list[str], extra: Callable[[], list[str]], warmup: int,
+              samples: int) -> Phase:
+    """Warm up, then time ``samples`` cycles, each after a round of workload."""
+    phase = Phase(title)
+    for n in range(warmup + samples):
+        load.run(workload + extra())
+        calls_before, total_before = main_query_stats(conn)
+        start = time.perf_counter()
+        out = collector.collect(time.time())
+        wall = (time.perf_counter() - start) * 1000
+        calls_after, total_after = main_query_stats(conn)
+        if n >= warmup:
+            assert calls_after == calls_before + 1
+            phase.walls.append(wall)
+            phase.pg.append(total_after - total_before)
+            phase.series = max(phase.series, Counter(s.name for s in out)[CALLS])
+    return phase
+
+
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, -(-95 * len(ordered) // 100) - 1)]
+
+
+def never_seen_statements(tables: int) -> Iterator[str]:
+    """Statements not run before: two columns at a time, where the setup used one."""
+    for t in range(tables):
+        for a, b in itertools.combinations(range(COLUMNS_PER_TABLE), 2):
+            yield f"SELECT c{a:02d}, c{b:02d} FROM t{t:03d}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--statements", type=int, default=5000)
+    parser.add_argument("--samples", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=10,
+                        help="samples before measuring (psycopg prepares a query on its 5th run)")
+    parser.add_argument("--top-k", type=int, default=100)
+    parser.add_argument("--hot", type=int, default=300, help="hot statements (skewed traffic)")
+    parser.add_argument("--new", type=int, default=5,
+                        help="never-seen statements per interval in the second scenario")
+    args = parser.parse_args()
+    rng = random.Random(7)
+
+    with ThrowawayCluster(max_connections=20) as cluster, \
+            psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION pg_stat_statements")
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE pg_monitor").format(
+            sql.Identifier(MONITOR), sql.Literal(MONITOR_PASSWORD)))
+        statements = make_statements(conn, args.statements)
+        entries = conn.execute("SELECT count(*) FROM pg_stat_statements").fetchone()
+        max_entries = conn.execute("SHOW pg_stat_statements.max").fetchone()
+        hot, cold = statements[: args.hot], statements[args.hot:]
+        # Skewed like real traffic: the i-th hot statement runs about hot/(i+1) times.
+        workload = [s for i, s in enumerate(hot) for _ in range(-(-len(hot) // (i + 1)))]
+        fresh = never_seen_statements(-(-args.statements // COLUMNS_PER_TABLE))
+
+        target = PostgresTarget("bench", cluster.dsn(user=MONITOR, password=MONITOR_PASSWORD))
+        load = Workload(cluster.dsn())
+        collector = StatementsCollector(target, timeout=30.0, top_k=args.top_k, schema=None)
+        steady = run_phase("steady: the hot set between samples", collector, conn, load,
+                           workload, list, args.warmup, args.samples)
+        main_query = collector.main_query
+        assert main_query is not None
+        explain = explain_ms(conn, main_query.as_string(conn), 5)
+        moving = run_phase(
+            f"entries moving: also {args.new} never-seen statements per interval", collector,
+            conn, load, workload, lambda: list(itertools.islice(fresh, args.new)),
+            args.warmup, args.samples)
+        # Query texts fetched on every cycle with newcomers to the top K, not once a minute.
+        eager = StatementsCollector(target, timeout=30.0, top_k=args.top_k, schema=None,
+                                    text_refresh=0.0)
+        churn = run_phase(
+            "churn: also 200 random cold statements per interval, texts fetched every cycle",
+            eager, conn, load, workload, lambda: rng.sample(cold, min(len(cold), 200)),
+            args.warmup, args.samples)
+        load.close()
+        target.close()
+
+    print(f"statements in pg_stat_statements:      {entries[0] if entries else '?'} "
+          f"(pg_stat_statements.max {max_entries[0] if max_entries else '?'}), K = {args.top_k}")
+    print(f"workload between samples:              {len(workload)} executions of {len(hot)} "
+          "hot statements")
+    print(f"samples per scenario:                  {args.samples}, after {args.warmup} warm-up")
+    print("PostgreSQL's time for the main query, per sample: the growth of pg_stat_statements'")
+    print("own total_exec_time for that query across the sample (it includes sending the result).")
+    print()
+    for phase in (steady, moving, churn):
+        phase.report()
+    print(f"  (cross-check for the steady scenario: EXPLAIN (ANALYZE, TIMING OFF) of the main "
+          f"query, which leaves out sending the result: {explain:.2f} ms median of 5, ratio "
+          f"{statistics.median(steady.walls) / explain:.2f})")
+    print()
+    most = max(p.series for p in (steady, moving, churn))
+    ok = steady.ratio <= BUDGET_RATIO and most <= args.top_k
+    print(f"budget (steady scenario): ratio {steady.ratio:.2f} <= {BUDGET_RATIO}, "
+          f"series {most} <= K: {'within budget' if ok else 'OVER BUDGET'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
