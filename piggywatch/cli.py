@@ -43,21 +43,38 @@ def run(config_path: Path, listen: str | None) -> None:
     setup_logging(settings.logging.level, settings.logging.format)
     setup_sentry(settings.sentry.dsn.get_secret_value(), settings.sentry.environment,
                  __version__)
-    exit_now_if_stuck(Daemon(settings, listen=listen).run_forever())
+    daemon = Daemon(settings, listen=listen, base_dir=config_path.resolve().parent)
+    exit_now_if_stuck(daemon.run_forever())
 
 
 @main.command()
 @CONFIG_OPTION
 def check(config_path: Path) -> None:
     """Validate the configuration; print every problem and exit 1, or a summary and exit 0."""
+    from piggywatch.rules.loader import RuleFileError, expand_globs, load_rule_files
+
     settings = _load(config_path)
     collectors = sum(
         1 for t in settings.targets
         for opts in (t.collectors.connections, t.collectors.database,
                      t.collectors.statements, t.collectors.tables)
         if opts.enabled)
+    paths = expand_globs(settings.rule_files, config_path.resolve().parent)
+    unmatched = [p for p in settings.rule_files
+                 if not expand_globs([p], config_path.resolve().parent)]
+    for pattern in unmatched:
+        click.echo(f"error: {config_path}: rule_files: {pattern!r} matches no file", err=True)
+    try:
+        groups = load_rule_files(paths)
+    except RuleFileError as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        raise SystemExit(1) from None
+    if unmatched:
+        raise SystemExit(1)
+    rules = sum(len(g.rules) for g in groups)
     click.echo(f"{config_path}: OK ({len(settings.targets)} targets, "
-               f"{collectors} collectors)")
+               f"{collectors} collectors, {rules} rules in {len(paths)} rule files)")
 
 
 @main.command()
@@ -90,6 +107,21 @@ def demo(listen: str) -> None:
     from piggywatch.demo.run import run_demo
 
     raise SystemExit(run_demo(listen))
+
+
+@main.group()
+def rules() -> None:
+    """Work with alert rule files."""
+
+
+@rules.command("test")
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(dir_okay=False, path_type=Path))
+def rules_test(files: tuple[Path, ...]) -> None:
+    """Run rule unit tests written for `promtool test rules`; exit 1 if any fails."""
+    from piggywatch.rules.unittest import run_rule_tests
+
+    raise SystemExit(run_rule_tests(files))
 
 
 @main.command()

@@ -139,11 +139,34 @@ class LoggingConfig(_Strict):
     format: Literal["auto", "json", "text"] = "auto"
 
 
+NoDataPolicy = Literal["keep_last", "alert", "ok"]
+
+
+class NoDataConfig(_Strict):
+    """What alerting rules do when their query fails or their target is down.
+
+    keep_last holds every alert as it was; alert treats missing data as the condition
+    being true; ok treats it as false (alerts resolve). Per rule group overrides.
+    """
+
+    default: NoDataPolicy = "keep_last"
+    groups: dict[str, NoDataPolicy] = {}
+
+
 class Settings(_Strict):
     """The whole configuration file."""
 
     server: ServerConfig = ServerConfig()
     targets: list[TargetConfig] = Field(min_length=1)
+    rule_files: list[str] = []
+    evaluation_interval: Duration = 15.0
+    # Alert state and long-range history; a path relative to the config file's directory
+    # is written sqlite:///./state.db.
+    state: str = Field(default="sqlite:///var/lib/piggywatch/state.db",
+                       pattern=r"^sqlite:///.+")
+    no_data: NoDataConfig = NoDataConfig()
+    external_url: str = ""
+    external_labels: dict[str, str] = {}
     sentry: SentryConfig = SentryConfig()
     logging: LoggingConfig = LoggingConfig()
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -23,6 +24,10 @@ from piggywatch.collectors.postgres.target import PostgresTarget
 from piggywatch.config import Settings, TargetConfig
 from piggywatch.exporter import build_registry
 from piggywatch.observability import redactor
+from piggywatch.rules.alerts import AlertEvent
+from piggywatch.rules.loader import expand_globs
+from piggywatch.rules.manager import NoData, RuleManager
+from piggywatch.rules.state_db import AlertStateDB, sqlite_path
 from piggywatch.selfmetrics import SelfMetrics
 from piggywatch.server import Endpoints, HttpServer, split_listen
 from piggywatch.store import MemoryStore, Sample, labels_of
@@ -31,6 +36,10 @@ log = logging.getLogger(__name__)
 
 # How long a stop may take before worker threads stuck in a network call are abandoned.
 STOP_GRACE_SECONDS = 3.0
+# How often rule files are checked for changes (SIGHUP reloads at once).
+RULE_FILE_POLL_SECONDS = 5.0
+# In-memory history kept even when no rule needs that much (for the API and debugging).
+DEFAULT_RETENTION = 3600.0
 
 
 @dataclass
@@ -130,8 +139,10 @@ def build_collectors(config: TargetConfig, target: PostgresTarget) -> list[tuple
 class Daemon:
     """The running PiggyWatch: scheduler, collectors, store and HTTP server."""
 
-    def __init__(self, settings: Settings, *, listen: str | None = None) -> None:
+    def __init__(self, settings: Settings, *, listen: str | None = None,
+                 base_dir: Path | None = None) -> None:
         self.settings = settings
+        self.base_dir = base_dir or Path.cwd()
         redactor.add(settings.secrets())
         self.store = MemoryStore()
         self.self_metrics = SelfMetrics(self.store)
@@ -150,6 +161,9 @@ class Daemon:
                 if isinstance(collector, StatementsCollector):
                     self._statements[target.name] = collector
         self.self_metrics.publish(time.time())
+        self.rules = self._build_rules()
+        self._rule_files: dict[Path, float] = {}
+        self._reload_requested = threading.Event()
         self.listen = listen or settings.server.listen
         self.http: HttpServer | None = None
         self._scheduler: Any = None
@@ -175,6 +189,57 @@ class Daemon:
         for target in self.targets:
             target.close()
 
+    def _build_rules(self) -> RuleManager | None:
+        if not self.settings.rule_files:
+            return None
+        state_path = sqlite_path(self.settings.state)
+        if not state_path.is_absolute():
+            state_path = self.base_dir / state_path
+        no_data = self.settings.no_data
+        return RuleManager(
+            self.store, self.store, log_alert_event,
+            state_db=AlertStateDB(state_path),
+            default_interval=self.settings.evaluation_interval,
+            no_data=NoData(no_data.default),
+            no_data_groups={g: NoData(p) for g, p in no_data.groups.items()},
+            external_labels=self.settings.external_labels,
+            external_url=self.settings.external_url,
+        )
+
+    def rule_paths(self) -> list[Path]:
+        """The rule files the configured globs match now."""
+        return expand_globs(self.settings.rule_files, self.base_dir)
+
+    def reload_rules(self) -> bool:
+        """(Re)load rule files; on a problem the running rules stay. Returns success."""
+        if self.rules is None:
+            return True
+        paths = self.rule_paths()
+        self._rule_files = _mtimes(paths)
+        problems = self.rules.load(paths)
+        self.store.set_retention(max(DEFAULT_RETENTION, self.rules.lookback() + 60.0))
+        if self._scheduler is not None:
+            self._schedule_rule_groups()
+        return not problems
+
+    def _schedule_rule_groups(self) -> None:
+        assert self.rules is not None
+        for job in self._scheduler.get_jobs():
+            if job.id.startswith("rules:"):
+                job.remove()
+        for group in self.rules.groups():
+            interval = self.rules.interval(group)
+            self._scheduler.add_job(
+                self.rules.evaluate_group, "interval", args=[group.name], seconds=interval,
+                id=f"rules:{group.name}", name=f"rules:{group.name}",
+                misfire_grace_time=max(1, int(interval / 2)))
+
+    def _check_rule_files(self) -> None:
+        if self._reload_requested.is_set() or _mtimes(self.rule_paths()) != self._rule_files:
+            self._reload_requested.clear()
+            log.info("reloading rule files")
+            self.reload_rules()
+
     def start(self) -> None:
         """Start the HTTP server and the schedule (every job runs once at once)."""
         from apscheduler.executors.pool import ThreadPoolExecutor
@@ -199,6 +264,12 @@ class Daemon:
                 # A cycle that could not start on time is skipped, not run late in a burst.
                 misfire_grace_time=max(1, int(job.interval / 2)),
             )
+        if self.rules is not None:
+            self.reload_rules()
+            self._schedule_rule_groups()
+            self._scheduler.add_job(self._check_rule_files, "interval",
+                                    seconds=RULE_FILE_POLL_SECONDS, id="rule-files",
+                                    name="rule-files", misfire_grace_time=1)
         self._scheduler.start()
         log.info("piggywatch %s listening on http://%s/metrics with %d collectors on %d "
                  "targets", __version__, f"{split_listen(self.listen)[0]}:{self.http.port}",
@@ -226,13 +297,18 @@ class Daemon:
         """Whether any sampling cycle is still running."""
         return any(job.running for job in self.jobs)
 
+    def _hangup(self, signum: int, frame: FrameType | None) -> None:
+        # Rule files are reloaded on SIGHUP; other configuration needs a restart.
+        log.info("SIGHUP received: reloading rule files")
+        self._reload_requested.set()
+
     def request_stop(self, signum: int = signal.SIGTERM, frame: FrameType | None = None) -> None:
         """Signal handler: ask the main loop to stop."""
         log.info("received %s, stopping", signal.Signals(signum).name)
         self._stop.set()
 
     def run_forever(self) -> bool:
-        """Run until SIGTERM/SIGINT, then stop. SIGHUP is logged, not fatal.
+        """Run until SIGTERM/SIGINT, then stop. SIGHUP reloads the rule files.
 
         Returns False when a sampling cycle is still blocked in a network call after the
         grace period; the caller should then leave with os._exit, as that thread would
@@ -240,10 +316,12 @@ class Daemon:
         """
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
-        signal.signal(signal.SIGHUP, _hangup)
+        signal.signal(signal.SIGHUP, self._hangup)
         self.start()
         try:
-            self._stop.wait()
+            while not self._stop.wait(0.5):
+                if self._reload_requested.is_set():
+                    self._check_rule_files()
         finally:
             self.stop()
         log.info("stopped")
@@ -257,9 +335,18 @@ def exit_now_if_stuck(clean: bool) -> None:
         os._exit(0)
 
 
-def _hangup(signum: int, frame: FrameType | None) -> None:
-    log.warning("SIGHUP received: configuration reload is not supported yet; "
-                "restart the daemon to apply a changed configuration")
+def _mtimes(paths: list[Path]) -> dict[Path, float]:
+    found = {}
+    for path in paths:
+        try:
+            found[path] = path.stat().st_mtime
+        except OSError:
+            found[path] = -1.0
+    return found
+
+
+def log_alert_event(event: AlertEvent) -> None:
+    """The alerting side until delivery exists: the transition is logged (by the manager)."""
 
 
 def _utc(ts: float) -> datetime:

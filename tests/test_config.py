@@ -67,7 +67,8 @@ def test_every_problem_is_listed_and_no_secret_is_printed(tmp_path: Path) -> Non
 def test_good_config_passes_check_with_one_line_summary(tmp_path: Path) -> None:
     result = check(tmp_path, GOOD, {"DATABASE_URL": SECRET_DSN})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().endswith("OK (1 targets, 4 collectors)")
+    assert result.stdout.strip().endswith(
+        "OK (1 targets, 4 collectors, 0 rules in 0 rule files)")
 
 
 def test_unset_variable_is_named_with_its_line() -> None:

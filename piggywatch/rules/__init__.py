@@ -1,0 +1,1 @@
+"""Rules: rule files, the PromQL-subset evaluator, and the alert state machine."""

@@ -1,0 +1,347 @@
+"""Runs rule groups: evaluates expressions, drives alert state, records results, persists."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
+
+from piggywatch.rules.alerts import (
+    Alert,
+    AlertEvent,
+    AlertingRuleState,
+    DuplicateAlertError,
+    Missing,
+    Result,
+)
+from piggywatch.rules.loader import (
+    AlertingRule,
+    RecordingRule,
+    RuleFileError,
+    RuleGroup,
+    RuleProblem,
+    load_rule_files,
+)
+from piggywatch.rules.promql.evaluate import EvaluationError, Evaluator, Scalar
+from piggywatch.rules.state_db import AlertStateDB
+from piggywatch.rules.templating import QuerySample, render_or_error
+from piggywatch.store import MemoryStore, MetricKind, MetricSpec, Sample, labels_of
+from piggywatch.store.series import SeriesSource
+
+log = logging.getLogger(__name__)
+
+
+class NoData(StrEnum):
+    """What a rule does when its query fails or its target is down."""
+
+    KEEP_LAST = "keep_last"  # hold every alert as it was (Prometheus's behaviour on errors)
+    ALERT = "alert"  # treat the missing data as the condition being true
+    OK = "ok"  # treat it as the condition being false (alerts resolve)
+
+
+class AlertSink(Protocol):
+    """The alerting side: receives transitions, knows nothing of how rules work."""
+
+    def __call__(self, event: AlertEvent) -> None:
+        """Take one event."""
+        ...
+
+
+RULE_SPECS = (
+    MetricSpec("ALERTS", MetricKind.GAUGE, "Pending and firing alerts (1 per alert)"),
+    MetricSpec("ALERTS_FOR_STATE", MetricKind.GAUGE,
+               "Unix time at which each pending or firing alert became active"),
+    MetricSpec("piggywatch_rule_group_last_duration_seconds", MetricKind.GAUGE,
+               "How long the group's last evaluation took"),
+    MetricSpec("piggywatch_rule_group_last_evaluation_timestamp_seconds", MetricKind.GAUGE,
+               "Unix time of the group's last evaluation"),
+    MetricSpec("piggywatch_rule_evaluations_total", MetricKind.COUNTER,
+               "Rule evaluations, by group"),
+    MetricSpec("piggywatch_rule_evaluation_failures_total", MetricKind.COUNTER,
+               "Rule evaluations that failed (query error or duplicate alert labels)"),
+    MetricSpec("piggywatch_rule_group_rules", MetricKind.GAUGE, "Rules in the group"),
+    MetricSpec("piggywatch_rule_files_last_reload_success", MetricKind.GAUGE,
+               "Whether the last rule file (re)load worked (1) or kept the old rules (0)"),
+    MetricSpec("piggywatch_rule_files_last_reload_success_timestamp_seconds", MetricKind.GAUGE,
+               "Unix time of the last successful rule file load"),
+    MetricSpec("piggywatch_alert_events_total", MetricKind.COUNTER,
+               "Alert transitions handed to the alerting side, by kind"),
+)
+
+
+@dataclass
+class _GroupRun:
+    group: RuleGroup
+    states: dict[str, AlertingRuleState] = field(default_factory=dict)
+    evaluations: int = 0
+    failures: int = 0
+    last_duration: float = 0.0
+    last_at: float = 0.0
+
+
+class RuleManager:
+    """Loads rule files, evaluates each group, and turns results into alert events."""
+
+    def __init__(
+        self,
+        store: MemoryStore,
+        source: SeriesSource,
+        sink: AlertSink,
+        *,
+        state_db: AlertStateDB | None = None,
+        default_interval: float = 15.0,
+        no_data: NoData = NoData.KEEP_LAST,
+        no_data_groups: Mapping[str, NoData] | None = None,
+        external_labels: Mapping[str, str] | None = None,
+        external_url: str = "",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._evaluator = Evaluator(source)
+        self._sink = sink
+        self._db = state_db
+        self.default_interval = default_interval
+        self._no_data = no_data
+        self._no_data_groups = dict(no_data_groups or {})
+        self._external_labels = dict(external_labels or {})
+        self._external_url = external_url
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._runs: dict[str, _GroupRun] = {}
+        self._reload_ok = 1.0
+        self._reload_at = 0.0
+        self._events: dict[str, int] = {"firing": 0, "resolved": 0}
+        self._restored: dict[tuple[str, str], list[Alert]] = (
+            state_db.load() if state_db is not None else {})
+        store.register(RULE_SPECS)
+
+    # --- loading ------------------------------------------------------------------------
+
+    def load(self, paths: Sequence[Path]) -> list[RuleProblem]:
+        """Load rule files; on any problem keep the running rules and return the problems."""
+        try:
+            groups = load_rule_files(paths)
+            problems: list[RuleProblem] = []
+            names = [g.name for g in groups]
+            for name in {n for n in names if names.count(n) > 1}:
+                files = sorted({g.file for g in groups if g.name == name})
+                problems.append(RuleProblem(files[-1], None, f"group {name!r}",
+                                            f"group name also used in {files[0]}"))
+            if problems:
+                raise RuleFileError(problems)
+        except RuleFileError as exc:
+            self._reload_ok = 0.0
+            for problem in exc.problems:
+                log.error("rule file problem: %s", problem)
+            if self._runs:
+                log.error("keeping the %d rule groups loaded before", len(self._runs))
+            self._publish_meta(self._clock())
+            return exc.problems
+        with self._lock:
+            old = self._runs
+            self._runs = {}
+            for group in groups:
+                run = _GroupRun(group)
+                for rule in group.rules:
+                    if isinstance(rule, AlertingRule):
+                        state = AlertingRuleState(group.name, rule.name, hold=rule.hold,
+                                                  keep_firing_for=rule.keep_firing_for,
+                                                  labels=rule.labels,
+                                                  annotations=rule.annotations)
+                        previous = old.get(group.name)
+                        if previous is not None and rule.name in previous.states:
+                            state.active = previous.states[rule.name].active
+                        elif (group.name, rule.name) in self._restored:
+                            state.restore(self._restored.pop((group.name, rule.name)))
+                        run.states[rule.name] = state
+                    else:
+                        self._register_recording(rule, group)
+                self._runs[group.name] = run
+            if self._db is not None:
+                self._db.forget_except({(g, r) for g, run in self._runs.items()
+                                        for r in run.states})
+            self._reload_ok = 1.0
+            self._reload_at = self._clock()
+        log.info("loaded %d rule groups with %d rules from %d files", len(groups),
+                 sum(len(g.rules) for g in groups), len({g.file for g in groups}))
+        self._publish_meta(self._clock())
+        return []
+
+    def groups(self) -> list[RuleGroup]:
+        """The rule groups running now."""
+        with self._lock:
+            return [run.group for run in self._runs.values()]
+
+    def interval(self, group: RuleGroup) -> float:
+        """A group's evaluation interval (its own, or the global one)."""
+        return group.interval or self.default_interval
+
+    def lookback(self) -> float:
+        """The longest history any loaded rule needs."""
+        return max((g.lookback() for g in self.groups()), default=0.0)
+
+    # --- evaluation ---------------------------------------------------------------------
+
+    def evaluate_group(self, name: str, ts: float | None = None) -> list[AlertEvent]:
+        """Evaluate one group at ``ts`` (now by default); hand transitions to the sink."""
+        at = self._clock() if ts is None else ts
+        with self._lock:
+            run = self._runs.get(name)
+            if run is None:
+                return []
+            started = time.monotonic()
+            events: list[AlertEvent] = []
+            down = self._down_targets(at)
+            policy = self._no_data_groups.get(name, self._no_data)
+            for rule in run.group.rules:
+                try:
+                    if isinstance(rule, RecordingRule):
+                        self._record(rule, run.group, at)
+                    else:
+                        events += self._alert(rule, run.states[rule.name], at, down, policy)
+                except (EvaluationError, DuplicateAlertError) as exc:
+                    run.failures += 1
+                    log.warning("rule %r of group %r failed: %s", rule.name, name, exc)
+                    if isinstance(rule, AlertingRule):
+                        events += self._alert_without_data(run.states[rule.name], at, policy)
+            run.evaluations += 1
+            run.last_duration = time.monotonic() - started
+            run.last_at = at
+            self._publish_alerts(run, at)
+            if self._db is not None:
+                for state in run.states.values():
+                    self._db.save(name, state.name, state.active.values())
+        for event in events:
+            self._events[event.kind.value] += 1
+            log.info("alert %s %s %s", event.rule, event.kind.value,
+                     dict(event.alert.labels))
+            try:
+                self._sink(event)
+            except Exception:
+                log.exception("the alerting side failed to take an event for %s", event.rule)
+        self._publish_meta(at)
+        return events
+
+    def query(self, expr: str, at: float) -> list[QuerySample]:
+        """Run an instant query (for templates' ``query`` and for the API)."""
+        value = self._evaluator.instant(expr, at)
+        if isinstance(value, Scalar):
+            return [QuerySample({}, value.value)]
+        if isinstance(value, list):
+            return [QuerySample(dict(s.labels), s.value) for s in value]
+        raise EvaluationError("a template query must return a vector or a scalar")
+
+    def _alert(self, rule: AlertingRule, state: AlertingRuleState, at: float,
+               down: set[str], policy: NoData) -> list[AlertEvent]:
+        vector = self._evaluator.instant(rule.expr, at)
+        if isinstance(vector, Scalar):
+            # Prometheus reads a scalar result as one sample without labels.
+            results = [Result((), vector.value)]
+        elif isinstance(vector, list):
+            results = [Result(s.labels, s.value) for s in vector]
+        else:
+            raise EvaluationError("an alerting rule's expression must return a vector or scalar")
+
+        def missing(alert: Alert) -> Missing:
+            # An alert about a target that is down has no data, not a resolved condition.
+            if alert.label("target") not in down or policy is NoData.OK:
+                return Missing.RESOLVE
+            return Missing.HOLD if policy is NoData.KEEP_LAST else Missing.PRESENT
+
+        return state.evaluate(results, at, self._expander(at), missing if down else None)
+
+    def _alert_without_data(self, state: AlertingRuleState, at: float,
+                            policy: NoData) -> list[AlertEvent]:
+        if policy is NoData.KEEP_LAST:
+            return []
+        if policy is NoData.OK:
+            return state.evaluate([], at, self._expander(at))
+        if state.alerts():
+            return state.evaluate([], at, self._expander(at), lambda a: Missing.PRESENT)
+        return state.evaluate([Result((("no_data", "query_failed"),), math.nan)], at,
+                              self._expander(at))
+
+    def _record(self, rule: RecordingRule, group: RuleGroup, at: float) -> None:
+        value = self._evaluator.instant(rule.expr, at)
+        if isinstance(value, Scalar):
+            samples = [Sample(rule.name, labels_of(rule.labels), value.value, at)]
+        elif isinstance(value, list):
+            samples = []
+            for s in value:
+                labels = {k: v for k, v in s.labels if k != "__name__"}
+                labels.update(rule.labels)
+                samples.append(Sample(rule.name, labels_of(labels), s.value, at))
+        else:
+            raise EvaluationError("a recording rule's expression must return a vector")
+        self._store.publish(f"rules/{group.name}/{rule.name}", samples, at)
+
+    def _register_recording(self, rule: RecordingRule, group: RuleGroup) -> None:
+        spec = MetricSpec(rule.name, MetricKind.GAUGE,
+                          f"Recording rule {rule.name} of group {group.name}")
+        try:
+            self._store.register([spec])
+        except ValueError:
+            log.debug("recording rule %s is declared elsewhere too", rule.name)
+
+    def _expander(self, at: float) -> Callable[[str, Mapping[str, str], float], str]:
+        def expand(template: str, labels: Mapping[str, str], value: float) -> str:
+            return render_or_error(template, labels=labels, value=value,
+                                   query=lambda q: self.query(q, at),
+                                   external_labels=self._external_labels,
+                                   external_url=self._external_url)
+        return expand
+
+    def _down_targets(self, at: float) -> set[str]:
+        try:
+            found = self._evaluator.instant("pg_up == 0", at)
+        except EvaluationError:
+            return set()
+        if not isinstance(found, list):
+            return set()
+        return {v for s in found for k, v in s.labels if k == "target"}
+
+    # --- exposition ---------------------------------------------------------------------
+
+    def _publish_alerts(self, run: _GroupRun, at: float) -> None:
+        out: list[Sample] = []
+        for state in run.states.values():
+            for alert in state.alerts():
+                labels = dict(alert.labels)
+                out.append(Sample("ALERTS_FOR_STATE", labels_of(labels), alert.active_at, at))
+                labels["alertstate"] = alert.state.value
+                out.append(Sample("ALERTS", labels_of(labels), 1.0, at))
+        self._store.publish(f"rules/{run.group.name}/ALERTS", out, at)
+
+    def _publish_meta(self, at: float) -> None:
+        out = [Sample("piggywatch_rule_files_last_reload_success", (), self._reload_ok, at)]
+        if self._reload_at:
+            out.append(Sample("piggywatch_rule_files_last_reload_success_timestamp_seconds", (),
+                              self._reload_at, at))
+        with self._lock:
+            runs = list(self._runs.values())
+        for run in runs:
+            labels = labels_of(rule_group=run.group.name)
+            out.append(Sample("piggywatch_rule_group_rules", labels, len(run.group.rules), at))
+            out.append(Sample("piggywatch_rule_evaluations_total", labels, run.evaluations, at))
+            out.append(Sample("piggywatch_rule_evaluation_failures_total", labels,
+                              run.failures, at))
+            if run.last_at:
+                out.append(Sample("piggywatch_rule_group_last_duration_seconds", labels,
+                                  run.last_duration, at))
+                out.append(Sample("piggywatch_rule_group_last_evaluation_timestamp_seconds",
+                                  labels, run.last_at, at))
+        for kind, count in self._events.items():
+            out.append(Sample("piggywatch_alert_events_total", labels_of(kind=kind), count, at))
+        self._store.publish("rules/meta", out, at)
+
+    def active_alerts(self) -> list[tuple[str, str, Alert]]:
+        """(group, rule, alert) for every pending or firing alert."""
+        with self._lock:
+            return [(g, s.name, a) for g, run in self._runs.items()
+                    for s in run.states.values() for a in s.alerts()]

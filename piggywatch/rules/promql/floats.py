@@ -1,0 +1,196 @@
+"""Float arithmetic with Go's results where Python raises; the sums and quantiles of Prometheus.
+
+Python raises on ``1 / 0``, ``math.log(0)`` or ``math.exp(1000)``; Prometheus (Go) returns
+±Inf or NaN. Every operation an expression can reach goes through these helpers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+INF = math.inf
+NAN = math.nan
+_isinf = math.isinf  # looked up once: it runs per point in the loops below
+
+
+def div(a: float, b: float) -> float:
+    """``a / b`` with IEEE results for a zero divisor."""
+    try:
+        return a / b
+    except ZeroDivisionError:
+        if a == 0 or a != a:
+            return NAN
+        return math.copysign(INF, a) * math.copysign(1.0, b)
+
+
+def mod(a: float, b: float) -> float:
+    """Go's ``math.Mod``: the sign of ``a``; NaN for a zero divisor or an infinite ``a``."""
+    try:
+        return math.fmod(a, b)
+    except ValueError:
+        return NAN
+
+
+def _odd_integer(x: float) -> bool:
+    return math.isfinite(x) and x == math.floor(x) and math.fmod(x, 2.0) != 0.0
+
+
+def power(a: float, b: float) -> float:
+    """Go's ``math.Pow``: NaN for a negative base with a fractional exponent, ±Inf on overflow."""
+    try:
+        return math.pow(a, b)
+    except OverflowError:
+        return -INF if a < 0 and _odd_integer(b) else INF
+    except ValueError:
+        if a == 0:  # zero to a negative power
+            return math.copysign(INF, a) if _odd_integer(b) else INF
+        return NAN
+
+
+def sqrt(x: float) -> float:
+    """Square root; NaN for negative numbers."""
+    return math.sqrt(x) if x >= 0 or x != x else NAN
+
+
+def ln(x: float) -> float:
+    """Natural logarithm; -Inf at zero, NaN for negative numbers."""
+    if x > 0 or x != x:
+        return math.log(x)
+    return -INF if x == 0 else NAN
+
+
+def exp(x: float) -> float:
+    """``e ** x``; +Inf on overflow."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return INF
+
+
+def floor(x: float) -> float:
+    """Go's ``math.Floor``: a float, and ±Inf / NaN pass through."""
+    if not math.isfinite(x):
+        return x
+    return math.copysign(float(math.floor(x)), x)
+
+
+def ceil(x: float) -> float:
+    """Go's ``math.Ceil``: a float, keeping the sign of zero (``ceil(-0.5)`` is ``-0``)."""
+    if not math.isfinite(x):
+        return x
+    return math.copysign(float(math.ceil(x)), x)
+
+
+def go_max(a: float, b: float) -> float:
+    """Go's ``math.Max``: NaN if either is NaN."""
+    if a != a or b != b:
+        return NAN
+    return a if a > b else b
+
+
+def go_min(a: float, b: float) -> float:
+    """Go's ``math.Min``: NaN if either is NaN."""
+    if a != a or b != b:
+        return NAN
+    return a if a < b else b
+
+
+def kahan_sum(values: Sequence[float]) -> float:
+    """Kahan-Neumaier compensated sum, exactly as Prometheus's ``sum_over_time``."""
+    total = c = 0.0
+    for v in values:
+        t = total + v
+        if abs(total) >= abs(v):
+            c += (total - t) + v
+        else:
+            c += (v - t) + total
+        total = t
+    return total if _isinf(total) else total + c
+
+
+def kahan_mean(values: Sequence[float]) -> float:
+    """Incremental compensated mean, as Prometheus's ``avg_over_time``.
+
+    Each step adds ``v/n - mean/n`` so that large values do not overflow a running sum.
+    """
+    mean = c = count = 0.0
+    for v in values:
+        count += 1.0
+        if _isinf(mean):
+            if _isinf(v) and (mean > 0) == (v > 0):
+                continue  # same-signed infinities: the mean is already right
+            if not _isinf(v) and v == v:
+                continue  # a finite value cannot move an infinite mean
+        inc = v / count - mean / count
+        t = mean + inc
+        if abs(mean) >= abs(inc):
+            c += (mean - t) + inc
+        else:
+            c += (inc - t) + mean
+        mean = t
+    return mean if _isinf(mean) else mean + c
+
+
+def incremental_mean(values: Sequence[float]) -> float:
+    """Incremental mean without compensation, as Prometheus 2.x's ``avg`` aggregation."""
+    mean = values[0]
+    count = 1.0
+    for v in values[1:]:
+        count += 1
+        if math.isinf(mean):
+            if math.isinf(v) and (mean > 0) == (v > 0):
+                continue
+            if not math.isinf(v) and v == v:
+                continue
+        mean += v / count - mean / count
+    return mean
+
+
+def smallest(values: Sequence[float]) -> float:
+    """Prometheus's min: the smallest number, the first of equals; NaN only if all are NaN."""
+    numbers = _numbers_first(values)
+    low = sorted(numbers)[0]  # sorted compares floats natively: far faster than min()
+    return min(numbers) if low == 0 else low  # min() keeps the first zero's sign, like Go
+
+
+def largest(values: Sequence[float]) -> float:
+    """Prometheus's max: the largest number, the first of equals; NaN only if all are NaN."""
+    numbers = _numbers_first(values)
+    high = sorted(numbers)[-1]
+    return max(numbers) if high == 0 else high
+
+
+def _numbers_first(values: Sequence[float]) -> Sequence[float]:
+    # Without NaNs, or all of them if all are NaN. Python's min and max give
+    # order-dependent answers with NaNs; Prometheus ignores NaNs unless there is nothing else.
+    total = sum(values)
+    if total == total:  # no NaN (the C-level sum is the cheap way to find out)
+        return values
+    return [v for v in values if v == v] or values
+
+
+def sorted_nan_first(values: Sequence[float]) -> list[float]:
+    """Ascending, with NaNs first, as Prometheus sorts values for a quantile."""
+    total = sum(values)
+    if total == total:  # no NaN (the C-level sum is the cheap way to find out)
+        return sorted(values)
+    numbers = sorted(v for v in values if v == v)
+    return [NAN] * (len(values) - len(numbers)) + numbers
+
+
+def quantile(q: float, values: Sequence[float]) -> float:
+    """The q-quantile by linear interpolation between closest ranks (Prometheus's ``quantile``)."""
+    if not values or q != q:
+        return NAN
+    if q < 0:
+        return -INF
+    if q > 1:
+        return INF
+    ordered = sorted_nan_first(values)
+    n = len(ordered)
+    rank = q * (n - 1)
+    lower = max(0, math.floor(rank))
+    upper = min(n - 1, lower + 1)
+    weight = rank - math.floor(rank)
+    return ordered[lower] * (1 - weight) + ordered[upper] * weight

@@ -1,0 +1,235 @@
+"""Functions over a range vector (``rate(x[5m])``, ``max_over_time(x[1h])``), series by series.
+
+Each takes a series' points inside the window (stale markers already dropped, at least one
+point) and returns the output value, or None to drop the series, exactly as Prometheus 2.x.
+Loops over points run in C (``sum``, ``map``, ``compress``) wherever the semantics allow,
+because a rule may apply these to thousands of series every evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import compress, islice
+from operator import gt, ne
+from typing import TypeAlias
+
+from piggywatch.rules.promql import floats
+
+
+@dataclass(frozen=True, slots=True)
+class RangeWindow:
+    """Where a range selector looked: ``[start, end]``, its length, the evaluation time, and
+    the function's scalar argument (``quantile_over_time``'s q, ``predict_linear``'s seconds).
+    """
+
+    start: float
+    end: float
+    length: float
+    at: float
+    param: float = math.nan
+
+
+RangeFunction: TypeAlias = Callable[[Sequence[float], Sequence[float], RangeWindow], float | None]
+
+
+def _extrapolated_rate(
+    ts: Sequence[float], vs: Sequence[float], w: RangeWindow, counter: bool, per_second: bool
+) -> float | None:
+    n = len(vs)
+    if n < 2:
+        return None
+    first = vs[0]
+    result = vs[-1] - first
+    if counter and not _never_drops(vs):
+        # A drop means the counter restarted from zero: add back what it had reached.
+        for before_reset in compress(vs, map(gt, vs, islice(vs, 1, None))):
+            result += before_reset
+    to_start = ts[0] - w.start
+    to_end = w.end - ts[-1]
+    sampled = ts[-1] - ts[0]
+    average_step = sampled / (n - 1)
+    if counter and result > 0 and first >= 0:
+        # Counters cannot go below zero, so do not extrapolate past where this one was zero.
+        to_zero = sampled * (first / result)
+        if to_zero < to_start:
+            to_start = to_zero
+    # Extrapolate to a range boundary only if a sample there was due; otherwise assume the
+    # series started or ended half a step beyond the samples seen.
+    threshold = average_step * 1.1
+    interval = sampled
+    interval += to_start if to_start < threshold else average_step / 2
+    interval += to_end if to_end < threshold else average_step / 2
+    factor = interval / sampled  # not zero: a series has one point per timestamp
+    if per_second:
+        factor /= w.length
+    return result * factor
+
+
+def _never_drops(vs: Sequence[float]) -> bool:
+    """True only if no value is below its predecessor (False may be wrong, never True).
+
+    ``sorted`` compares floats natively, ten times faster than a Python-level pairwise
+    scan; it proves nothing once a NaN is in play, hence the NaN check first.
+    """
+    total = sum(vs)
+    return total == total and sorted(vs) == vs
+
+
+def rate(ts: Sequence[float], vs: Sequence[float], w: RangeWindow) -> float | None:
+    """Per-second increase of a counter, reset-corrected and extrapolated."""
+    return _extrapolated_rate(ts, vs, w, True, True)
+
+
+def increase(ts: Sequence[float], vs: Sequence[float], w: RangeWindow) -> float | None:
+    """Increase of a counter over the range, reset-corrected and extrapolated."""
+    return _extrapolated_rate(ts, vs, w, True, False)
+
+
+def delta(ts: Sequence[float], vs: Sequence[float], w: RangeWindow) -> float | None:
+    """Difference of a gauge between the range's ends, extrapolated."""
+    return _extrapolated_rate(ts, vs, w, False, False)
+
+
+def irate(ts: Sequence[float], vs: Sequence[float], w: RangeWindow) -> float | None:
+    """Per-second rate between the last two samples."""
+    if len(vs) < 2:
+        return None
+    last, previous = vs[-1], vs[-2]
+    result = last if last < previous else last - previous
+    step = ts[-1] - ts[-2]
+    if step == 0:
+        return None
+    return result / step
+
+
+def avg_over_time(ts: Sequence[float], vs: Sequence[float], w: RangeWindow) -> float | None:
+    """Mean of the samples in the range."""
+    return floats.kahan_mean(vs)
+
+
+def sum_over_time(ts: Sequence[float], vs: Sequence[float], w: RangeWindow) -> float | None:
+    """Sum of the samples in the range."""
+    return floats.kahan_sum(vs)
+
+
+def count_over_time(ts: Sequence[float], vs: Sequence[float], w: RangeWindow) -> float | None:
+    """Number of samples in the range."""
+    return float(len(vs))
+
+
+def min_over_time(ts: Sequence[float], vs: Sequence[float], w: RangeWindow) -> float | None:
+    """Smallest sample in the range (NaN only if every sample is NaN)."""
+    return floats.smallest(vs)
+
+
+def max_over_time(ts: Sequence[float], vs: Sequence[float], w: RangeWindow) -> float | None:
+    """Largest sample in the range (NaN only if every sample is NaN)."""
+    return floats.largest(vs)
+
+
+def quantile_over_time(ts: Sequence[float], vs: Sequence[float], w: RangeWindow) -> float | None:
+    """The ``w.param``-quantile of the samples in the range."""
+    return floats.quantile(w.param, vs)
+
+
+def last_over_time(ts: Sequence[float], vs: Sequence[float], w: RangeWindow) -> float | None:
+    """The newest sample in the range."""
+    return vs[-1]
+
+
+def changes(ts: Sequence[float], vs: Sequence[float], w: RangeWindow) -> float | None:
+    """How many times the value changed (NaN to NaN is no change)."""
+    total = sum(vs)
+    if total == total:
+        return float(sum(map(ne, vs, islice(vs, 1, None))))
+    count = 0
+    previous = vs[0]
+    for current in islice(vs, 1, None):
+        if current != previous and not (current != current and previous != previous):
+            count += 1
+        previous = current
+    return float(count)
+
+
+def resets(ts: Sequence[float], vs: Sequence[float], w: RangeWindow) -> float | None:
+    """How many times the value dropped (counter resets)."""
+    if _never_drops(vs):
+        return 0.0
+    return float(sum(map(gt, vs, islice(vs, 1, None))))
+
+
+def _linear_regression(
+    ts: Sequence[float], vs: Sequence[float], intercept_time: float
+) -> tuple[float, float]:
+    # Least squares with compensated sums, x measured from intercept_time (Prometheus's
+    # linearRegression, including its special case for a constant series).
+    first = vs[0]
+    if all(v == first for v in vs):
+        if math.isinf(first):
+            return math.nan, math.nan
+        return 0.0, first
+    n = 0.0
+    sum_x = c_x = sum_y = c_y = sum_xy = c_xy = sum_x2 = c_x2 = 0.0
+    for t, v in zip(ts, vs, strict=True):
+        n += 1.0
+        x = t - intercept_time
+        sum_x, c_x = _kahan_step(x, sum_x, c_x)
+        sum_y, c_y = _kahan_step(v, sum_y, c_y)
+        sum_xy, c_xy = _kahan_step(x * v, sum_xy, c_xy)
+        sum_x2, c_x2 = _kahan_step(x * x, sum_x2, c_x2)
+    sum_x += c_x
+    sum_y += c_y
+    sum_xy += c_xy
+    sum_x2 += c_x2
+    cov_xy = sum_xy - sum_x * sum_y / n
+    var_x = sum_x2 - sum_x * sum_x / n
+    slope = floats.div(cov_xy, var_x)
+    intercept = sum_y / n - slope * sum_x / n
+    return slope, intercept
+
+
+def _kahan_step(inc: float, total: float, c: float) -> tuple[float, float]:
+    t = total + inc
+    if abs(total) >= abs(inc):
+        c += (total - t) + inc
+    else:
+        c += (inc - t) + total
+    return t, c
+
+
+def deriv(ts: Sequence[float], vs: Sequence[float], w: RangeWindow) -> float | None:
+    """Per-second slope of a gauge by simple linear regression."""
+    if len(vs) < 2:
+        return None
+    slope, _ = _linear_regression(ts, vs, ts[0])
+    return slope
+
+
+def predict_linear(ts: Sequence[float], vs: Sequence[float], w: RangeWindow) -> float | None:
+    """The regression line's value ``w.param`` seconds after the evaluation time."""
+    if len(vs) < 2:
+        return None
+    slope, intercept = _linear_regression(ts, vs, w.at)
+    return intercept + slope * w.param
+
+
+RANGE_FUNCTIONS: dict[str, RangeFunction] = {
+    "rate": rate,
+    "increase": increase,
+    "delta": delta,
+    "irate": irate,
+    "avg_over_time": avg_over_time,
+    "sum_over_time": sum_over_time,
+    "count_over_time": count_over_time,
+    "min_over_time": min_over_time,
+    "max_over_time": max_over_time,
+    "quantile_over_time": quantile_over_time,
+    "last_over_time": last_over_time,
+    "changes": changes,
+    "resets": resets,
+    "deriv": deriv,
+    "predict_linear": predict_linear,
+}
+"""Range-vector functions by name (``absent_over_time`` is handled by the evaluator)."""

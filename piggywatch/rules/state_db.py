@@ -1,0 +1,115 @@
+"""Durable alert state, so a restart neither re-pages a firing alert nor resets a `for` clock."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from piggywatch.rules.alerts import Alert, AlertState
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS alert_state (
+    group_name TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    annotations TEXT NOT NULL,
+    state TEXT NOT NULL,
+    active_at REAL NOT NULL,
+    value REAL,
+    fired_at REAL,
+    resolved_at REAL,
+    keep_firing_since REAL,
+    PRIMARY KEY (group_name, rule, fingerprint)
+) WITHOUT ROWID
+"""
+
+Signature = tuple[tuple[str, str, float | None, float | None, float | None], ...]
+
+
+def sqlite_path(state_url: str) -> Path:
+    """``sqlite:///var/lib/x.db`` → ``/var/lib/x.db``; ``sqlite:///./x.db`` → ``./x.db``."""
+    prefix = "sqlite://"
+    if not state_url.startswith(prefix):
+        raise ValueError(f"state must be a sqlite:/// URL, got {state_url.split(':', 1)[0]}:…")
+    rest = state_url[len(prefix):]
+    return Path(rest[1:] if rest.startswith("/./") else rest)
+
+
+class AlertStateDB:
+    """Alert state in SQLite, written only when a rule's alerts changed."""
+
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute(SCHEMA)
+        self._lock = threading.Lock()
+        self._saved: dict[tuple[str, str], Signature] = {}
+
+    def load(self) -> dict[tuple[str, str], list[Alert]]:
+        """Every saved alert, by (group, rule)."""
+        found: dict[tuple[str, str], list[Alert]] = {}
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT group_name, rule, fingerprint, labels, annotations, state, active_at, "
+                "value, fired_at, resolved_at, keep_firing_since FROM alert_state").fetchall()
+        for group, rule, fp, labels, notes, state, active_at, value, fired, resolved, \
+                keep in rows:
+            alert = Alert(tuple((k, v) for k, v in json.loads(labels)), json.loads(notes),
+                          AlertState(state), active_at, float("nan") if value is None else value,
+                          fired_at=fired, resolved_at=resolved, keep_firing_since=keep,
+                          fingerprint=fp)
+            found.setdefault((group, rule), []).append(alert)
+        for key, alerts in found.items():
+            self._saved[key] = _signature(alerts)
+        return found
+
+    def save(self, group: str, rule: str, alerts: Iterable[Alert]) -> bool:
+        """Store a rule's alerts if they changed since the last save; return whether written."""
+        current = list(alerts)
+        signature = _signature(current)
+        key = (group, rule)
+        if self._saved.get(key, ()) == signature:
+            return False
+        rows = [(group, rule, a.fingerprint, json.dumps(a.labels), json.dumps(a.annotations),
+                 a.state.value, a.active_at, a.value if a.value == a.value else None,
+                 a.fired_at, a.resolved_at, a.keep_firing_since) for a in current]
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                self._conn.execute("DELETE FROM alert_state WHERE group_name = ? AND rule = ?",
+                                   key)
+                self._conn.executemany(
+                    "INSERT INTO alert_state VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        self._saved[key] = signature
+        return True
+
+    def forget_except(self, keep: set[tuple[str, str]]) -> None:
+        """Drop the state of rules that no longer exist (after a reload)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT DISTINCT group_name, rule FROM alert_state").fetchall()
+            for group, rule in rows:
+                if (group, rule) not in keep:
+                    self._conn.execute(
+                        "DELETE FROM alert_state WHERE group_name = ? AND rule = ?", (group, rule))
+                    self._saved.pop((group, rule), None)
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._conn.close()
+
+
+def _signature(alerts: list[Alert]) -> Signature:
+    return tuple(sorted((a.fingerprint, a.state.value, a.fired_at, a.resolved_at,
+                         a.keep_firing_since) for a in alerts))

@@ -1,0 +1,147 @@
+"""Alert-template expansion as Prometheus does it in rules/alerting.go and template.go."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from . import _check, _exec, _parser, _prometheus
+from ._values import AlertData, string_map
+
+# Prometheus prepends these definitions to every label and annotation template.
+PREFIX = (
+    "{{$labels := .Labels}}{{$externalLabels := .ExternalLabels}}"
+    "{{$externalURL := .ExternalURL}}{{$value := .Value}}"
+)
+_PREFIX_NODES = 4
+
+
+@dataclass(frozen=True)
+class QuerySample:
+    """One series of a `query` result as a template sees it: its labels and value."""
+
+    labels: Mapping[str, str]
+    value: float
+
+
+QueryFunc = Callable[[str], Sequence[QuerySample]]
+
+
+class TemplateError(Exception):
+    """A template that cannot be parsed, fails a load-time check, or fails to render.
+
+    line and column (1-based, in the user's template) are set when known.
+    """
+
+    def __init__(self, message: str, *, line: int | None = None, column: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.line = line
+        self.column = column
+
+
+def _template_name(alert_name: str) -> str:
+    return "__alert_" + alert_name
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse(name: str, text: str) -> _parser.Tree | _parser.ParseError:
+    try:
+        return _parser.parse(name, PREFIX + text, _prometheus.FUNCTION_NAMES.__contains__)
+    except _parser.ParseError as e:
+        return e
+    except RecursionError:
+        # Go has no such limit; thousands of nested parentheses are not a real template.
+        return _parser.ParseError("template nesting too deep", pos=len(PREFIX), line=1)
+
+
+def _user_position(text: str, pos: int) -> tuple[int, int]:
+    """1-based line and column in the user's template of an offset in PREFIX + text."""
+    offset = max(pos - len(PREFIX), 0)
+    before = text[:offset]
+    line = before.count("\n") + 1
+    return line, offset - (before.rfind("\n") + 1) + 1
+
+
+def check_template(template: str) -> None:
+    """Reject a template Prometheus could not parse or that is bound to fail when rendered.
+
+    Beyond Go's parse errors (unknown function, undefined variable, bad syntax) this
+    rejects unknown fields of the alert data (.Foo), fields of $value or a label value,
+    wrong argument counts, constants of the wrong type, and comparisons of $value with an
+    integer constant. The message names the position (line, column) and the culprit.
+    """
+    tree = _parse("__alert_", template)
+    if isinstance(tree, _parser.ParseError):
+        line, column = _user_position(template, tree.pos)
+        raise TemplateError(
+            f"line {line}, column {column}: {tree.message}", line=line, column=column
+        )
+    env = _prometheus.Env(query=None, external_url="")
+    problems = _check.check_tree(tree, _prometheus.functions(env), skip_nodes=_PREFIX_NODES)
+    if problems:
+        first = problems[0]
+        line, column = _user_position(template, first.pos)
+        raise TemplateError(
+            f"line {line}, column {column}: {first.message}", line=line, column=column
+        )
+
+
+def render(
+    template: str,
+    *,
+    labels: Mapping[str, str],
+    value: float,
+    query: QueryFunc | None = None,
+    external_labels: Mapping[str, str] | None = None,
+    external_url: str = "",
+    alert_name: str = "",
+) -> str:
+    """Expand an alert label or annotation template exactly as Prometheus would.
+
+    labels are the alert's sample labels ($labels), value its sample value ($value);
+    query serves the `query` function; alert_name names the template in error messages
+    ("__alert_<name>"), as Prometheus does. Raises TemplateError with Prometheus's text.
+    """
+    name = _template_name(alert_name)
+    tree = _parse(name, template)
+    if isinstance(tree, _parser.ParseError):
+        raise TemplateError(
+            f"error parsing template {name}: template: {name}:{tree.line}: {tree.message}"
+        )
+    data = AlertData(
+        labels=string_map(labels.items()),
+        external_labels=string_map((external_labels or {}).items()),
+        external_url=external_url,
+        value=float(value),
+    )
+    env = _prometheus.Env(query=query, external_url=external_url)
+    try:
+        return _exec.execute(tree, data, _prometheus.functions(env))
+    except _exec.ExecError as e:
+        raise TemplateError(f"error executing template {name}: {e}") from None
+    except RecursionError:
+        raise TemplateError(
+            f"error executing template {name}: template nesting too deep"
+        ) from None
+
+
+def render_or_error(
+    template: str,
+    *,
+    labels: Mapping[str, str],
+    value: float,
+    query: QueryFunc | None = None,
+    external_labels: Mapping[str, str] | None = None,
+    external_url: str = "",
+    alert_name: str = "",
+) -> str:
+    """render(), but a failure becomes "<error expanding template: ...>" as in Prometheus."""
+    try:
+        return render(
+            template, labels=labels, value=value, query=query,
+            external_labels=external_labels, external_url=external_url, alert_name=alert_name,
+        )
+    except TemplateError as e:
+        return f"<error expanding template: {e}>"
