@@ -28,6 +28,7 @@ from piggywatch.rules.alerts import AlertEvent
 from piggywatch.rules.loader import expand_globs
 from piggywatch.rules.manager import NoData, RuleManager
 from piggywatch.rules.state_db import AlertStateDB, sqlite_path
+from piggywatch.rules.templating import format_go_float
 from piggywatch.selfmetrics import SelfMetrics
 from piggywatch.server import Endpoints, HttpServer, split_listen
 from piggywatch.store import MemoryStore, Sample, labels_of
@@ -240,6 +241,20 @@ class Daemon:
             log.info("reloading rule files")
             self.reload_rules()
 
+    def alerts_report(self) -> list[dict[str, Any]]:
+        """Pending and firing alerts, shaped like Prometheus's /api/v1/alerts."""
+        if self.rules is None:
+            return []
+        return [{
+            "labels": dict(alert.labels),
+            "annotations": alert.annotations,
+            "state": alert.state.value,
+            "activeAt": _utc(alert.active_at).isoformat().replace("+00:00", "Z"),
+            "value": format_go_float(alert.value),
+            "fingerprint": alert.fingerprint,
+            "group": group,
+        } for group, _, alert in self.rules.active_alerts()]
+
     def start(self) -> None:
         """Start the HTTP server and the schedule (every job runs once at once)."""
         from apscheduler.executors.pool import ThreadPoolExecutor
@@ -247,7 +262,7 @@ class Daemon:
 
         host, port = split_listen(self.listen)
         endpoints = Endpoints(build_registry(self.store), ready=self.readiness,
-                              statements=self.statements_report)
+                              statements=self.statements_report, alerts=self.alerts_report)
         self.http = HttpServer(endpoints, host, port)
         self.http.start()
         workers = max(4, min(32, len(self.jobs) + 2))

@@ -28,10 +28,12 @@ class Endpoints:
         *,
         ready: Callable[[], tuple[bool, str]],
         statements: Callable[[], dict[str, Any]],
+        alerts: Callable[[], list[dict[str, Any]]],
     ) -> None:
         self._metrics = make_wsgi_app(registry)
         self._ready = ready
         self._statements = statements
+        self._alerts = alerts
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
@@ -47,9 +49,12 @@ class Endpoints:
         if path == "/api/v1/statements":
             return _json(start_response, "200 OK", {"status": "success",
                                                      "data": self._statements()})
+        if path == "/api/v1/alerts":
+            return _json(start_response, "200 OK", {"status": "success",
+                                                     "data": {"alerts": self._alerts()}})
         if path == "/":
-            return _text(start_response, "200 OK",
-                         "PiggyWatch: /metrics /healthz /readyz /api/v1/statements\n")
+            return _text(start_response, "200 OK", "PiggyWatch: /metrics /healthz /readyz "
+                         "/api/v1/alerts /api/v1/statements\n")
         return _text(start_response, "404 Not Found", "not found\n")
 
 

@@ -21,15 +21,15 @@ from psycopg import sql
 
 from piggywatch.collectors.base import CollectorError
 from piggywatch.collectors.postgres.query_text import QueryTexts
-from piggywatch.collectors.postgres.statement_counters import (
+from piggywatch.collectors.postgres.statement_counters import Continuity, StatementCounters
+from piggywatch.collectors.postgres.statement_snapshot import (
+    COUNTER_CODES,
     ZERO,
-    Continuity,
     Counters,
     Group,
     PackedColumn,
     PackedKeys,
     Snapshot,
-    StatementCounters,
 )
 from piggywatch.collectors.postgres.statements_setup import (
     NOT_LOADED,
@@ -194,7 +194,8 @@ class StatementsCollector:
             (dealloc, stats_reset, *_), snapshot_row = (None, None), rows[0]
         # array_agg over no rows is NULL.
         snapshot = Snapshot(PackedKeys(*snapshot_row[2:6]), *(
-            PackedColumn(raw, code) for raw, code in zip(snapshot_row[6:], "qdqdd", strict=True)))
+            PackedColumn(raw, code)
+            for raw, code in zip(snapshot_row[6:], COUNTER_CODES, strict=True)))
         deltas = self._counters.advance(snapshot, continuity)
         interval = now - self._snapshot_at if continuity is not Continuity.FIRST else 0.0
         self._has_snapshot = True

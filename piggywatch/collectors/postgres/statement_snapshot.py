@@ -1,0 +1,200 @@
+"""pg_stat_statements at one moment, kept as PostgreSQL sent it.
+
+The statements collector reads the whole view every cycle, thousands of entries, while
+only a few of them changed. So the columns arrive as the bytes of binary arrays (one per
+column) and stay that way: the key columns are compared as bytes and decoded only when they
+differ from the previous snapshot's, the counters decoded only where they are read.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from functools import cache
+from itertools import repeat
+from operator import itemgetter
+from typing import Any
+
+# One entry of pg_stat_statements: dbid, userid, queryid, toplevel.
+Key = tuple[int, int, int, bool]
+# One exported series: dbid, userid, queryid. Entries differing only in toplevel add up into
+# one, because postgres_exporter's labels (queryid, datname, user) have no toplevel.
+Group = tuple[int, int, int]
+# calls, exec time (ms), rows, block read time (ms), block write time (ms).
+Counters = tuple[Any, ...]
+
+ZERO: Counters = (0, 0.0, 0, 0.0, 0.0)
+
+
+# A one-dimensional PostgreSQL array without NULLs in binary format: number of dimensions,
+# has-NULLs flag, element type, size and lower bound of the dimension; then each element as
+# its length (4 bytes) and its bytes, big-endian.
+_ARRAY_HEADER = struct.Struct(">iiIii")
+_CHUNK = 256
+_TYPE_OIDS = {"I": 26, "q": 20, "d": 701, "?": 16}  # oid, int8, float8, bool
+# calls, exec time, rows, block read time, block write time.
+COUNTER_CODES = ("q", "d", "q", "d", "d")
+
+
+@cache
+def _elements(code: str, count: int) -> struct.Struct:
+    return struct.Struct(">" + f"4x{code}" * count)
+
+
+@cache
+def _element(code: str) -> struct.Struct:
+    """One element with its length."""
+    return struct.Struct(f">i{code}")
+
+
+def decode_array(raw: bytes | None, code: str) -> list[Any]:
+    """The elements of a binary array of ``code`` ("I" oid, "q" int8, "d" float8, "?" bool)."""
+    if not raw:
+        return []
+    ndim, has_nulls, _, size, _ = _ARRAY_HEADER.unpack_from(raw)
+    if ndim != 1 or has_nulls:
+        raise ValueError("expected a one-dimensional array without NULLs")
+    out: list[Any] = []
+    offset, step = _ARRAY_HEADER.size, 4 + struct.calcsize(">" + code)
+    for start in range(0, size, _CHUNK):
+        count = min(_CHUNK, size - start)
+        out.extend(_elements(code, count).unpack_from(raw, offset))
+        offset += count * step
+    return out
+
+
+def encode_array(values: Sequence[Any], code: str) -> bytes:
+    """The binary array of ``values``, as PostgreSQL sends it (for tests and fixtures)."""
+    if not values:
+        return b""
+    one = _element(code)
+    body = b"".join(one.pack(one.size - 4, value) for value in values)
+    return _ARRAY_HEADER.pack(1, 0, _TYPE_OIDS[code], len(values), 1) + body
+
+
+class PackedKeys:
+    """The key columns of a snapshot (dbid, userid, queryid, toplevel), as PostgreSQL sent
+    them: binary arrays, decoded on first use.
+
+    From one snapshot to the next the keys are nearly always identical, byte for byte, so
+    comparing the bytes stands in for decoding and comparing thousands of numbers, and the
+    decoded lists are carried over.
+    """
+
+    __slots__ = ("_decoded", "raw")
+
+    def __init__(self, dbids: bytes | None, userids: bytes | None, queryids: bytes | None,
+                 toplevel: bytes | None) -> None:
+        self.raw = (dbids or b"", userids or b"", queryids or b"", toplevel or b"")
+        self._decoded: tuple[list[int], list[int], list[int], list[bool]] | None = None
+
+    @classmethod
+    def of(cls, dbids: Sequence[int], userids: Sequence[int], queryids: Sequence[int],
+           toplevel: Sequence[bool]) -> PackedKeys:
+        """Keys from lists, packed as PostgreSQL would send them."""
+        return cls(encode_array(dbids, "I"), encode_array(userids, "I"),
+                   encode_array(queryids, "q"), encode_array(toplevel, "?"))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PackedKeys) and self.raw == other.raw
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def decoded(self) -> tuple[list[int], list[int], list[int], list[bool]]:
+        """dbids, userids, queryids and toplevel flags, entry i at index i of each."""
+        if self._decoded is None:
+            dbids, userids, queryids, toplevel = self.raw
+            self._decoded = (decode_array(dbids, "I"), decode_array(userids, "I"),
+                             decode_array(queryids, "q"), decode_array(toplevel, "?"))
+        return self._decoded
+
+
+class PackedColumn:
+    """A column of numbers as the bytes of a PostgreSQL binary array, decoded where read.
+
+    Most entries of pg_stat_statements do nothing in an interval; their values are only ever
+    compared, so only the columns that decide what changed are decoded in full.
+    """
+
+    __slots__ = ("code", "decoded", "element", "raw")
+
+    def __init__(self, raw: bytes | None, code: str) -> None:
+        self.raw = raw or b""
+        self.code = code
+        self.element = _element(code)
+        self.decoded: list[Any] | None = None
+
+    @classmethod
+    def of(cls, values: Sequence[Any], code: str) -> PackedColumn:
+        """A column from a list, packed as PostgreSQL would send it."""
+        return cls(encode_array(values, code), code)
+
+    def __len__(self) -> int:
+        return _ARRAY_HEADER.unpack_from(self.raw)[3] if self.raw else 0
+
+    def all(self) -> list[Any]:
+        """Every element, decoded once."""
+        if self.decoded is None:
+            self.decoded = decode_array(self.raw, self.code)
+        return self.decoded
+
+
+class Snapshot:
+    """pg_stat_statements at one moment, column by column (entry i is index i of each)."""
+
+    __slots__ = ("columns", "keys")
+
+    def __init__(self, keys: PackedKeys, calls: PackedColumn, exec_ms: PackedColumn,
+                 rows: PackedColumn, read_ms: PackedColumn, write_ms: PackedColumn) -> None:
+        self.keys = keys
+        # calls, exec time (ms), rows, block read time (ms), block write time (ms).
+        self.columns = (calls, exec_ms, rows, read_ms, write_ms)
+
+    @classmethod
+    def empty(cls) -> Snapshot:
+        """A snapshot of an empty view."""
+        return cls(PackedKeys(None, None, None, None), *(PackedColumn(None, code)
+                                                         for code in COUNTER_CODES))
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    @property
+    def calls(self) -> list[int]:
+        """The calls of every entry (decoded: they decide which entries changed)."""
+        return self.columns[0].all()
+
+    def group(self, i: int) -> Group:
+        """The group (dbid, userid, queryid) of entry ``i``."""
+        dbids, userids, queryids, _ = self.keys.decoded
+        return dbids[i], userids[i], queryids[i]
+
+    def columns_at(self, positions: Sequence[int]) -> list[list[Any]]:
+        """Each counter column's values at ``positions``; one past the end reads as 0."""
+        size = len(self)
+        padded = bool(positions) and max(positions) >= size
+        offsets: list[int] | None = None
+        out = []
+        for column in self.columns:
+            if column.decoded is None and len(positions) * 8 > size:
+                column.all()  # reading much of it: decoding it all is cheaper
+            if column.decoded is not None:
+                values = [*column.decoded, 0] if padded else column.decoded
+                out.append(list(map(values.__getitem__, positions)))
+                continue
+            if offsets is None:  # every counter is 8 bytes, so one stride fits all
+                step = column.element.size
+                offsets = list(map(_ARRAY_HEADER.size.__add__, map(step.__mul__, positions)))
+            element = column.element
+            raw = column.raw + element.pack(element.size - 4, 0) if padded else column.raw
+            out.append(list(map(itemgetter(1), map(element.unpack_from, repeat(raw), offsets))))
+        return out
+
+    def counters_at(self, positions: Sequence[int]) -> list[Counters]:
+        """The counters of the entries at ``positions``."""
+        return list(zip(*self.columns_at(positions), strict=True))
+
+    def counters(self, i: int) -> Counters:
+        """The counters of entry ``i``."""
+        return self.counters_at((i,))[0]
