@@ -32,6 +32,7 @@ from piggywatch.rules.templating import format_go_float
 from piggywatch.selfmetrics import SelfMetrics
 from piggywatch.server import Endpoints, HttpServer, split_listen
 from piggywatch.store import MemoryStore, Sample, labels_of
+from piggywatch.store.history import CombinedSource, History
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,11 @@ log = logging.getLogger(__name__)
 STOP_GRACE_SECONDS = 3.0
 # How often rule files are checked for changes (SIGHUP reloads at once).
 RULE_FILE_POLL_SECONDS = 5.0
-# In-memory history kept even when no rule needs that much (for the API and debugging).
-DEFAULT_RETENTION = 3600.0
+# Full-resolution history kept in memory; rules reaching further back read the durable,
+# downsampled history for the older part.
+MEMORY_WINDOW = 3600.0 + 60.0
+# How often the durable history takes the kept series' new points.
+HISTORY_RECORD_SECONDS = 60.0
 
 
 @dataclass
@@ -162,6 +166,7 @@ class Daemon:
                 if isinstance(collector, StatementsCollector):
                     self._statements[target.name] = collector
         self.self_metrics.publish(time.time())
+        self.history: History | None = None
         self.rules = self._build_rules()
         self._rule_files: dict[Path, float] = {}
         self._reload_requested = threading.Event()
@@ -197,8 +202,10 @@ class Daemon:
         if not state_path.is_absolute():
             state_path = self.base_dir / state_path
         no_data = self.settings.no_data
+        self.history = History(state_path)
+        source = CombinedSource(self.store, self.history, lambda: MEMORY_WINDOW)
         return RuleManager(
-            self.store, self.store, log_alert_event,
+            self.store, source, log_alert_event,
             state_db=AlertStateDB(state_path),
             default_interval=self.settings.evaluation_interval,
             no_data=NoData(no_data.default),
@@ -218,7 +225,11 @@ class Daemon:
         paths = self.rule_paths()
         self._rule_files = _mtimes(paths)
         problems = self.rules.load(paths)
-        self.store.set_retention(max(DEFAULT_RETENTION, self.rules.lookback() + 60.0))
+        # Memory holds the last hour at full resolution; selectors of rules that look
+        # further back (offset 7d, [6h]) are also kept, downsampled, in the durable history.
+        self.store.set_retention(MEMORY_WINDOW)
+        if self.history is not None:
+            self.history.keep(self.rules.long_range_selectors(MEMORY_WINDOW))
         if self._scheduler is not None:
             self._schedule_rule_groups()
         return not problems
@@ -234,6 +245,16 @@ class Daemon:
                 self.rules.evaluate_group, "interval", args=[group.name], seconds=interval,
                 id=f"rules:{group.name}", name=f"rules:{group.name}",
                 misfire_grace_time=max(1, int(interval / 2)))
+
+    def _record_history(self) -> None:
+        if self.history is None:
+            return
+        now = time.time()
+        try:
+            self.history.record(self.store, now)
+            self.history.expire(now)
+        except Exception:
+            log.exception("could not write the durable history")
 
     def _check_rule_files(self) -> None:
         if self._reload_requested.is_set() or _mtimes(self.rule_paths()) != self._rule_files:
@@ -285,6 +306,9 @@ class Daemon:
             self._scheduler.add_job(self._check_rule_files, "interval",
                                     seconds=RULE_FILE_POLL_SECONDS, id="rule-files",
                                     name="rule-files", misfire_grace_time=1)
+            self._scheduler.add_job(self._record_history, "interval",
+                                    seconds=HISTORY_RECORD_SECONDS, id="history",
+                                    name="history", misfire_grace_time=60)
         self._scheduler.start()
         log.info("piggywatch %s listening on http://%s/metrics with %d collectors on %d "
                  "targets", __version__, f"{split_listen(self.listen)[0]}:{self.http.port}",
@@ -303,6 +327,9 @@ class Daemon:
             target.close()
         if self.http is not None:
             self.http.stop()
+        if self.history is not None:
+            # Keep what memory holds, so long-range rules see it after a restart.
+            self._record_history()
 
     def unreachable(self) -> dict[str, str]:
         """Targets whose database could not be reached, with the reason."""

@@ -29,10 +29,12 @@ from piggywatch.rules.loader import (
     load_rule_files,
 )
 from piggywatch.rules.promql.evaluate import EvaluationError, Evaluator, Scalar
+from piggywatch.rules.promql.nodes import VectorSelector
+from piggywatch.rules.promql.parse import lookback_window, walk
 from piggywatch.rules.state_db import AlertStateDB
 from piggywatch.rules.templating import QuerySample, render_or_error
 from piggywatch.store import MemoryStore, MetricKind, MetricSpec, Sample, labels_of
-from piggywatch.store.series import SeriesSource
+from piggywatch.store.series import LabelMatcher, SeriesSource
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +187,18 @@ class RuleManager:
     def lookback(self) -> float:
         """The longest history any loaded rule needs."""
         return max((g.lookback() for g in self.groups()), default=0.0)
+
+    def long_range_selectors(self, window: float) -> list[tuple[LabelMatcher, ...]]:
+        """Matchers of every selector in rules that read further back than ``window``."""
+        found: dict[tuple[LabelMatcher, ...], None] = {}
+        for group in self.groups():
+            for rule in group.rules:
+                if lookback_window(rule.expr) <= window:
+                    continue
+                for node in walk(rule.expr):
+                    if isinstance(node, VectorSelector):
+                        found[node.matchers] = None
+        return list(found)
 
     # --- evaluation ---------------------------------------------------------------------
 

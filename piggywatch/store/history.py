@@ -71,9 +71,10 @@ class HistorySchemaError(RuntimeError):
 class History:
     """Downsampled series kept in one SQLite file, readable as a ``SeriesSource``.
 
-    One connection, used under a lock: writes are prepared outside it and applied in one
-    short transaction, and reads take it one series at a time, so neither side holds the
-    other up for more than a single statement batch.
+    Safe to share between threads. Writes go through one connection under a lock, each
+    ``record()`` in one transaction; selects use a second, read-only connection under its
+    own lock, so in WAL mode they read the last committed state and never wait for a
+    write in progress (a ``:memory:`` database has one connection for both).
     """
 
     def __init__(
@@ -90,23 +91,30 @@ class History:
         self.retention = float(retention)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Transactions are explicit (BEGIN IMMEDIATE), so the writer never has to upgrade a
-        # read lock, which is where SQLite deadlocks with another connection to the file.
-        self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._conn = _connect(path)
         self._lock = threading.Lock()
+        try:
+            self._create_schema()
+        except BaseException:
+            self._conn.close()
+            raise
+        # A batch of 5,000 series takes a few hundred ms to write; a select waiting for it
+        # would stall rule evaluation, so reads have their own connection.
+        if str(path) == ":memory:":
+            self._reader, self._read_lock = self._conn, self._lock
+        else:
+            self._reader, self._read_lock = _connect(path), threading.Lock()
+            self._reader.execute("PRAGMA query_only=1")
         # Serialises record()/keep() so the selectors and watermarks change in one place;
-        # distinct from _lock so the (slow) read of the source never blocks a select().
+        # distinct from _lock so reading the source never holds up expire().
         self._record_lock = threading.Lock()
         self._kept: tuple[tuple[LabelMatcher, ...], ...] = ()
         self._watermarks: dict[tuple[LabelMatcher, ...], float] = {}
         self._ids: dict[Labels, int] = {}
-        self._open()
 
-    def _open(self) -> None:
+    def _create_schema(self) -> None:
         conn = self._conn
         conn.execute("PRAGMA journal_mode=WAL")
-        # Other code writes to this file too: wait for its transactions instead of failing.
-        conn.execute("PRAGMA busy_timeout=5000")
         # Per connection: losing the newest bucket on power loss is fine for history, so
         # commits need not fsync; other tables in the file keep their own setting.
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -156,7 +164,7 @@ class History:
             return written
 
     def _write(self, lasts: dict[Labels, list[tuple[float, float]]]) -> int:
-        # Everything but the series ids is prepared before taking the lock that selects wait on.
+        # Everything but the series ids is prepared before taking the lock expire() waits on.
         prepared: list[tuple[Labels, list[tuple[float, float | None, float, float]]]] = []
         for labels, bucket_points in lasts.items():
             rows = []
@@ -231,11 +239,11 @@ class History:
         name = next(
             (m.value for m in matchers if m.name == "__name__" and m.op is MatchOp.EQUAL), None
         )
-        with self._lock:
+        with self._read_lock:
             if name is None:
-                rows = self._conn.execute("SELECT id, name, labels_json FROM history_series")
+                rows = self._reader.execute("SELECT id, name, labels_json FROM history_series")
             else:
-                rows = self._conn.execute(
+                rows = self._reader.execute(
                     "SELECT id, name, labels_json FROM history_series WHERE name = ?", (name,)
                 )
             catalog = rows.fetchall()
@@ -245,8 +253,9 @@ class History:
             present = dict(labels)
             if not all(m.matches(present.get(m.name, "")) for m in matchers):
                 continue
-            with self._lock:
-                points = self._conn.execute(
+            # One series per lock hold, so evaluator threads selecting at once take turns.
+            with self._read_lock:
+                points = self._reader.execute(
                     "SELECT ts, value FROM history_points "
                     "WHERE series_id = ? AND ts >= ? AND ts <= ? ORDER BY ts",
                     (series_id, start, end),
@@ -261,7 +270,9 @@ class History:
         return found
 
     def close(self) -> None:
-        """Close the connection; the file stays consistent whenever this is skipped."""
+        """Close the connections; the file stays consistent whenever this is skipped."""
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
             self._conn.close()
 
@@ -394,6 +405,15 @@ def _decode(name: str, labels_json: str) -> Labels:
     if name:
         pairs["__name__"] = name
     return tuple(sorted(pairs.items()))
+
+
+def _connect(path: str | Path) -> sqlite3.Connection:
+    # Transactions are explicit (BEGIN IMMEDIATE), so the writer never has to upgrade a
+    # read lock, which is where SQLite deadlocks with another connection to the file.
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    # Other code writes to this file too: wait for its transactions instead of failing.
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
 
 
 @contextmanager

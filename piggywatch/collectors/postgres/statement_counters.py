@@ -70,7 +70,7 @@ class StatementCounters:
         # adds (time, rows) comes with it. (Were a change ever missed, the next delta of that
         # entry would include it: deltas are against the last values looked at.)
         calls = snap.calls
-        if snap.keys == prev.keys:
+        if snap.keys.raw == prev.keys.raw:
             # The same entries in the same order (the usual case): compare in place.
             snap.keys = prev.keys  # already decoded
             changed = list(compress(range(n), map(ne, calls, prev.calls)))

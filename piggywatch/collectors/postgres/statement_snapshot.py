@@ -95,11 +95,6 @@ class PackedKeys:
         return cls(encode_array(dbids, "I"), encode_array(userids, "I"),
                    encode_array(queryids, "q"), encode_array(toplevel, "?"))
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PackedKeys) and self.raw == other.raw
-
-    __hash__ = None  # type: ignore[assignment]
-
     @property
     def decoded(self) -> tuple[list[int], list[int], list[int], list[bool]]:
         """dbids, userids, queryids and toplevel flags, entry i at index i of each."""

@@ -11,7 +11,6 @@ from typing import Any, LiteralString
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg import sql
 from psycopg.abc import Params, Query
 
 from piggywatch.collectors.base import CollectorError
@@ -130,11 +129,15 @@ class Session:
             raise CollectorError("timeout", "the sampling cycle ran out of time")
         try:
             with self._conn.cursor(binary=binary) as cur:
-                # Lower statement_timeout only when the cycle's remaining time demands it,
-                # so a normal cycle costs no extra round trip.
+                # The value already set is kept while it overshoots the cycle's remaining
+                # time by under a second, so a normal cycle costs no extra round trip; a
+                # bound parameter keeps pg_stat_statements from recording one entry per
+                # distinct value.
                 wanted = min(remaining_ms, 600_000)
-                if wanted != self._target._statement_timeout_ms:
-                    cur.execute(sql.SQL("SET statement_timeout = {}").format(wanted))
+                current = self._target._statement_timeout_ms
+                if not wanted <= current <= wanted + 1000:
+                    cur.execute("SELECT set_config('statement_timeout', %s, false)",
+                                (str(wanted),))
                     self._target._statement_timeout_ms = wanted
                 cur.execute(query, params)  # type: ignore[arg-type]
                 rows = cur.fetchall() if cur.description is not None else []
