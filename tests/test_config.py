@@ -124,7 +124,8 @@ def test_non_durations_are_rejected_with_an_example(text: str) -> None:
 
 
 def test_shipped_example_and_demo_configs_are_valid() -> None:
-    env = {"DATABASE_URL": SECRET_DSN, "PIGGYWATCH_DEMO_DSN": SECRET_DSN}
+    env = {"DATABASE_URL": SECRET_DSN, "PIGGYWATCH_DEMO_DSN": SECRET_DSN,
+           "PIGGYWATCH_DEMO_RULES": "rules", "PIGGYWATCH_DEMO_STATE": "/tmp/state.db"}
     example = load_settings(Path(__file__).parent.parent / "examples" / "piggywatch.yaml", env)
     assert example.sentry.dsn.get_secret_value() == ""
     demo = Path(__file__).parent.parent / "piggywatch" / "demo" / "piggywatch.yaml"

@@ -188,6 +188,11 @@ class ThrowawayCluster:
         return self._running
 
     @property
+    def base_dir(self) -> Path:
+        """The cluster's temporary directory (removed by destroy())."""
+        return self._require_base_dir()
+
+    @property
     def log_path(self) -> Path:
         return self._require_base_dir() / "server.log"
 

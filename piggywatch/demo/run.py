@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import sys
 from importlib import resources
+from pathlib import Path
 from types import FrameType
 
 from piggywatch.config import load_settings
@@ -13,6 +15,15 @@ from piggywatch.demo.cluster import PostgresNotFound, ThrowawayCluster
 
 DEMO_CONFIG = "piggywatch.yaml"
 DEMO_MAX_CONNECTIONS = 50
+
+
+def shipped_rules_dir() -> Path:
+    """Where the shipped rule files are: installed in the package, or a source checkout's."""
+    spec = importlib.util.find_spec("piggywatch.shipped_rules")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    # An editable install maps only real packages; the files are then in the checkout.
+    return Path(__file__).resolve().parents[2] / "rules"
 
 
 def run_demo(listen: str) -> int:
@@ -40,14 +51,18 @@ def run_demo(listen: str) -> int:
         dsn = cluster.dsn(dbname="piggybong", user="piggywatch",
                           password=cluster.role_password("piggywatch"))
         config = resources.files("piggywatch.demo").joinpath(DEMO_CONFIG)
+        env = {**os.environ, "PIGGYWATCH_DEMO_DSN": dsn,
+               "PIGGYWATCH_DEMO_RULES": str(shipped_rules_dir()),
+               "PIGGYWATCH_DEMO_STATE": str(cluster.base_dir / "piggywatch-state.db")}
         with resources.as_file(config) as path:
-            settings = load_settings(path, {**os.environ, "PIGGYWATCH_DEMO_DSN": dsn})
+            settings = load_settings(path, env)
         with SyntheticWorkload(cluster.dsn(dbname="piggybong"), workers=2):
-            daemon = Daemon(settings, listen=listen)
+            daemon = Daemon(settings, listen=listen, base_dir=cluster.base_dir)
             print(f"PiggyWatch demo: PostgreSQL on {cluster.host}:{cluster.port} "
                   f"(database piggybong) under synthetic load.\n"
                   f"  metrics:    http://{listen}/metrics\n"
                   f"  statements: http://{listen}/api/v1/statements\n"
+                  f"  alerts:     http://{listen}/api/v1/alerts\n"
                   f"  readiness:  http://{listen}/readyz\n"
                   f"Press Ctrl-C to stop and remove the database.", flush=True)
             # run_forever installs its own SIGTERM/SIGINT handlers for a clean stop.
