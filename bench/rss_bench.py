@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from piggywatch.demo.cluster import ThrowawayCluster
+from piggywatch.demo.run import shipped_rules_dir
 from piggywatch.demo.workload import SyntheticWorkload
 
 BUDGET_MB = 80.0
@@ -43,7 +44,10 @@ def main() -> int:
         path = Path(tmp) / "piggywatch.yaml"
         path.write_text(config)
         env = {**os.environ, "PIGGYWATCH_DEMO_DSN": cluster.dsn(
-            dbname="piggybong", user="piggywatch", password=cluster.role_password("piggywatch"))}
+            dbname="piggybong", user="piggywatch", password=cluster.role_password("piggywatch")),
+            # The shipped rules are evaluated too, as in `piggywatch demo`.
+            "PIGGYWATCH_DEMO_RULES": str(shipped_rules_dir()),
+            "PIGGYWATCH_DEMO_STATE": str(Path(tmp) / "state.db")}
         listen = "127.0.0.1:19790"
         with SyntheticWorkload(cluster.dsn(dbname="piggybong"), workers=2):
             proc = subprocess.Popen([sys.executable, "-m", "piggywatch", "run", "--config",
@@ -61,6 +65,10 @@ def main() -> int:
                     readings.append(rss_mb(proc.pid))
                     time.sleep(1.0)
                 series = httpx.get(f"http://{listen}/metrics", timeout=5).text.count("\n")
+            except Exception:
+                proc.terminate()
+                raise SystemExit(
+                    f"the daemon did not serve /metrics (exit {proc.wait(10)})") from None
             finally:
                 proc.terminate()
                 proc.wait(10)
