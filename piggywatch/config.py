@@ -15,12 +15,11 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal, Union
 
 import yaml
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -28,28 +27,15 @@ from pydantic import (
     field_validator,
 )
 
+from piggywatch.alerting.settings import (
+    EscalationStep,
+    InhibitRule,
+    Receiver,
+    Route,
+    TimeInterval,
+)
+from piggywatch.config_types import Duration
 from piggywatch.yamlpos import KeyPath, YamlSyntaxError, dotted, line_for, load_with_lines
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-
-
-def parse_duration(value: object) -> float:
-    """Turn ``"30s"``, ``"5m"``, ``"1h"``, ``"250ms"`` or a number of seconds into seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 5m or 1h")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
-    else:
-        raise ValueError(f"{value!r} is not a duration; write it like 30s, 5m or 1h")
-    if seconds <= 0:
-        raise ValueError("a duration must be greater than zero")
-    return seconds
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 class _Strict(BaseModel):
@@ -60,6 +46,8 @@ class ServerConfig(_Strict):
     """Where the daemon listens."""
 
     listen: str = Field(default="0.0.0.0:9790", pattern=r"^\[?[0-9A-Za-z.:_-]*\]?:\d{1,5}$")
+    # Bearer token every /api/v1/* call must carry; empty: the API answers 401 to all.
+    api_token: SecretStr = SecretStr("")
 
 
 class CollectorOptions(_Strict):
@@ -167,6 +155,11 @@ class Settings(_Strict):
     no_data: NoDataConfig = NoDataConfig()
     external_url: str = ""
     external_labels: dict[str, str] = {}
+    receivers: list[Receiver] = []
+    route: Route | None = None
+    escalations: dict[str, list[EscalationStep]] = {}
+    inhibit_rules: list[InhibitRule] = []
+    time_intervals: list[TimeInterval] = []
     sentry: SentryConfig = SentryConfig()
     logging: LoggingConfig = LoggingConfig()
 
@@ -184,6 +177,15 @@ class Settings(_Strict):
         """Every secret value in the configuration, for log and error scrubbing."""
         found = [t.dsn.get_secret_value() for t in self.targets]
         found.append(self.sentry.dsn.get_secret_value())
+        found.append(self.server.api_token.get_secret_value())
+        for receiver in self.receivers:
+            for channel in (receiver.pagerduty, receiver.slack, receiver.email,
+                            receiver.webhook, receiver.alertmanager):
+                if channel is None:
+                    continue
+                for value in channel.__dict__.values():
+                    if isinstance(value, SecretStr):
+                        found.append(value.get_secret_value())
         return [s for s in found if s]
 
 

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from piggywatch.config import ConfigError, load_settings, parse_duration, parse_settings
+from piggywatch.config import ConfigError, load_settings, parse_settings
+from piggywatch.config_types import parse_duration
 
 GOOD = """\
 server:

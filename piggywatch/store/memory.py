@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import math
 import threading
-from array import array
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from piggywatch.store.buffers import SeriesHistory, Timeline, TimeRange
 from piggywatch.store.samples import Labels, MetricSpec, Sample
-from piggywatch.store.series import STALE_NAN, LabelMatcher, MatchOp, Series
+from piggywatch.store.series import LabelMatcher, MatchOp, Series
 
 _NAME_LABEL = "__name__"
-_INT32_MAX = 2**31 - 1
-# Offsets are rebased once the oldest live one passes ~12.4 days, so a series whose points
-# span less than that never needs more than 32 bits, however long the daemon runs.
-_REBASE_AFTER = 2**30
-# Compact when a sixteenth of a buffer is dead rather than half: at half, a steady series
-# carries up to twice its live points, which breaks the memory budget (bench/store_bench.py).
-# A sixteenth also fits in the slack array.append already allocates, so a steady series
-# never grows its buffers. Still amortised O(1): a compaction moving n live points comes
-# after at least n / 15 expiries.
-_COMPACT_DIVISOR = 16
-_COMPACT_MIN_DEAD = 8
 _SWEEP_MIN_APPENDS = 1024
 _MATCH_CACHE_SIZE = 4096
 # Far outside any real clock (about 317,000 years either side of 1970), yet small enough
@@ -40,118 +29,10 @@ class SeriesPoint:
     value: float
 
 
-class _History:
-    """One series' points: millisecond offsets from ``base`` and values, live from ``start``.
-
-    Points before ``start`` are expired; they are dropped in bulk by compaction so that
-    expiry is a bisect, not a shift of the whole buffer on every append.
-    """
-
-    __slots__ = ("base", "full_labels", "labels", "name", "owners", "start", "times", "values")
-
-    def __init__(self, name: str, labels: Labels) -> None:
-        self.name = name
-        self.labels = labels
-        self.base = 0
-        self.times: array[int] = array("i")
-        self.values: array[float] = array("d")
-        self.start = 0
-        # How many sources' current snapshots hold this series: stale once none does.
-        self.owners = 0
-        self.full_labels: Labels | None = None
-
-    def is_empty(self) -> bool:
-        return self.start == len(self.times)
-
-    def last_ms(self) -> int:
-        return self.base + self.times[-1]
-
-    def append(self, t_ms: int, value: float, horizon_ms: int) -> None:
-        """Add a point; an out-of-order one is dropped, a same-millisecond one replaces."""
-        if t_ms < horizon_ms:
-            return
-        self.expire(horizon_ms)
-        times = self.times
-        if self.start < len(times):
-            last = self.base + times[-1]
-            if t_ms <= last:
-                # Points must stay sorted for bisect; Prometheus rejects these too.
-                if t_ms == last:
-                    self.values[-1] = value
-                return
-        else:
-            # Empty: the cheapest moment to move the base.
-            self.base = t_ms
-        offset = t_ms - self.base
-        if offset > _INT32_MAX and times.typecode == "i":
-            self._compact()
-            self._rebase()
-            offset = t_ms - self.base
-            if offset > _INT32_MAX:
-                # Live points span more than 24.8 days (a very long retention).
-                self.times = array("q", self.times)
-        self.times.append(offset)
-        self.values.append(value)
-
-    def mark_stale(self, at_ms: int, horizon_ms: int) -> None:
-        """Append the stale marker at ``at_ms``, or just after the last point if that is later."""
-        self.expire(horizon_ms)
-        if not self.is_empty():
-            self.append(max(at_ms, self.last_ms() + 1), STALE_NAN, horizon_ms)
-
-    def expire(self, horizon_ms: int) -> None:
-        """Forget points older than ``horizon_ms``."""
-        times = self.times
-        start = self.start
-        n = len(times)
-        cut = horizon_ms - self.base
-        if start == n or times[start] >= cut:
-            return
-        start = bisect_left(times, cut, start, n)
-        self.start = start
-        if start == n:
-            del self.times[:]
-            del self.values[:]
-            self.start = 0
-        elif start >= _COMPACT_MIN_DEAD and start * _COMPACT_DIVISOR >= n:
-            self._compact()
-
-    def window(self, lo_ms: int, hi_ms: int) -> tuple[list[float], list[float]] | None:
-        """Copies of the points in ``[lo_ms, hi_ms]``, timestamps in seconds; None if none."""
-        base = self.base
-        times = self.times
-        i = bisect_left(times, lo_ms - base, self.start)
-        j = bisect_right(times, hi_ms - base, i)
-        if i == j:
-            return None
-        # Plain lists: they compare equal to what tests and rule unit tests build.
-        return [(base + t) / 1000 for t in times[i:j]], self.values[i:j].tolist()
-
-    def _compact(self) -> None:
-        start = self.start
-        if start:
-            del self.times[:start]
-            del self.values[:start]
-            self.start = 0
-        if self.times and self.times[0] > _REBASE_AFTER:
-            self._rebase()
-
-    def _rebase(self) -> None:
-        # Runs in Python over the live points, which is why it waits for the offsets to
-        # grow large instead of running on every compaction.
-        times = self.times
-        if self.start or not times:
-            return
-        shift = times[0]
-        code = "i" if times[-1] - shift <= _INT32_MAX else "q"
-        self.times = array(code, [t - shift for t in times])
-        self.base += shift
-
-
 @dataclass(slots=True)
 class _Snapshot:
     samples: tuple[Sample, ...]
-    owned: set[_History]
+    owned: set[SeriesHistory]
 
 
 def _to_ms(seconds: float) -> int:
@@ -211,7 +92,8 @@ class MemoryStore:
     series that a source stops reporting (a statement leaving the top K, a dropped table)
     disappears from the exposition at once; its history gets a Prometheus stale marker at
     that moment, so the evaluator stops seeing it too. History is kept for ``retention``
-    seconds behind the newest publish time, at 12 bytes a point.
+    seconds behind the newest publish time, at 8 bytes a point for a series stamped with its
+    source's publish times (see ``buffers``), 12 for one that is not.
 
     Timestamps are kept to the millisecond. Within a series points must arrive in time
     order: an older point is dropped and one in the same millisecond replaces the last.
@@ -221,21 +103,24 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._specs: dict[str, MetricSpec] = {}
         self._sources: dict[str, _Snapshot] = {}
-        self._by_name: dict[str, dict[Labels, _History]] = {}
+        # Outlive their source's snapshot: a source that comes back after clear() continues
+        # its timeline, so its series stay aligned to it. Dropped once spent and sourceless.
+        self._timelines: dict[str, Timeline] = {}
+        self._by_name: dict[str, dict[Labels, SeriesHistory]] = {}
         self._series_total = 0
         self._retention_ms = self._checked_retention(retention)
         self._now_ms = _NEVER
         # Only ever moves forward, so widening the retention never resurrects dropped points.
         self._horizon_ms = _NEVER
         # Series no current snapshot holds: the only ones a sweep may remove.
-        self._orphans: set[_History] = set()
+        self._orphans: set[SeriesHistory] = set()
         self._appends_since_sweep = 0
         # Which series of one name pass a set of label matchers, valid while the name's
         # generation (bumped whenever one of its series appears or goes) is unchanged.
         self._generation = 0
         self._name_generation: dict[str, int] = {}
         self._match_cache: dict[tuple[str, frozenset[LabelMatcher]],
-                                tuple[int, list[_History]]] = {}
+                                tuple[int, list[SeriesHistory]]] = {}
 
     @property
     def retention(self) -> float:
@@ -277,11 +162,15 @@ class MemoryStore:
             self._advance(now_ms)
             horizon = self._horizon_ms
             by_name = self._by_name
-            owned: set[_History] = set()
-            # A batch mostly shares one timestamp: convert it once, and let every series
-            # created now share one int as its base.
+            owned: set[SeriesHistory] = set()
+            timeline = self._timelines.get(source)
+            if timeline is None:
+                timeline = self._timelines[source] = Timeline(shared=True)
+            # A batch mostly shares one timestamp: convert it once, and add it to the source's
+            # timeline once.
             last_ts = math.nan
             t_ms = 0
+            shared: Timeline | None = None
             for sample in batch:
                 name = sample.name
                 family = by_name.get(name)
@@ -291,11 +180,13 @@ class MemoryStore:
                 if sample.timestamp != last_ts:
                     last_ts = sample.timestamp
                     t_ms = _to_ms(last_ts)
-                hist.append(t_ms, sample.value, horizon)
+                    shared = timeline if timeline.add(t_ms, horizon) else None
+                hist.append(t_ms, sample.value, horizon, shared)
                 owned.add(hist)
             previous = self._sources.get(source)
             self._sources[source] = _Snapshot(batch, owned)
-            self._hand_over(set() if previous is None else previous.owned, owned, now_ms)
+            self._hand_over(set() if previous is None else previous.owned, owned, now_ms,
+                            timeline)
             self._appends_since_sweep += len(batch)
             if self._appends_since_sweep >= max(len(self._orphans), _SWEEP_MIN_APPENDS):
                 self._sweep()
@@ -312,7 +203,7 @@ class MemoryStore:
             if now is not None:
                 self._advance(_to_ms(now))
             at_ms = self._now_ms if now is None else _to_ms(now)
-            self._hand_over(snapshot.owned, set(), at_ms)
+            self._hand_over(snapshot.owned, set(), at_ms, self._timelines.get(source))
 
     def current(self) -> Iterator[tuple[MetricSpec, list[Sample]]]:
         """The latest samples of every source, grouped by metric family."""
@@ -332,7 +223,7 @@ class MemoryStore:
             if hist is None:
                 return []
             hist.expire(self._horizon_ms)
-            found = hist.window(_NEVER, _FOREVER)
+            found = hist.window(TimeRange(_NEVER, _FOREVER))
         if found is None:
             return []
         return [SeriesPoint(t, v) for t, v in zip(*found, strict=True)]
@@ -356,9 +247,10 @@ class MemoryStore:
             lo = max(lo, horizon)
             if lo > hi:
                 return found
+            query = TimeRange(lo, hi)
             for hist in self._matching(matchers):
                 hist.expire(horizon)
-                window = hist.window(lo, hi)
+                window = hist.window(query)
                 if window is None:
                     continue
                 labels = hist.full_labels
@@ -378,10 +270,10 @@ class MemoryStore:
         if self._now_ms > _NEVER:
             self._horizon_ms = max(self._horizon_ms, self._now_ms - self._retention_ms)
 
-    def _new_series(self, name: str, labels: Labels) -> _History:
+    def _new_series(self, name: str, labels: Labels) -> SeriesHistory:
         if any(key == _NAME_LABEL for key, _ in labels):
             raise ValueError(f"sample of {name} carries a {_NAME_LABEL} label")
-        hist = _History(name, labels)
+        hist = SeriesHistory(name, labels)
         self._by_name.setdefault(name, {})[labels] = hist
         self._series_total += 1
         # Owned by nobody until the publish that created it hands it over.
@@ -389,17 +281,22 @@ class MemoryStore:
         self._touch(name)
         return hist
 
-    def _hand_over(self, old: set[_History], new: set[_History], now_ms: int) -> None:
+    def _hand_over(self, old: set[SeriesHistory], new: set[SeriesHistory], now_ms: int,
+                   timeline: Timeline | None) -> None:
         for hist in new:
             if hist not in old:
                 hist.owners += 1
                 self._orphans.discard(hist)
         horizon = self._horizon_ms
+        if timeline is not None and old and not new:
+            # The source now holds no series, so an entry for the markers costs nobody a gap,
+            # and its series can take their marker without leaving the timeline.
+            timeline.add(now_ms, horizon)
         for hist in old:
             if hist not in new:
                 hist.owners -= 1
                 if hist.owners == 0:
-                    hist.mark_stale(now_ms, horizon)
+                    hist.mark_stale(now_ms, horizon, timeline)
                     self._orphans.add(hist)
 
     def _sweep(self) -> None:
@@ -421,6 +318,14 @@ class MemoryStore:
             if not family:
                 del self._by_name[hist.name]
                 del self._name_generation[hist.name]
+        spent = []
+        for source, timeline in self._timelines.items():
+            if source not in self._sources:
+                timeline.expire(horizon)
+                if timeline.is_spent():
+                    spent.append(source)
+        for source in spent:
+            del self._timelines[source]
         if gone:
             generations = self._name_generation
             self._match_cache = {key: hit for key, hit in self._match_cache.items()
@@ -430,7 +335,7 @@ class MemoryStore:
         self._generation += 1
         self._name_generation[name] = self._generation
 
-    def _matching(self, matchers: Sequence[LabelMatcher]) -> Iterator[_History]:
+    def _matching(self, matchers: Sequence[LabelMatcher]) -> Iterator[SeriesHistory]:
         name: str | None = None
         on_name: list[LabelMatcher] = []
         on_labels: list[LabelMatcher] = []
@@ -447,7 +352,7 @@ class MemoryStore:
             if candidate in self._by_name and all(m.matches(candidate) for m in on_name):
                 yield from self._matching_in(candidate, label_set)
 
-    def _matching_in(self, name: str, matchers: frozenset[LabelMatcher]) -> Iterable[_History]:
+    def _matching_in(self, name: str, matchers: frozenset[LabelMatcher]) -> Iterable[SeriesHistory]:
         family = self._by_name[name]
         if not matchers:
             return family.values()

@@ -1,0 +1,1 @@
+"""One module per channel, each a small class behind the Notifier protocol."""

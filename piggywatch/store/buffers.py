@@ -1,0 +1,334 @@
+"""Compact point buffers: timestamps shared per source, values per series.
+
+A collector stamps its whole batch with one time, so the thousands of series a source
+publishes together share their timestamps. Each source keeps them once, in a ``Timeline``;
+each series keeps only its values, aligned to that timeline: 8 bytes a point instead of 12.
+A series that does not fit (stamped off its source's time, published by two sources, or
+carrying the value used for gaps) moves to a timeline of its own and costs 12 bytes a point,
+as every series did before.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from bisect import bisect_left, bisect_right
+
+from piggywatch.store.samples import Labels
+from piggywatch.store.series import STALE_NAN
+
+_INT32_MAX = 2**31 - 1
+# Offsets are rebased once the oldest live one passes ~12.4 days, so a timeline whose
+# entries span less than that never needs more than 32 bits, however long the daemon runs.
+_REBASE_AFTER = 2**30
+# Expired points are dropped in bulk once a sixty-fourth of a buffer is dead. Memory is the
+# constraint (bench/store_bench.py): at a sixteenth a steady 240-point series carried 15
+# dead points, and a cut of 16 or more makes array shrink its buffer and grow it back again.
+# Still amortised O(1): a compaction moving n live points comes after at least n / 63
+# expiries, and moving them is one memmove.
+_COMPACT_DIVISOR = 64
+_COMPACT_MIN_DEAD = 4
+# What fills a series' values where its timeline has an entry the series was not published
+# at. A signalling NaN next to Prometheus' stale marker (0x7FF0000000000002): arithmetic
+# only ever makes quiet NaNs, and a sample carrying this exact value is stored on a timeline
+# of its own, where nothing is read as a gap. Never returned.
+_ABSENT_BITS = 0x7FF0000000000003
+_ABSENT: float = struct.unpack("<d", struct.pack("<Q", _ABSENT_BITS))[0]
+# A gap costs 8 bytes a missed entry; a timeline of its own costs about 150 bytes plus 4
+# bytes a point held. Filling a gap up to half the points held (plus this) is the cheaper.
+_GAP_ALLOWANCE = 16
+
+
+def _is_absent(value: float) -> bool:
+    # value != value first: only NaNs pay for the bit comparison.
+    return value != value and struct.pack("<d", value) == _ABSENT_BYTES
+
+
+_ABSENT_BYTES = struct.pack("<Q", _ABSENT_BITS)
+
+
+class Timeline:
+    """Millisecond timestamps, strictly increasing, live from the retention horizon.
+
+    Entries are addressed by absolute index, which compaction does not change (``dropped``
+    counts the entries compacted away), so series aligned to a timeline never need to be
+    told when it compacts or rebases.
+    """
+
+    __slots__ = ("base", "dropped", "shared", "start", "times")
+
+    def __init__(self, *, shared: bool) -> None:
+        # Whether several series may be aligned to it (a source's), or one owns it.
+        self.shared = shared
+        self.base = 0
+        self.times: array[int] = array("i")
+        # Index in ``times`` of the oldest live entry; the ones before it are expired.
+        self.start = 0
+        self.dropped = 0
+
+    def end(self) -> int:
+        """Absolute index just past the newest entry."""
+        return self.dropped + len(self.times)
+
+    def live_from(self) -> int:
+        """Absolute index of the oldest live entry (``end()`` when none is)."""
+        return self.dropped + self.start
+
+    def at(self, index: int) -> int:
+        """Milliseconds of the entry at absolute ``index``."""
+        return self.base + self.times[index - self.dropped]
+
+    def ends_at(self, t_ms: int) -> bool:
+        """Whether the newest entry is live and stamped ``t_ms``."""
+        times = self.times
+        return self.start < len(times) and self.base + times[-1] == t_ms
+
+    def is_spent(self) -> bool:
+        """Whether no entry is live."""
+        return self.start == len(self.times)
+
+    def add(self, t_ms: int, horizon_ms: int) -> bool:
+        """Make ``t_ms`` the newest entry unless a newer one exists; whether it now is."""
+        if t_ms < horizon_ms:
+            return False
+        self.expire(horizon_ms)
+        times = self.times
+        if self.start < len(times):
+            last = self.base + times[-1]
+            if t_ms <= last:
+                return t_ms == last
+        else:
+            # Empty: the cheapest moment to move the base.
+            self.base = t_ms
+        offset = t_ms - self.base
+        if offset > _INT32_MAX and times.typecode == "i":
+            self._compact()
+            self._rebase()
+            offset = t_ms - self.base
+            if offset > _INT32_MAX:
+                # Live entries span more than 24.8 days (a very long retention).
+                self.times = array("q", self.times)
+        self.times.append(offset)
+        return True
+
+    def expire(self, horizon_ms: int) -> None:
+        """Forget entries older than ``horizon_ms``."""
+        times = self.times
+        start = self.start
+        n = len(times)
+        cut = horizon_ms - self.base
+        if start == n or times[start] >= cut:
+            return
+        start = bisect_left(times, cut, start, n)
+        self.start = start
+        if start == n:
+            self.dropped += n
+            del self.times[:]
+            self.start = 0
+        elif start >= _COMPACT_MIN_DEAD and start * _COMPACT_DIVISOR >= n:
+            self._compact()
+
+    def span(self, lo_ms: int, hi_ms: int) -> tuple[int, list[float]]:
+        """Absolute index of the first live entry in ``[lo_ms, hi_ms]``, and those entries
+        in seconds, as the caller will see them."""
+        base = self.base
+        times = self.times
+        i = bisect_left(times, lo_ms - base, self.start)
+        j = bisect_right(times, hi_ms - base, i)
+        return self.dropped + i, [(base + t) / 1000 for t in times[i:j]]
+
+    def _compact(self) -> None:
+        start = self.start
+        if start:
+            del self.times[:start]
+            self.dropped += start
+            self.start = 0
+        if self.times and self.times[0] > _REBASE_AFTER:
+            self._rebase()
+
+    def _rebase(self) -> None:
+        # Runs in Python over the live entries, which is why it waits for the offsets to
+        # grow large instead of running on every compaction.
+        times = self.times
+        if self.start or not times:
+            return
+        shift = times[0]
+        code = "i" if times[-1] - shift <= _INT32_MAX else "q"
+        self.times = array(code, [t - shift for t in times])
+        self.base += shift
+
+
+class TimeRange:
+    """One query's ``[lo_ms, hi_ms]``, converted to seconds once per timeline, not per series.
+
+    Remembers the last timeline asked about: the series of one family mostly come from one
+    source, in the order they were created.
+    """
+
+    __slots__ = ("_first", "_seconds", "_timeline", "hi_ms", "lo_ms")
+
+    def __init__(self, lo_ms: int, hi_ms: int) -> None:
+        self.lo_ms = lo_ms
+        self.hi_ms = hi_ms
+        self._timeline: Timeline | None = None
+        self._first = 0
+        self._seconds: list[float] = []
+
+    def entries(self, timeline: Timeline) -> tuple[int, list[float]]:
+        """``timeline.span`` over this range; the list is shared, to be sliced, not changed."""
+        if timeline is not self._timeline:
+            self._first, self._seconds = timeline.span(self.lo_ms, self.hi_ms)
+            self._timeline = timeline
+        return self._first, self._seconds
+
+
+class SeriesHistory:
+    """One series: its identity, and its values aligned to a timeline from index ``first``.
+
+    ``values[k]`` is the point at the timeline's absolute index ``first + k``; where the
+    series was not published at an entry it holds the absent value, never the last one.
+    Values are live from the timeline's horizon; the expired ones before it are dropped in
+    bulk so that expiry is a bisect, not a shift of the whole buffer on every append.
+    """
+
+    __slots__ = ("first", "full_labels", "gap", "labels", "name", "owners", "timeline",
+                 "values")
+
+    def __init__(self, name: str, labels: Labels) -> None:
+        self.name = name
+        self.labels = labels
+        self.timeline = _NOWHERE
+        self.first = 0
+        self.values: array[float] = array("d")
+        # Absolute index of the newest absent value, or -1: reads skip the search for
+        # absent values in any window that starts after it, which is nearly all of them.
+        self.gap = -1
+        # How many sources' current snapshots hold this series: stale once none does.
+        self.owners = 0
+        self.full_labels: Labels | None = None
+
+    def is_empty(self) -> bool:
+        return not self.values
+
+    def last_ms(self) -> int:
+        return self.timeline.at(self.first + len(self.values) - 1)
+
+    def append(self, t_ms: int, value: float, horizon_ms: int, shared: Timeline | None) -> None:
+        """Add a point; an out-of-order one is dropped, a same-millisecond one replaces.
+
+        ``shared`` is the publishing source's timeline when its newest entry is ``t_ms``.
+        """
+        if t_ms < horizon_ms:
+            return
+        self.expire(horizon_ms)
+        values = self.values
+        if not values:
+            self._restart(t_ms, value, horizon_ms, shared)
+            return
+        timeline = self.timeline
+        end = self.first + len(values)
+        last = timeline.at(end - 1)
+        if t_ms <= last:
+            # Points must stay sorted for bisect; Prometheus rejects these too.
+            if t_ms == last:
+                if timeline.shared and _is_absent(value):
+                    self._own_timeline(horizon_ms)
+                    values = self.values
+                values[-1] = value
+            return
+        if timeline is shared and not _is_absent(value):
+            gap = shared.end() - 1 - end
+            if gap == 0:
+                values.append(value)
+                return
+            if 2 * gap <= len(values) + 2 * _GAP_ALLOWANCE:
+                values.extend(array("d", [_ABSENT]) * gap)
+                values.append(value)
+                self.gap = end + gap - 1
+                return
+        if timeline.shared:
+            self._own_timeline(horizon_ms)
+        self.timeline.add(t_ms, horizon_ms)
+        self.values.append(value)
+
+    def mark_stale(self, at_ms: int, horizon_ms: int, source: Timeline | None) -> None:
+        """Append the stale marker at ``at_ms``, or just after the last point if that is later.
+
+        ``source`` is the timeline of the source letting the series go, if it has one.
+        """
+        self.expire(horizon_ms)
+        if self.values:
+            at = max(at_ms, self.last_ms() + 1)
+            shared = source if source is not None and source.ends_at(at) else None
+            self.append(at, STALE_NAN, horizon_ms, shared)
+
+    def expire(self, horizon_ms: int) -> None:
+        """Forget points older than ``horizon_ms``."""
+        values = self.values
+        if not values:
+            return
+        timeline = self.timeline
+        timeline.expire(horizon_ms)
+        dead = timeline.dropped + timeline.start - self.first
+        if dead <= 0:
+            return
+        n = len(values)
+        if dead >= n:
+            del values[:]
+        elif dead >= _COMPACT_MIN_DEAD and dead * _COMPACT_DIVISOR >= n:
+            del values[:dead]
+            self.first += dead
+
+    def window(self, query: TimeRange) -> tuple[list[float], list[float]] | None:
+        """Copies of the points in the range, timestamps in seconds; None if none."""
+        values = self.values
+        if not values:
+            return None
+        at, seconds = query.entries(self.timeline)
+        first = self.first
+        lo = max(at, first)
+        hi = min(at + len(seconds), first + len(values))
+        if lo >= hi:
+            return None
+        # Plain lists: they compare equal to what tests and rule unit tests build.
+        stamps = seconds[lo - at:hi - at]
+        found = values[lo - first:hi - first].tolist()
+        if self.gap < lo:
+            return stamps, found
+        kept = [k for k, value in enumerate(found) if not _is_absent(value)]
+        if not kept:
+            return None
+        return [stamps[k] for k in kept], [found[k] for k in kept]
+
+    def _restart(self, t_ms: int, value: float, horizon_ms: int,
+                 shared: Timeline | None) -> None:
+        # Empty: the cheapest moment to (re)join the source's timeline.
+        self.gap = -1
+        if shared is not None and not _is_absent(value):
+            self.timeline = shared
+        elif self.timeline.shared:
+            self.timeline = Timeline(shared=False)
+        # On a timeline of its own every entry was this series' point, so all have expired.
+        self.timeline.add(t_ms, horizon_ms)
+        self.first = self.timeline.end() - 1
+        self.values.append(value)
+
+    def _own_timeline(self, horizon_ms: int) -> None:
+        """Copy the live points, gaps left out, onto a timeline of this series' own."""
+        timeline = self.timeline
+        values = self.values
+        skip = max(0, timeline.live_from() - self.first)
+        indices = [k for k in range(skip, len(values)) if not _is_absent(values[k])]
+        own = Timeline(shared=False)
+        base = own.base = timeline.at(self.first + indices[0])
+        stamps = [timeline.at(self.first + k) - base for k in indices]
+        own.times = array("i" if stamps[-1] <= _INT32_MAX else "q", stamps)
+        self.values = array("d", [values[k] for k in indices])
+        self.timeline = own
+        self.first = 0
+        self.gap = -1
+
+
+# The timeline of a series that never held a point: owned by nobody, so the first append
+# replaces it.
+_NOWHERE = Timeline(shared=True)
