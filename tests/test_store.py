@@ -14,7 +14,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from piggywatch.store import Labels, MemoryStore, MetricKind, MetricSpec, Sample, labels_of, memory
+from piggywatch.store import (
+    Labels,
+    MemoryStore,
+    MetricKind,
+    MetricSpec,
+    Sample,
+    buffers,
+    labels_of,
+    memory,
+)
 from piggywatch.store.series import STALE_NAN, LabelMatcher, MatchOp, Series, is_stale
 
 T0 = 1_700_000_000.0
@@ -385,6 +394,115 @@ def test_select_sees_series_appear_and_disappear_under_a_cached_matcher() -> Non
     assert targets(store.select(matchers, T0 + 200, math.inf)) == ["db1", "db2"]
 
 
+# --- compact storage: shared timestamps, gaps, buffer sizes ------------------------------
+
+ABSENT = buffers._ABSENT
+
+
+def test_series_a_source_publishes_together_share_its_timestamps() -> None:
+    store = new_store()
+    for i in range(5):
+        now = T0 + 15 * i
+        store.publish("main/connections", [activity("idle", i, now), activity("active", i, now),
+                                           activity("waiting", i, now)], now)
+    family = store._by_name["pg_stat_activity_count"].values()
+    assert {id(hist.timeline) for hist in family} == {id(store._timelines["main/connections"])}
+    for series in store.select(named("pg_stat_activity_count"), 0, math.inf):
+        assert points(series) == [(T0 + 15 * i, i) for i in range(5)]
+
+
+def test_a_series_skipping_cycles_returns_only_the_points_it_was_published_at() -> None:
+    store = new_store()
+    present = {0, 1, 3, 6, 7}
+    for i in range(8):
+        now = T0 + 15 * i
+        batch = [activity("idle", i, now)]
+        if i in present:
+            batch.append(activity("active", i, now))
+        store.publish("main/connections", batch, now)
+    active = [eq("__name__", "pg_stat_activity_count"), eq("state", "active")]
+    series = only(store.select(active, 0, math.inf))
+    # Each return follows a stale marker put there the cycle the series went missing.
+    assert [t for t, v in points(series) if not is_stale(v)] == [T0 + 15 * i for i in present]
+    assert [t for t, v in points(series) if is_stale(v)] == [T0 + 30, T0 + 60]
+    assert store.select(active, T0 + 64, T0 + 89) == []
+    assert [p.timestamp for p in store.history("pg_stat_activity_count",
+                                               labels_of(target="main", state="active"))] == [
+        T0, T0 + 15, T0 + 30, T0 + 45, T0 + 60, T0 + 90, T0 + 105]
+
+
+def test_a_sample_valued_like_the_gap_filler_is_kept_bit_for_bit() -> None:
+    store = new_store()
+    store.publish("src", [up("main", 0, T0), up("new", 0, T0), up("same", 0, T0)], T0)
+    store.publish("src", [up("main", 1, T0 + 15), up("new", ABSENT, T0 + 15),
+                          up("same", 1, T0 + 15)], T0 + 15)
+    # The same millisecond again replaces the last point, with the filler here.
+    store.publish("src", [up("main", 1, T0 + 15), up("new", ABSENT, T0 + 15),
+                          up("same", ABSENT, T0 + 15)], T0 + 15)
+    store.publish("src", [up("main", 2, T0 + 30), up("new", 2, T0 + 30),
+                          up("same", 2, T0 + 30)], T0 + 30)
+    for target in ("new", "same"):
+        series = only(store.select([eq("target", target)], 0, math.inf))
+        assert series.timestamps == [T0, T0 + 15, T0 + 30]
+        assert [bits(v) for v in series.values] == [bits(0.0), buffers._ABSENT_BITS, bits(2.0)]
+        alone = only(store.select([eq("target", target)], T0 + 15, T0 + 15))
+        assert [bits(v) for v in alone.values] == [buffers._ABSENT_BITS]
+
+
+def test_a_series_stamped_off_its_sources_time_keeps_its_own_timestamps() -> None:
+    store = new_store()
+    for i in range(6):
+        now = T0 + 15 * i
+        store.publish("src", [up("main", i, now), up("late", i, now - 0.25 * (i % 3)),
+                              up("main2", i, now)], now)
+    assert points(only(store.select([eq("target", "late")], 0, math.inf))) == [
+        (T0 + 15 * i - 0.25 * (i % 3), i) for i in range(6)]
+    for target in ("main", "main2"):
+        assert points(only(store.select([eq("target", target)], 0, math.inf))) == [
+            (T0 + 15 * i, i) for i in range(6)]
+
+
+def test_a_source_back_after_clear_continues_its_timeline() -> None:
+    store = new_store()
+    store.publish("src", [up("main", 1, T0), up("other", 1, T0)], T0)
+    store.clear("src", now=T0 + 15)
+    store.publish("src", [up("main", 2, T0 + 30), up("other", 2, T0 + 30)], T0 + 30)
+    timeline = store._timelines["src"]
+    assert all(hist.timeline is timeline for hist in store._by_name["pg_up"].values())
+    series = only(store.select([eq("target", "main")], 0, math.inf))
+    assert series.timestamps == [T0, T0 + 15, T0 + 30]
+    assert [is_stale(v) for v in series.values] == [False, True, False]
+
+
+def test_series_missing_entries_every_cycle_never_cost_more_than_their_own_timeline() -> None:
+    store = new_store(retention=3600)
+    for i in range(480):
+        now = T0 + 15 * i
+        # Two stamps in one batch: each series misses the other's entry every cycle.
+        store.publish("src", [up("a", i, now), up("b", i, now + 0.001)], now)
+    for hist in store._by_name["pg_up"].values():
+        held = 8 * len(hist.values)
+        if not hist.timeline.shared:
+            held += 4 * len(hist.timeline.times)
+        # 241 points: no more than the 12 bytes a point of a series on its own timeline.
+        assert held <= 12 * (241 + buffers._HEADROOM + buffers._COMPACT_MIN_DEAD)
+    for target, skew in (("a", 0), ("b", 0.001)):
+        series = only(store.select([eq("target", target)], 0, math.inf))
+        assert points(series) == [(T0 + 15 * i + skew, i) for i in range(239, 480)]
+
+
+def test_a_steady_series_buffer_holds_its_window_and_little_more() -> None:
+    store = new_store(retention=3600)
+    window = 3600 // 15 + 1
+    for i in range(3 * window):
+        now = T0 + 15 * i
+        store.publish("src", [up("main", i, now)], now)
+        if i >= window:
+            hist = store._by_name["pg_up"][labels_of(target="main")]
+            assert len(hist.values) <= window + buffers._HEADROOM
+    assert len(only(store.select(named("pg_up"), 0, math.inf)).values) == window
+
+
 # --- long runs --------------------------------------------------------------------------
 
 def test_sixty_days_of_publishing_never_overflows_the_offsets() -> None:
@@ -400,10 +518,9 @@ def test_sixty_days_of_publishing_never_overflows_the_offsets() -> None:
     assert series.values == [steps - 3, steps - 2, steps - 1, steps]
     # 60 days in milliseconds is past 2**31: offsets stayed small because they were rebased.
     assert (end - T0) * 1000 > 2**31
-    for family in store._by_name.values():
-        for hist in family.values():
-            assert hist.times.typecode == "i"
-            assert max(hist.times) < 2**31
+    for timeline in store._timelines.values():
+        assert timeline.times.typecode == "i"
+        assert max(timeline.times) < 2**31
 
 
 def test_a_retention_longer_than_32_bit_milliseconds_keeps_exact_timestamps() -> None:
@@ -553,7 +670,8 @@ matchers_st = st.lists(st.one_of(
 
 publish_st = st.tuples(
     st.just("publish"), st.sampled_from(["s1", "s2"]),
-    st.lists(st.tuples(st.sampled_from(SERIES), st.integers(-3, 3), st.integers(-20, 5)),
+    st.lists(st.tuples(st.sampled_from(SERIES), st.integers(-3, 3),
+                       st.one_of(st.integers(-20, 5).map(float), st.just(ABSENT))),
              max_size=5),
     st.integers(-20, 400),
 )
@@ -573,8 +691,9 @@ def tight_limits(tight: bool) -> Iterator[None]:
     if not tight:
         yield
         return
-    with mock.patch.multiple(memory, _SWEEP_MIN_APPENDS=1, _COMPACT_MIN_DEAD=1,
-                             _REBASE_AFTER=40, _INT32_MAX=300):
+    with mock.patch.object(memory, "_SWEEP_MIN_APPENDS", 1), mock.patch.multiple(
+            buffers, _COMPACT_MIN_DEAD=1, _REBASE_AFTER=40, _INT32_MAX=300, _GAP_ALLOWANCE=0,
+            _HEADROOM=0, _PAST_SMALL_BLOCKS=1):
         yield
 
 
@@ -595,7 +714,7 @@ def test_select_agrees_with_a_list_of_all_points(tight: bool, retention_ms: int,
                 assert isinstance(step, int) and isinstance(rows, list)
                 clock += step
                 now = base_ms + clock
-                batch = [Sample(name, labels, float(value), (now + skew) / 1000)
+                batch = [Sample(name, labels, value, (now + skew) / 1000)
                          for (name, labels), skew, value in rows]
                 store.publish(str(source), batch, now / 1000)
                 ref.publish(str(source), batch, now)

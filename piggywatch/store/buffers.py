@@ -21,30 +21,35 @@ _INT32_MAX = 2**31 - 1
 # Offsets are rebased once the oldest live one passes ~12.4 days, so a timeline whose
 # entries span less than that never needs more than 32 bits, however long the daemon runs.
 _REBASE_AFTER = 2**30
-# Expired points are dropped in bulk once a sixty-fourth of a buffer is dead. Memory is the
-# constraint (bench/store_bench.py): at a sixteenth a steady 240-point series carried 15
-# dead points, and a cut of 16 or more makes array shrink its buffer and grow it back again.
-# Still amortised O(1): a compaction moving n live points comes after at least n / 63
-# expiries, and moving them is one memmove.
+# A timeline drops its expired entries in bulk once a sixty-fourth of it is dead; a series'
+# buffer drops them when full, if that frees a sixty-fourth of it, else grows. Amortised
+# O(1) either way: a compaction moving n live entries comes after at least n / 63 expiries,
+# and moving them is one memmove.
 _COMPACT_DIVISOR = 64
-_COMPACT_MIN_DEAD = 4
+_COMPACT_MIN_DEAD = 8
+# Room a series' buffer keeps beyond the points the retention window holds, for expired
+# ones to pile up in between compactions: memory is the constraint (bench/store_bench.py).
+_HEADROOM = 4
+# Buffers up to 512 bytes come from pymalloc's pools, which are not given back while any
+# block of their arena lives: series growing through them left 5-7 MiB of empty pools behind
+# (bench/store_bench.py). A series whose window holds more points starts just past them.
+_PAST_SMALL_BLOCKS = 512 // 8 + 1
 # What fills a series' values where its timeline has an entry the series was not published
 # at. A signalling NaN next to Prometheus' stale marker (0x7FF0000000000002): arithmetic
 # only ever makes quiet NaNs, and a sample carrying this exact value is stored on a timeline
 # of its own, where nothing is read as a gap. Never returned.
 _ABSENT_BITS = 0x7FF0000000000003
 _ABSENT: float = struct.unpack("<d", struct.pack("<Q", _ABSENT_BITS))[0]
-# A gap costs 8 bytes a missed entry; a timeline of its own costs about 150 bytes plus 4
-# bytes a point held. Filling a gap up to half the points held (plus this) is the cheaper.
+_ABSENT_BYTES = struct.pack("<Q", _ABSENT_BITS)
+# An absent value costs 8 bytes; a timeline of its own costs about 160 bytes plus 4 bytes a
+# point. A series fills gaps while its absent values stay under half its points (plus this),
+# so that it never costs much more than the 12 bytes a point it would on its own.
 _GAP_ALLOWANCE = 16
 
 
 def _is_absent(value: float) -> bool:
     # value != value first: only NaNs pay for the bit comparison.
     return value != value and struct.pack("<d", value) == _ABSENT_BYTES
-
-
-_ABSENT_BYTES = struct.pack("<Q", _ABSENT_BITS)
 
 
 class Timeline:
@@ -128,6 +133,17 @@ class Timeline:
         elif start >= _COMPACT_MIN_DEAD and start * _COMPACT_DIVISOR >= n:
             self._compact()
 
+    def expected(self, horizon_ms: int) -> int:
+        """How many entries the window from ``horizon_ms`` holds at the pace seen so far."""
+        times = self.times
+        live = len(times) - self.start
+        if live < 2:
+            return live
+        # Entries strictly increase, so this is positive.
+        spanned = times[-1] - times[self.start]
+        window = self.base + times[-1] - horizon_ms
+        return max(live, window * (live - 1) // spanned + 1)
+
     def span(self, lo_ms: int, hi_ms: int) -> tuple[int, list[float]]:
         """Absolute index of the first live entry in ``[lo_ms, hi_ms]``, and those entries
         in seconds, as the caller will see them."""
@@ -185,13 +201,15 @@ class TimeRange:
 class SeriesHistory:
     """One series: its identity, and its values aligned to a timeline from index ``first``.
 
-    ``values[k]`` is the point at the timeline's absolute index ``first + k``; where the
-    series was not published at an entry it holds the absent value, never the last one.
-    Values are live from the timeline's horizon; the expired ones before it are dropped in
-    bulk so that expiry is a bisect, not a shift of the whole buffer on every append.
+    ``values[k]`` for ``k < n`` is the point at the timeline's absolute index ``first + k``;
+    where the series was not published at an entry it holds the absent value, never last.
+    The buffer is sized by the store, not by ``array.append`` (which keeps 6% or more spare),
+    from how many points the retention window holds at the pace seen so far; expired points
+    are dropped in bulk when it is full, so expiry is a bisect on the timeline, not a shift
+    of the buffer on every append.
     """
 
-    __slots__ = ("first", "full_labels", "gap", "labels", "name", "owners", "timeline",
+    __slots__ = ("first", "full_labels", "gap", "labels", "n", "name", "owners", "timeline",
                  "values")
 
     def __init__(self, name: str, labels: Labels) -> None:
@@ -199,7 +217,9 @@ class SeriesHistory:
         self.labels = labels
         self.timeline = _NOWHERE
         self.first = 0
+        # Past ``n`` the buffer is spare room; its content there means nothing.
         self.values: array[float] = array("d")
+        self.n = 0
         # Absolute index of the newest absent value, or -1: reads skip the search for
         # absent values in any window that starts after it, which is nearly all of them.
         self.gap = -1
@@ -208,48 +228,69 @@ class SeriesHistory:
         self.full_labels: Labels | None = None
 
     def is_empty(self) -> bool:
-        return not self.values
+        return not self.n
 
     def last_ms(self) -> int:
-        return self.timeline.at(self.first + len(self.values) - 1)
+        return self.timeline.at(self.first + self.n - 1)
 
     def append(self, t_ms: int, value: float, horizon_ms: int, shared: Timeline | None) -> None:
         """Add a point; an out-of-order one is dropped, a same-millisecond one replaces.
 
         ``shared`` is the publishing source's timeline when its newest entry is ``t_ms``.
         """
+        n = self.n
+        if self.timeline is shared and n < len(self.values) and shared is not None \
+                and shared.dropped + len(shared.times) == self.first + n + 1 \
+                and (value == value or not _is_absent(value)):
+            # Nearly every append: the entry just after this series' last point, and room
+            # for it. Points that expired meanwhile go at the next compaction.
+            self.values[n] = value
+            self.n = n + 1
+            return
         if t_ms < horizon_ms:
             return
         self.expire(horizon_ms)
-        values = self.values
-        if not values:
+        n = self.n
+        if not n:
             self._restart(t_ms, value, horizon_ms, shared)
             return
         timeline = self.timeline
-        end = self.first + len(values)
+        end = self.first + n
         last = timeline.at(end - 1)
         if t_ms <= last:
             # Points must stay sorted for bisect; Prometheus rejects these too.
             if t_ms == last:
                 if timeline.shared and _is_absent(value):
-                    self._own_timeline(horizon_ms)
-                    values = self.values
-                values[-1] = value
+                    self._own_timeline()
+                self.values[self.n - 1] = value
             return
-        if timeline is shared and not _is_absent(value):
+        if timeline is shared and (value == value or not _is_absent(value)):
             gap = shared.end() - 1 - end
             if gap == 0:
-                values.append(value)
+                if n == len(self.values):
+                    self._make_room(1, horizon_ms)
+                    n = self.n
+                self.values[n] = value
+                self.n = n + 1
                 return
-            if 2 * gap <= len(values) + 2 * _GAP_ALLOWANCE:
-                values.extend(array("d", [_ABSENT]) * gap)
-                values.append(value)
+            # Counted only when a gap is to be filled, which is rare: a series that
+            # misses its source's entries every time (several stamps in one batch) soon
+            # moves to a timeline of its own instead of piling up absent values.
+            absent = 0 if self.gap < self.first else \
+                self.values[:n].tobytes().count(_ABSENT_BYTES)
+            if 2 * (absent + gap) <= n - absent + 2 * _GAP_ALLOWANCE:
+                if n + gap >= len(self.values):
+                    self._make_room(gap + 1, horizon_ms)
+                    n = self.n
+                self.values[n:n + gap] = array("d", [_ABSENT]) * gap
+                self.values[n + gap] = value
+                self.n = n + gap + 1
                 self.gap = end + gap - 1
                 return
         if timeline.shared:
-            self._own_timeline(horizon_ms)
+            self._own_timeline()
         self.timeline.add(t_ms, horizon_ms)
-        self.values.append(value)
+        self._push(value, horizon_ms)
 
     def mark_stale(self, at_ms: int, horizon_ms: int, source: Timeline | None) -> None:
         """Append the stale marker at ``at_ms``, or just after the last point if that is later.
@@ -257,48 +298,76 @@ class SeriesHistory:
         ``source`` is the timeline of the source letting the series go, if it has one.
         """
         self.expire(horizon_ms)
-        if self.values:
+        if self.n:
             at = max(at_ms, self.last_ms() + 1)
             shared = source if source is not None and source.ends_at(at) else None
             self.append(at, STALE_NAN, horizon_ms, shared)
 
     def expire(self, horizon_ms: int) -> None:
-        """Forget points older than ``horizon_ms``."""
-        values = self.values
-        if not values:
+        """Forget the points once all are older than ``horizon_ms``; reads skip older ones."""
+        if not self.n:
             return
         timeline = self.timeline
         timeline.expire(horizon_ms)
-        dead = timeline.dropped + timeline.start - self.first
-        if dead <= 0:
-            return
-        n = len(values)
-        if dead >= n:
-            del values[:]
-        elif dead >= _COMPACT_MIN_DEAD and dead * _COMPACT_DIVISOR >= n:
-            del values[:dead]
-            self.first += dead
+        if timeline.live_from() >= self.first + self.n:
+            self.n = 0
+            del self.values[:]
 
     def window(self, query: TimeRange) -> tuple[list[float], list[float]] | None:
         """Copies of the points in the range, timestamps in seconds; None if none."""
-        values = self.values
-        if not values:
+        if not self.n:
             return None
         at, seconds = query.entries(self.timeline)
         first = self.first
         lo = max(at, first)
-        hi = min(at + len(seconds), first + len(values))
+        hi = min(at + len(seconds), first + self.n)
         if lo >= hi:
             return None
         # Plain lists: they compare equal to what tests and rule unit tests build.
         stamps = seconds[lo - at:hi - at]
-        found = values[lo - first:hi - first].tolist()
+        found = self.values[lo - first:hi - first].tolist()
         if self.gap < lo:
             return stamps, found
-        kept = [k for k, value in enumerate(found) if not _is_absent(value)]
+        kept = [k for k, value in enumerate(found) if value == value or not _is_absent(value)]
         if not kept:
             return None
         return [stamps[k] for k in kept], [found[k] for k in kept]
+
+    def _push(self, value: float, horizon_ms: int) -> None:
+        if self.n == len(self.values):
+            self._make_room(1, horizon_ms)
+        self.values[self.n] = value
+        self.n += 1
+
+    def _make_room(self, need: int, horizon_ms: int) -> None:
+        """Make room for ``need`` more values: drop the expired ones, or else grow the buffer.
+
+        Sizes the buffer for what the retention window holds at the timeline's pace, plus
+        room for expired points to pile up between compactions, but never more than twice the
+        points held (or ``_PAST_SMALL_BLOCKS``), so that a series that turns out short-lived
+        stays small. A compaction drops at least 1/64 of the buffer, so moving the live points
+        costs O(1) an append, amortised.
+        """
+        values = self.values
+        n = self.n
+        capacity = len(values)
+        dead = max(0, self.timeline.live_from() - self.first)
+        live = n - dead
+        if dead * _COMPACT_DIVISOR >= capacity and live + need <= capacity \
+                and 2 * (live + need) > capacity:
+            values[:live] = values[dead:n]
+        else:
+            target = self.timeline.expected(horizon_ms) + _HEADROOM
+            least = live + need
+            # Never less than array.append would grow by, so that appends stay O(1)
+            # amortised however wrong the pace is.
+            capacity = max(least + (least >> 4) + _HEADROOM,
+                           min(target, max(2 * least, _PAST_SMALL_BLOCKS)))
+            grown = _ZERO * capacity
+            grown[:live] = values[dead:n]
+            self.values = grown
+        self.first += dead
+        self.n = live
 
     def _restart(self, t_ms: int, value: float, horizon_ms: int,
                  shared: Timeline | None) -> None:
@@ -311,24 +380,27 @@ class SeriesHistory:
         # On a timeline of its own every entry was this series' point, so all have expired.
         self.timeline.add(t_ms, horizon_ms)
         self.first = self.timeline.end() - 1
-        self.values.append(value)
+        self._push(value, horizon_ms)
 
-    def _own_timeline(self, horizon_ms: int) -> None:
+    def _own_timeline(self) -> None:
         """Copy the live points, gaps left out, onto a timeline of this series' own."""
         timeline = self.timeline
         values = self.values
-        skip = max(0, timeline.live_from() - self.first)
-        indices = [k for k in range(skip, len(values)) if not _is_absent(values[k])]
+        first = self.first
+        skip = max(0, timeline.live_from() - first)
+        indices = [k for k in range(skip, self.n) if not _is_absent(values[k])]
         own = Timeline(shared=False)
-        base = own.base = timeline.at(self.first + indices[0])
-        stamps = [timeline.at(self.first + k) - base for k in indices]
+        base = own.base = timeline.at(first + indices[0])
+        stamps = [timeline.at(first + k) - base for k in indices]
         own.times = array("i" if stamps[-1] <= _INT32_MAX else "q", stamps)
         self.values = array("d", [values[k] for k in indices])
+        self.n = len(indices)
         self.timeline = own
         self.first = 0
         self.gap = -1
 
 
+_ZERO = array("d", [0.0])
 # The timeline of a series that never held a point: owned by nobody, so the first append
 # replaces it.
 _NOWHERE = Timeline(shared=True)
