@@ -1,11 +1,15 @@
 """Durable history at scale: 5,000 kept series recorded every 5 minutes for 7 simulated days.
 
 Prints the state file's size, the time of each record() batch (median, p99, max; the
-source's own select time is measured apart and excluded), the hourly expire(), and the time
-of 7-day selects over 100 series, both by metric name (indexed) and by a label regex (which
-scans the series catalogue).
+source's own select time is measured apart and excluded), the bytes written to disk per
+batch, the hourly expire(), how long an evaluator's select takes while batches are being
+written, and the time of 7-day selects over 100 series, both by metric name (indexed) and by
+a label regex (which scans the series catalogue).
 
-    python bench/history_bench.py [--series 5000] [--days 7] [--path state.db]
+Disk writes per batch are roughly one page per kept series whatever the interval, so
+``--record-every`` shows what calling record() less often saves.
+
+    python bench/history_bench.py [--series 5000] [--days 7] [--record-every 300] [--path F]
 
 Samples arrive every 15 s with millisecond timestamps, as the in-memory store keeps them;
 half the series are counters (integral values), half gauges (arbitrary floats), so the file
@@ -28,7 +32,6 @@ from piggywatch.store.samples import Labels
 from piggywatch.store.series import LabelMatcher, MatchOp, Series
 
 SCRAPE = 15.0
-RECORD_EVERY = 300.0
 SERIES_PER_NAME = 100
 DAY = 86400.0
 START = 1_700_000_000.0
@@ -80,6 +83,15 @@ def evaluator_waits(history: History, until: threading.Event, waits: list[float]
         time.sleep(0.005)
 
 
+def disk_writes() -> int | None:
+    """Bytes this process has caused to be written to storage (Linux), None elsewhere."""
+    try:
+        with open("/proc/self/io") as io:
+            return next(int(line.split()[1]) for line in io if line.startswith("write_bytes:"))
+    except (OSError, StopIteration):
+        return None
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -89,6 +101,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=5000)
     parser.add_argument("--days", type=float, default=7.0)
+    parser.add_argument("--record-every", type=float, default=300.0,
+                        help="seconds between record() calls (history resolution is 300 s)")
     parser.add_argument("--path", type=Path, help="state file to write (default: a temp dir)")
     args = parser.parse_args()
 
@@ -101,8 +115,10 @@ def main() -> None:
         history.keep([[LabelMatcher.of("__name__", MatchOp.EQUAL, name)]
                       for name in source.by_name])
         end = START + args.days * DAY
-        now = START + RECORD_EVERY
+        every = args.record_every
+        now = START + every
         written = 0
+        written_before = disk_writes()
         # The last day runs with an evaluator selecting alongside, to see how long it waits.
         contended_from = end - DAY
         stop = threading.Event()
@@ -119,10 +135,11 @@ def main() -> None:
                 began = time.perf_counter()
                 history.expire(now)
                 expire_ms.append((time.perf_counter() - began) * 1000)
-            now += RECORD_EVERY
-        now -= RECORD_EVERY
+            now += every
+        now -= every
         stop.set()
         evaluator.join()
+        written_after = disk_writes()
 
         by_name = [LabelMatcher.of("__name__", MatchOp.EQUAL, "bench_metric_0")]
         by_regex = [LabelMatcher.of("instance", MatchOp.REGEX, "host-(1|2)"),
@@ -143,13 +160,16 @@ def main() -> None:
         wal_size = wal.stat().st_size if wal.exists() else 0
 
     print(f"series kept:          {args.series:,}  ({args.days:g} days, record every "
-          f"{RECORD_EVERY:g} s, samples every {SCRAPE:g} s)")
+          f"{args.record_every:g} s, samples every {SCRAPE:g} s)")
     print(f"bucket writes:        {written:,}  (an open bucket is written again when it closes)")
     print(f"state file:           {size / 2**20:.1f} MiB (+ WAL {wal_size / 2**20:.1f} MiB), "
           f"{size / max(stored, 1):.1f} bytes per stored point")
     print(f"record() per batch:   median {statistics.median(record_ms):.1f} ms, "
           f"p99 {percentile(record_ms, 0.99):.1f} ms, max {max(record_ms):.1f} ms "
           f"over {len(record_ms)} batches (source select time excluded)")
+    if written_before is not None and written_after is not None:
+        per_batch = (written_after - written_before) / len(record_ms) / 2**20
+        print(f"disk writes:          {per_batch:.1f} MiB per batch (WAL and checkpoints)")
     print(f"expire() hourly:      median {statistics.median(expire_ms):.1f} ms, "
           f"max {max(expire_ms):.1f} ms")
     print(f"evaluator select:     median {statistics.median(waits):.1f} ms, "
