@@ -1,0 +1,306 @@
+"""The outbox's tables in the state file: pending notifications, finished ids, receipts.
+
+Tables are prefixed ``outbox_`` because the same state file holds other parts' tables. Every
+change is one transaction, committed with ``synchronous=FULL`` on this connection: a
+notification acknowledged to the dispatcher must survive a power cut, not only a crash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import sqlite3
+import threading
+import types
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from piggywatch.alerting.model import Notification
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "OutboxSchemaError",
+    "OutboxStore",
+    "StoredItem",
+    "decode_notification",
+    "encode_notification",
+]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+# Separate statements: executescript() would commit the transaction they run in.
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS outbox_meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID""",
+    # AUTOINCREMENT: a seq is never reused, so it orders every item ever enqueued.
+    """CREATE TABLE IF NOT EXISTS outbox_items (
+        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+        id              TEXT NOT NULL UNIQUE,
+        receiver        TEXT NOT NULL,
+        incident        TEXT NOT NULL,
+        created_at      REAL NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error      TEXT NOT NULL DEFAULT '',
+        body            TEXT NOT NULL
+    )""",
+    """CREATE INDEX IF NOT EXISTS outbox_items_incident
+        ON outbox_items (receiver, incident, seq)""",
+    # Ids finished (accepted or given up) recently, so enqueueing one again sends nothing.
+    """CREATE TABLE IF NOT EXISTS outbox_done (
+        id          TEXT PRIMARY KEY,
+        finished_at REAL NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS outbox_done_finished ON outbox_done (finished_at)",
+    """CREATE TABLE IF NOT EXISTS outbox_receipts (
+        receiver   TEXT NOT NULL,
+        incident   TEXT NOT NULL,
+        receipt    TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (receiver, incident)
+    ) WITHOUT ROWID""",
+)
+
+
+class OutboxSchemaError(RuntimeError):
+    """The state file's outbox tables were written by an incompatible PiggyWatch."""
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """A pending notification as the state file holds it."""
+
+    seq: int
+    notification: Notification
+    attempts: int
+    next_attempt_at: float
+    last_error: str
+
+
+class OutboxStore:
+    """The outbox tables behind one connection, safe to share between threads."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
+        self._durable = False  # this connection's synchronous setting: FULL or NORMAL
+        try:
+            self._create_schema()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _create_schema(self) -> None:
+        conn = self._conn
+        # Other parts write to this file too: wait for their transactions instead of failing.
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("PRAGMA journal_mode=WAL")
+        with self._transaction(durable=True):
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            row = conn.execute(
+                "SELECT value FROM outbox_meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO outbox_meta (key, value) VALUES ('schema_version', ?)",
+                             (str(SCHEMA_VERSION),))
+            elif row[0] != str(SCHEMA_VERSION):
+                raise OutboxSchemaError(
+                    f"{self.path}: outbox tables have schema version {row[0]}, this PiggyWatch "
+                    f"reads version {SCHEMA_VERSION}; run a matching PiggyWatch until the "
+                    "outbox is empty (piggywatch_outbox_depth 0) before upgrading")
+
+    def add(self, notifications: Sequence[Notification], now: float) -> list[int | None]:
+        """Commit new pending items in one transaction; each one's seq, or None where the id
+        is already pending or was finished recently."""
+        bodies = [encode_notification(n) for n in notifications]
+        seqs: list[int | None] = []
+        with self._lock, self._transaction(durable=True):
+            for n, body in zip(notifications, bodies, strict=True):
+                if self._conn.execute("SELECT 1 FROM outbox_done WHERE id = ?",
+                                      (n.id,)).fetchone():
+                    seqs.append(None)
+                    continue
+                cursor = self._conn.execute(
+                    "INSERT OR IGNORE INTO outbox_items (id, receiver, incident, created_at, "
+                    "next_attempt_at, body) VALUES (?, ?, ?, ?, ?, ?)",
+                    (n.id, n.receiver, n.incident, n.created_at, now, body))
+                seqs.append(cursor.lastrowid if cursor.rowcount == 1 else None)
+        return seqs
+
+    def load(self) -> list[StoredItem]:
+        """Every pending item, oldest first; rows that cannot be read are logged and kept."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT seq, id, receiver, attempts, next_attempt_at, last_error, body "
+                "FROM outbox_items ORDER BY seq").fetchall()
+        items = []
+        for seq, item_id, receiver, attempts, next_at, last_error, body in rows:
+            try:
+                notification = decode_notification(body)
+            except (ValueError, TypeError, KeyError) as exc:
+                log.error("outbox item %s for receiver %s cannot be read (%s); it stays in %s "
+                          "for a PiggyWatch that can", item_id, receiver, exc, self.path)
+                continue
+            items.append(StoredItem(seq, notification, attempts, next_at, last_error))
+        return items
+
+    def receipt(self, receiver: str, incident: str) -> dict[str, str]:
+        """What earlier accepted deliveries of the incident to the receiver returned."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT receipt FROM outbox_receipts WHERE receiver = ? AND incident = ?",
+                (receiver, incident)).fetchone()
+        return {} if row is None else dict(json.loads(row[0]))
+
+    def finish(self, item: StoredItem, now: float, *,
+               receipt: Mapping[str, str] | None = None) -> None:
+        """Delete a finished item and remember its id; ``receipt`` (accepted items only) is
+        merged into the incident's receipt, whose age restarts even when it is empty."""
+        n = item.notification
+        with self._lock, self._transaction(durable=False):
+            self._conn.execute("DELETE FROM outbox_items WHERE seq = ?", (item.seq,))
+            self._conn.execute("INSERT OR REPLACE INTO outbox_done (id, finished_at) "
+                               "VALUES (?, ?)", (n.id, now))
+            if receipt is None:
+                return
+            row = self._conn.execute(
+                "SELECT receipt FROM outbox_receipts WHERE receiver = ? AND incident = ?",
+                (n.receiver, n.incident)).fetchone()
+            if row is None and not receipt:
+                return
+            merged = {} if row is None else dict(json.loads(row[0]))
+            merged.update(receipt)
+            self._conn.execute(
+                "INSERT OR REPLACE INTO outbox_receipts (receiver, incident, receipt, updated_at)"
+                " VALUES (?, ?, ?, ?)",
+                (n.receiver, n.incident, json.dumps(merged, sort_keys=True), now))
+
+    def reschedule(self, seq: int, attempts: int, next_attempt_at: float, error: str) -> None:
+        """Record a failed attempt and when to try again."""
+        with self._lock, self._transaction(durable=False):
+            self._conn.execute(
+                "UPDATE outbox_items SET attempts = ?, next_attempt_at = ?, last_error = ? "
+                "WHERE seq = ?", (attempts, next_attempt_at, error, seq))
+
+    def prune(self, done_before: float, receipts_before: float) -> None:
+        """Forget finished ids and unused receipts of incidents with nothing pending."""
+        with self._lock, self._transaction(durable=False):
+            self._conn.execute("DELETE FROM outbox_done WHERE finished_at < ?", (done_before,))
+            self._conn.execute(
+                "DELETE FROM outbox_receipts WHERE updated_at < ? AND NOT EXISTS (SELECT 1 "
+                "FROM outbox_items i WHERE i.receiver = outbox_receipts.receiver "
+                "AND i.incident = outbox_receipts.incident)", (receipts_before,))
+
+    def close(self) -> None:
+        """Close the connection; the file is consistent whenever this is skipped."""
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _transaction(self, *, durable: bool) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on error); call with the lock held.
+
+        Only a new notification must survive a power cut (``synchronous=FULL``: the commit
+        waits for fsync). Losing a deletion or a retry count sends a notification again,
+        which its dedup key makes harmless, so those commits skip the fsync; the next
+        durable commit syncs them too, in order.
+        """
+        conn = self._conn
+        if durable != self._durable:
+            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._durable = durable
+        # BEGIN IMMEDIATE: the writer never has to upgrade a read lock, which is where SQLite
+        # deadlocks with another connection to the file.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
+# The codec follows the dataclasses' type hints, so a field added to the model is stored
+# without touching this file, and a row written before the field existed takes its default.
+
+_FORMAT = 1
+
+
+def encode_notification(notification: Notification) -> str:
+    """The notification as JSON (format 1)."""
+    return json.dumps({"format": _FORMAT, "notification": _plain(notification)},
+                      ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_notification(text: str) -> Notification:
+    """The notification ``encode_notification`` wrote; ValueError if this version cannot."""
+    data = json.loads(text)
+    if data.get("format") != _FORMAT:
+        raise ValueError(f"unknown outbox format {data.get('format')!r}")
+    notification = _build(Notification, data["notification"])
+    assert isinstance(notification, Notification)
+    return notification
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Enum):  # before str: the model's enums are StrEnums
+        return value.value
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _build(tp: Any, data: Any) -> Any:
+    origin = get_origin(tp)
+    if origin is Union or origin is types.UnionType:
+        options = [a for a in get_args(tp) if a is not type(None)]
+        if data is None and len(options) < len(get_args(tp)):
+            return None
+        if len(options) != 1:
+            raise TypeError(f"cannot decode a value of type {tp}")
+        return _build(options[0], data)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if not isinstance(data, dict):
+            raise TypeError(f"expected an object for {tp.__name__}")
+        hints = _hints(tp)
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(tp)})
+        if unknown:
+            raise ValueError(f"{tp.__name__} has no fields {unknown} (a newer PiggyWatch?)")
+        return tp(**{name: _build(hints[name], value) for name, value in data.items()})
+    if origin is tuple:
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_build(args[0], v) for v in data)
+        return tuple(_build(a, v) for a, v in zip(args, data, strict=True))
+    if origin is Mapping or origin is dict:
+        key_type, value_type = get_args(tp)
+        return {_build(key_type, k): _build(value_type, v) for k, v in data.items()}
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return tp(data)
+    if tp is float and type(data) in (int, float):
+        return float(data)  # JSON writes 5.0 as 5
+    if tp in (str, int, bool) and type(data) is tp:
+        return data
+    raise TypeError(f"cannot decode {data!r} as {tp}")
