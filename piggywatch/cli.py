@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from piggywatch import __version__
+from piggywatch.api_client import (
+    DEFAULT_URL,
+    ApiClient,
+    ApiClientError,
+    alerts_table,
+    silences_table,
+)
 from piggywatch.config import ConfigError, Settings, load_settings
 
 CONFIG_OPTION = click.option(
@@ -122,6 +132,105 @@ def rules_test(files: tuple[Path, ...]) -> None:
     from piggywatch.rules.unittest import run_rule_tests
 
     raise SystemExit(run_rule_tests(files))
+
+
+def _api_options(command: Callable[..., None]) -> Callable[..., None]:
+    """--url, --token and --cacert, shared by the commands that call a running daemon."""
+    for option in reversed((
+        click.option("--url", envvar="PIGGYWATCH_URL", default=DEFAULT_URL, show_default=True,
+                     show_envvar=True, help="The running daemon."),
+        click.option("--token", envvar="PIGGYWATCH_API_TOKEN", default="", show_envvar=True,
+                     show_default=False, help="The daemon's server.api_token."),
+        click.option("--cacert", type=click.Path(dir_okay=False), default=None,
+                     help="CA bundle that signed the daemon's TLS certificate."),
+    )):
+        command = option(command)
+    return command
+
+
+def _client(url: str, token: str, cacert: str | None) -> ApiClient:
+    return ApiClient(url, token, cacert=cacert)
+
+
+def _call(action: Callable[[], Any]) -> Any:
+    try:
+        return action()
+    except ApiClientError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+
+
+@main.command()
+@_api_options
+def alerts(url: str, token: str, cacert: str | None) -> None:
+    """List pending and firing alerts with their level, acknowledgement and silences."""
+    client = _client(url, token, cacert)
+    data = _call(lambda: client.get("/api/v1/alerts"))
+    click.echo(alerts_table(data["alerts"]))
+
+
+@main.command()
+@click.argument("fingerprint")
+@click.option("--by", default=lambda: os.environ.get("USER", ""), show_default="$USER",
+              help="Who acknowledges (recorded and shown to the other receivers).")
+@click.option("--comment", default="", help="Why, or what you are doing about it.")
+@_api_options
+def ack(fingerprint: str, by: str, comment: str, url: str, token: str,
+        cacert: str | None) -> None:
+    """Acknowledge the incident of an alert (FINGERPRINT, or the incident's own key):
+    escalation stops, the receivers already notified are told."""
+    if not by:
+        raise click.UsageError("say who acknowledges with --by NAME")
+    client = _client(url, token, cacert)
+    data = _call(lambda: client.post(f"/api/v1/alerts/{fingerprint}/ack",
+                                     {"by": by, "comment": comment}))
+    ack = data["ack"]
+    when = "" if data.get("new") else " (already acknowledged)"
+    click.echo(f"incident {data['incident']} acknowledged by {ack['by']}{when}")
+
+
+@main.group()
+def silence() -> None:
+    """Create, list and expire silences on a running daemon."""
+
+
+@silence.command("add")
+@click.argument("matchers", nargs=-1, required=True)
+@click.option("--duration", default="2h", show_default=True,
+              help="How long the silence lasts (30m, 2h, 1d).")
+@click.option("--comment", required=True, help="Why (shown with the silence).")
+@click.option("--by", default=lambda: os.environ.get("USER", "") or "cli",
+              show_default="$USER", help="Who creates the silence.")
+@_api_options
+def silence_add(matchers: tuple[str, ...], duration: str, comment: str, by: str, url: str,
+                token: str, cacert: str | None) -> None:
+    """Silence alerts matching every MATCHER (e.g. 'alertname="PostgresSlowStatement"')."""
+    client = _client(url, token, cacert)
+    data = _call(lambda: client.post("/api/v1/silences", {
+        "matchers": list(matchers), "duration": duration, "comment": comment,
+        "created_by": by}))
+    click.echo(data["silence"]["id"])
+
+
+@silence.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include expired silences.")
+@_api_options
+def silence_list(show_all: bool, url: str, token: str, cacert: str | None) -> None:
+    """List active and pending silences."""
+    client = _client(url, token, cacert)
+    data = _call(lambda: client.get("/api/v1/silences"))
+    shown = [s for s in data["silences"] if show_all or s["state"] != "expired"]
+    click.echo(silences_table(shown))
+
+
+@silence.command("expire")
+@click.argument("silence_id")
+@_api_options
+def silence_expire(silence_id: str, url: str, token: str, cacert: str | None) -> None:
+    """End a silence now."""
+    client = _client(url, token, cacert)
+    _call(lambda: client.delete(f"/api/v1/silences/{silence_id}"))
+    click.echo(f"silence {silence_id} expired")
 
 
 @main.command()

@@ -25,14 +25,18 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from piggywatch.alerting.escalation import policy_problems
 from piggywatch.alerting.settings import (
     EscalationStep,
     InhibitRule,
     Receiver,
     Route,
     TimeInterval,
+    alerting_problem_locations,
 )
 from piggywatch.config_types import Duration
 from piggywatch.yamlpos import KeyPath, YamlSyntaxError, dotted, line_for, load_with_lines
@@ -42,12 +46,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class BasicAuth(_Strict):
+    """A user name and password for HTTP basic auth."""
+
+    username: str = Field(min_length=1)
+    password: SecretStr
+
+
+class TlsConfig(_Strict):
+    """A PEM certificate (with its chain) and its private key."""
+
+    cert_file: str
+    key_file: str
+
+
 class ServerConfig(_Strict):
-    """Where the daemon listens."""
+    """Where the daemon listens, and who may call it."""
 
     listen: str = Field(default="0.0.0.0:9790", pattern=r"^\[?[0-9A-Za-z.:_-]*\]?:\d{1,5}$")
     # Bearer token every /api/v1/* call must carry; empty: the API answers 401 to all.
     api_token: SecretStr = SecretStr("")
+    # Unset: /metrics is open, as Prometheus scrapes usually are.
+    metrics_basic_auth: BasicAuth | None = None
+    # Unset: plain HTTP. Set: every endpoint is served over TLS only.
+    tls: TlsConfig | None = None
 
 
 class CollectorOptions(_Strict):
@@ -163,6 +185,21 @@ class Settings(_Strict):
     sentry: SentryConfig = SentryConfig()
     logging: LoggingConfig = LoggingConfig()
 
+    @model_validator(mode="after")
+    def _delivery_references(self) -> Settings:
+        # Each problem is its own error at its own key path, so it is reported with its
+        # line, like any other; the chains' timing is checked beside the cross references.
+        found = alerting_problem_locations(self.receivers, self.route, self.escalations,
+                                           self.inhibit_rules, self.time_intervals)
+        found += policy_problems(self.escalations)
+        if found:
+            raise ValidationError.from_exception_data("Settings", [
+                InitErrorDetails(type=PydanticCustomError("alerting", "{message}",
+                                                          {"message": message}),
+                                 loc=path, input=None)
+                for path, message in found])
+        return self
+
     @field_validator("targets")
     @classmethod
     def _unique_target_names(cls, targets: list[TargetConfig]) -> list[TargetConfig]:
@@ -178,6 +215,8 @@ class Settings(_Strict):
         found = [t.dsn.get_secret_value() for t in self.targets]
         found.append(self.sentry.dsn.get_secret_value())
         found.append(self.server.api_token.get_secret_value())
+        if self.server.metrics_basic_auth is not None:
+            found.append(self.server.metrics_basic_auth.password.get_secret_value())
         for receiver in self.receivers:
             for channel in (receiver.pagerduty, receiver.slack, receiver.email,
                             receiver.webhook, receiver.alertmanager):

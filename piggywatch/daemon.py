@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from piggywatch import __version__
 from piggywatch.collectors import Collector, CollectorError
@@ -28,11 +28,13 @@ from piggywatch.rules.alerts import AlertEvent
 from piggywatch.rules.loader import expand_globs
 from piggywatch.rules.manager import NoData, RuleManager
 from piggywatch.rules.state_db import AlertStateDB, sqlite_path
-from piggywatch.rules.templating import format_go_float
 from piggywatch.selfmetrics import SelfMetrics
-from piggywatch.server import Endpoints, HttpServer, split_listen
+from piggywatch.server import Access, Endpoints, HttpServer, split_listen
 from piggywatch.store import MemoryStore, Sample, labels_of
 from piggywatch.store.history import CombinedSource, History
+
+if TYPE_CHECKING:
+    from piggywatch.delivery import AlertDelivery
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,11 @@ RULE_FILE_POLL_SECONDS = 5.0
 # downsampled history for the older part.
 MEMORY_WINDOW = 3600.0 + 60.0
 # How often the durable history takes the kept series' new points.
-HISTORY_RECORD_SECONDS = 60.0
+HISTORY_RECORD_SECONDS = 300.0
+# Expiry rewrites pages too; once an hour keeps the state file's disk writes down.
+HISTORY_EXPIRE_SECONDS = 3600.0
+# How often the delivery metrics (incidents, outbox depth) are refreshed.
+DELIVERY_METRICS_SECONDS = 5.0
 
 
 @dataclass
@@ -167,6 +173,8 @@ class Daemon:
                     self._statements[target.name] = collector
         self.self_metrics.publish(time.time())
         self.history: History | None = None
+        self._history_expired_at = 0.0
+        self.delivery = self._build_delivery()
         self.rules = self._build_rules()
         self._rule_files: dict[Path, float] = {}
         self._reload_requested = threading.Event()
@@ -195,17 +203,31 @@ class Daemon:
         for target in self.targets:
             target.close()
 
+    def state_path(self) -> Path:
+        """The state file (alert state, history, delivery), relative to the config's dir."""
+        path = sqlite_path(self.settings.state)
+        return path if path.is_absolute() else self.base_dir / path
+
+    def _build_delivery(self) -> AlertDelivery | None:
+        if self.settings.route is None:
+            return None
+        # Imported only when delivery is configured: the notifiers' libraries cost memory.
+        from piggywatch.delivery import AlertDelivery
+
+        delivery = AlertDelivery(self.settings, self.state_path())
+        delivery.register(self.store)
+        return delivery
+
     def _build_rules(self) -> RuleManager | None:
         if not self.settings.rule_files:
             return None
-        state_path = sqlite_path(self.settings.state)
-        if not state_path.is_absolute():
-            state_path = self.base_dir / state_path
+        state_path = self.state_path()
         no_data = self.settings.no_data
         self.history = History(state_path)
         source = CombinedSource(self.store, self.history, lambda: MEMORY_WINDOW)
+        sink = self.delivery.dispatcher.handle if self.delivery else log_alert_event
         return RuleManager(
-            self.store, source, log_alert_event,
+            self.store, source, sink,
             state_db=AlertStateDB(state_path),
             default_interval=self.settings.evaluation_interval,
             no_data=NoData(no_data.default),
@@ -252,7 +274,9 @@ class Daemon:
         now = time.time()
         try:
             self.history.record(self.store, now)
-            self.history.expire(now)
+            if now - self._history_expired_at >= HISTORY_EXPIRE_SECONDS:
+                self.history.expire(now)
+                self._history_expired_at = now
         except Exception:
             log.exception("could not write the durable history")
 
@@ -262,29 +286,23 @@ class Daemon:
             log.info("reloading rule files")
             self.reload_rules()
 
-    def alerts_report(self) -> list[dict[str, Any]]:
-        """Pending and firing alerts, shaped like Prometheus's /api/v1/alerts."""
-        if self.rules is None:
-            return []
-        return [{
-            "labels": dict(alert.labels),
-            "annotations": alert.annotations,
-            "state": alert.state.value,
-            "activeAt": _utc(alert.active_at).isoformat().replace("+00:00", "Z"),
-            "value": format_go_float(alert.value),
-            "fingerprint": alert.fingerprint,
-            "group": group,
-        } for group, _, alert in self.rules.active_alerts()]
-
     def start(self) -> None:
         """Start the HTTP server and the schedule (every job runs once at once)."""
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.schedulers.background import BackgroundScheduler
 
+        from piggywatch.api import DaemonApi
+
         host, port = split_listen(self.listen)
+        server = self.settings.server
+        access = Access.from_config(server)
+        if not access.api_token:
+            log.warning("server.api_token is empty: every /api/v1 call is refused (401)")
+        api = DaemonApi(self.rules, self.delivery.dispatcher if self.delivery else None)
         endpoints = Endpoints(build_registry(self.store), ready=self.readiness,
-                              statements=self.statements_report, alerts=self.alerts_report)
-        self.http = HttpServer(endpoints, host, port)
+                              statements=self.statements_report, alerting=api, access=access)
+        tls = (server.tls.cert_file, server.tls.key_file) if server.tls else None
+        self.http = HttpServer(endpoints, host, port, tls=tls)
         self.http.start()
         workers = max(4, min(32, len(self.jobs) + 2))
         self._scheduler = BackgroundScheduler(
@@ -309,10 +327,19 @@ class Daemon:
             self._scheduler.add_job(self._record_history, "interval",
                                     seconds=HISTORY_RECORD_SECONDS, id="history",
                                     name="history", misfire_grace_time=60)
+        if self.delivery is not None:
+            from piggywatch.delivery import firing_events
+
+            self.delivery.start(firing_events(self.rules))
+            self._scheduler.add_job(self.delivery.publish, "interval", args=[self.store],
+                                    seconds=DELIVERY_METRICS_SECONDS, id="delivery-metrics",
+                                    name="delivery-metrics", next_run_time=_utc(start),
+                                    misfire_grace_time=5)
         self._scheduler.start()
-        log.info("piggywatch %s listening on http://%s/metrics with %d collectors on %d "
-                 "targets", __version__, f"{split_listen(self.listen)[0]}:{self.http.port}",
-                 len(self.jobs), len(self.targets))
+        log.info("piggywatch %s listening on %s://%s/metrics with %d collectors on %d "
+                 "targets", __version__, "https" if tls else "http",
+                 f"{split_listen(self.listen)[0]}:{self.http.port}", len(self.jobs),
+                 len(self.targets))
 
     def stop(self) -> None:
         """Stop scheduling, cancel running queries, close connections and the server."""
@@ -321,6 +348,9 @@ class Daemon:
         for target in self.targets:
             target.cancel()
         deadline = time.monotonic() + STOP_GRACE_SECONDS
+        if self.delivery is not None:
+            # What cannot go out in the grace time stays in the outbox for the next start.
+            self.delivery.stop(STOP_GRACE_SECONDS - 1.0)
         while time.monotonic() < deadline and self.busy():
             time.sleep(0.05)
         for target in self.targets:
@@ -388,7 +418,8 @@ def _mtimes(paths: list[Path]) -> dict[Path, float]:
 
 
 def log_alert_event(event: AlertEvent) -> None:
-    """The alerting side until delivery exists: the transition is logged (by the manager)."""
+    """The alerting side without a configured route: the transition is only logged (by the
+    manager)."""
 
 
 def _utc(ts: float) -> datetime:

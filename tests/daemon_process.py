@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -38,14 +38,23 @@ def value(values: Values, name: str, **labels: str) -> float | None:
     return found[0] if found else None
 
 
-class DaemonProcess:
-    """`python -m piggywatch run` on a free loopback port, with stderr captured to a file."""
+API_TOKEN = "test-api-token-0123456789"
 
-    def __init__(self, config: Path, workdir: Path, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+
+class DaemonProcess:
+    """`python -m piggywatch run` on a free loopback port, with stderr captured to a file.
+
+    The API token is set through PIGGYWATCH_SERVER__API_TOKEN (a configuration override)
+    and ``api()`` sends it.
+    """
+
+    def __init__(self, config: Path, workdir: Path, env: dict[str, str] | None = None,
+                 *, port: int | None = None, token: str = API_TOKEN) -> None:
+        self.port = port or free_port()
         self.config = config
+        self.token = token
         self.stderr_path = workdir / "daemon.stderr"
-        self._env = {**os.environ, **(env or {})}
+        self._env = {**os.environ, "PIGGYWATCH_SERVER__API_TOKEN": token, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -74,6 +83,11 @@ class DaemonProcess:
         except httpx.TransportError:
             assert self.proc is not None and self.proc.poll() is None, self.stderr()
             return httpx.Response(599)
+
+    def api(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        """Call the API with the token; a refused connection raises."""
+        return httpx.request(method, self.url + path, json=body, timeout=10,
+                             headers={"Authorization": f"Bearer {self.token}"})
 
     def metrics(self) -> Values:
         response = self.get("/metrics")

@@ -126,8 +126,42 @@ def test_non_durations_are_rejected_with_an_example(text: str) -> None:
 
 def test_shipped_example_and_demo_configs_are_valid() -> None:
     env = {"DATABASE_URL": SECRET_DSN, "PIGGYWATCH_DEMO_DSN": SECRET_DSN,
-           "PIGGYWATCH_DEMO_RULES": "rules", "PIGGYWATCH_DEMO_STATE": "/tmp/state.db"}
+           "PIGGYWATCH_DEMO_RULES": "rules", "PIGGYWATCH_DEMO_STATE": "/tmp/state.db",
+           "PIGGYWATCH_DEMO_API_TOKEN": "t",
+           "PD_ROUTING_KEY": "R0UTING", "SLACK_BOT_TOKEN": "xoxb-1", "SMTP_PASSWORD": "pw"}
     example = load_settings(Path(__file__).parent.parent / "examples" / "piggywatch.yaml", env)
     assert example.sentry.dsn.get_secret_value() == ""
+    # The handbook's routing: severities to their escalations, low in business hours only.
+    assert example.route is not None
+    by_severity = {r.matchers[0]: r for r in example.route.routes}
+    assert by_severity['severity="critical"'].escalation == "outage"
+    assert by_severity['severity="high"'].escalation == "degradation"
+    assert by_severity['severity="low"'].active_time_intervals == ["business-hours"]
+    assert [s.notify for s in example.escalations["degradation"]] == [
+        ["oncall-pagerduty", "oncall-slack"], ["leads-email"]]
     demo = Path(__file__).parent.parent / "piggywatch" / "demo" / "piggywatch.yaml"
     assert load_settings(demo, env).targets[0].name == "piggybong"
+
+
+def test_delivery_problems_are_reported_each_at_its_line() -> None:
+    text = GOOD + """\
+receivers:
+  - name: oncall-slack
+    slack: {webhook_url: "https://hooks.example.com/x"}
+route:
+  escalation: degradaton
+escalations:
+  degradation:
+    - notify: [oncall-slack]
+    - notify: [leads-email]
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_settings(text, "f.yaml", {"DATABASE_URL": SECRET_DSN})
+    assert sorted(str(p) for p in info.value.problems) == [
+        "f.yaml:13: route.escalation: there is no escalation named 'degradaton'; did you "
+        "mean 'degradation'?",
+        "f.yaml:16: escalations.degradation[0].wait: a step followed by another needs a "
+        "wait (how long before the next level)",
+        "f.yaml:17: escalations.degradation[1].notify[0]: there is no receiver named "
+        "'leads-email'; known: oncall-slack",
+    ]

@@ -172,7 +172,7 @@ def test_dsn_password_never_appears_in_logs_errors_or_metrics(
             lambda v: value(v, "pg_up", target="broken") == 0.0
             and value(v, "pg_up", target="piggybong") == 1.0, 10, "one target up, one down")
         assert values
-        exposed = proc.get("/metrics").text + proc.get("/api/v1/statements").text
+        exposed = proc.get("/metrics").text + proc.api("GET", "/api/v1/statements").text
         proc.terminate()
     logs = proc.stderr()
     assert "password authentication failed" in logs

@@ -15,6 +15,8 @@ import httpx
 
 from tests.daemon_process import free_port, parse_metrics
 
+TOKEN = "demo-test-token"
+
 
 def test_demo_serves_statement_metrics_within_30s_and_cleans_up(tmp_path: Path) -> None:
     port = free_port()
@@ -22,7 +24,8 @@ def test_demo_serves_statement_metrics_within_30s_and_cleans_up(tmp_path: Path) 
     proc = subprocess.Popen([sys.executable, "-m", "piggywatch", "demo",
                              "--listen", f"127.0.0.1:{port}"],
                             stdout=subprocess.PIPE, stderr=stderr, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                 "PIGGYWATCH_API_TOKEN": TOKEN})
     try:
         started = time.monotonic()
         calls: list[float] = []
@@ -39,13 +42,15 @@ def test_demo_serves_statement_metrics_within_30s_and_cleans_up(tmp_path: Path) 
             time.sleep(0.5)
         assert calls, "no pg_stat_statements metrics within 30 s"
         assert sum(calls) > 0
-        statements = httpx.get(f"http://127.0.0.1:{port}/api/v1/statements", timeout=2).json()
+        statements = httpx.get(f"http://127.0.0.1:{port}/api/v1/statements", timeout=2,
+                               headers={"Authorization": f"Bearer {TOKEN}"}).json()
         assert statements["data"]["piggybong"], "the statements API lists the demo's queries"
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 0
     assert f"http://127.0.0.1:{port}/metrics" in out
+    assert TOKEN not in out, "a token the user gave is never printed"
     pg_port = int(re.search(r"PostgreSQL on 127\.0\.0\.1:(\d+)", out).group(1))  # type: ignore[union-attr]
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", pg_port)) != 0, "the demo database is still up"

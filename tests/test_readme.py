@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from piggywatch.alerting import dispatcher, outbox
 from piggywatch.collectors.postgres import connections, database, statements, tables
 from piggywatch.rules import manager
 from piggywatch.selfmetrics import SPECS as SELF_SPECS
@@ -22,7 +23,7 @@ def listed(name: str) -> bool:
 
 def test_every_exported_metric_is_in_the_readme() -> None:
     specs = [*SELF_SPECS, *connections.SPECS, *database.SPECS, *statements.SPECS,
-             *tables.SPECS, *manager.RULE_SPECS]
+             *tables.SPECS, *manager.RULE_SPECS, *dispatcher.SPECS, *outbox.SPECS]
     missing = [s.name for s in specs if not listed(s.name)]
     assert missing == []
 

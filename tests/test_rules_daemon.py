@@ -83,7 +83,7 @@ def test_connections_alert_pends_fires_survives_restarts_and_resolves(tmp_path: 
                 assert value(v, "ALERTS_FOR_STATE", alertname="ConnectionsHigh") == active_at
                 second.wait_for_metric(lambda v: alert_state(v) == "firing", 10, "firing")
                 assert time.time() - active_at >= 4
-                [alert] = second.get("/api/v1/alerts").json()["data"]["alerts"]
+                [alert] = second.api("GET", "/api/v1/alerts").json()["data"]["alerts"]
                 second.terminate()
             assert alert["state"] == "firing"
             assert alert["labels"] == {"alertname": "ConnectionsHigh", "severity": "high",

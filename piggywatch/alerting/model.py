@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 SEVERITIES = ("critical", "high", "medium", "low")
 
@@ -50,6 +50,25 @@ class AlertInfo:
         """``critical``, ``high``, ``medium`` or ``low`` (``medium`` when not set)."""
         value = self.labels.get("severity", "medium")
         return value if value in SEVERITIES else "medium"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form, for the state kept across restarts."""
+        return {"fingerprint": self.fingerprint, "status": self.status.value,
+                "labels": dict(self.labels), "annotations": dict(self.annotations),
+                "starts_at": self.starts_at, "ends_at": self.ends_at, "value": self.value,
+                "generator_url": self.generator_url}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AlertInfo:
+        """The inverse of ``to_dict``."""
+        ends_at = data.get("ends_at")
+        return cls(
+            fingerprint=str(data["fingerprint"]), status=AlertStatus(data["status"]),
+            labels={str(k): str(v) for k, v in data["labels"].items()},
+            annotations={str(k): str(v) for k, v in data["annotations"].items()},
+            starts_at=float(data["starts_at"]),
+            ends_at=None if ends_at is None else float(ends_at),
+            value=str(data.get("value", "")), generator_url=str(data.get("generator_url", "")))
 
 
 def incident_key(route_id: str, group_labels: Mapping[str, str]) -> str:

@@ -3,11 +3,17 @@ time intervals. Alertmanager's shapes and names wherever it has the same idea.""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import difflib
+import re
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from piggywatch.config_types import Duration
+from piggywatch.alerting.matchers import MatcherError, parse_matcher
+from piggywatch.alerting.time_intervals import parse_time_interval
+from piggywatch.config_types import Duration, DurationOrZero
+from piggywatch.yamlpos import KeyPath, dotted
 
 
 class _Strict(BaseModel):
@@ -91,7 +97,14 @@ class Receiver(_Strict):
         return self
 
 
-Matcher = Annotated[str, Field(pattern=r'^\s*[A-Za-z_][A-Za-z0-9_]*\s*(=~|!~|!=|=)\s*".*"\s*$')]
+def _valid_matcher(text: str) -> str:
+    parse_matcher(text)  # MatcherError is a ValueError: pydantic reports its message
+    return text
+
+
+# An Alertmanager matcher string: severity="critical", severity=~"high|critical".
+Matcher = Annotated[str, AfterValidator(_valid_matcher)]
+_LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class Route(_Strict):
@@ -101,7 +114,7 @@ class Route(_Strict):
     escalation: str | None = None
     matchers: list[Matcher] = []
     group_by: list[str] | None = None
-    group_wait: Duration | None = None
+    group_wait: DurationOrZero | None = None  # 0s: notify at once
     group_interval: Duration | None = None
     repeat_interval: Duration | None = None
     continue_: bool = Field(default=False, alias="continue")
@@ -113,6 +126,18 @@ class Route(_Strict):
     def _one_target(self) -> Route:
         if self.receiver is not None and self.escalation is not None:
             raise ValueError("a route has a receiver or an escalation, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _group_by_labels(self) -> Route:
+        names = self.group_by or []
+        if "..." in names and len(names) > 1:
+            raise ValueError("group_by: '...' (every label) stands alone")
+        for name in names:
+            if name != "..." and not _LABEL_NAME.match(name):
+                raise ValueError(f"group_by: {name!r} is not a label name")
+        if len(set(names)) != len(names):
+            raise ValueError("group_by names a label twice")
         return self
 
 
@@ -133,12 +158,27 @@ class InhibitRule(_Strict):
     target_matchers: list[Matcher] = Field(min_length=1)
     equal: list[str] = []
 
+    @model_validator(mode="after")
+    def _equal_labels(self) -> InhibitRule:
+        for name in self.equal:
+            if not _LABEL_NAME.match(name):
+                raise ValueError(f"equal: {name!r} is not a label name")
+        return self
+
 
 class TimeRange(_Strict):
     """``09:00`` to ``18:00`` (end exclusive)."""
 
     start_time: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     end_time: str = Field(pattern=r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$")
+
+    @model_validator(mode="after")
+    def _start_before_end(self) -> TimeRange:
+        # Zero-padded HH:MM compares correctly as text.
+        if self.start_time >= self.end_time:
+            raise ValueError(f"{self.start_time} to {self.end_time} is empty: the start must be "
+                             "before the end (split a range across midnight in two)")
+        return self
 
 
 class TimeInterval(_Strict):
@@ -151,6 +191,11 @@ class TimeInterval(_Strict):
     days_of_month: list[str] = []  # "1:7", "-1"
     months: list[str] = []  # "january:march", "12"
 
+    @model_validator(mode="after")
+    def _parses(self) -> TimeInterval:
+        parse_time_interval(self)  # the zone exists, the ranges read and run forwards
+        return self
+
 
 class AlertingSettings(_Strict):
     """The delivery half of the configuration (merged into the top-level settings)."""
@@ -160,3 +205,139 @@ class AlertingSettings(_Strict):
     escalations: dict[str, list[EscalationStep]] = {}
     inhibit_rules: list[InhibitRule] = []
     time_intervals: list[TimeInterval] = []
+
+    @model_validator(mode="after")
+    def _references(self) -> AlertingSettings:
+        check_alerting_references(self)
+        return self
+
+
+# --- cross references ----------------------------------------------------------------
+
+
+class AlertingFields(Protocol):
+    """Anything holding the alerting settings under their usual names (this model, or the
+    top-level settings)."""
+
+    @property
+    def receivers(self) -> Sequence[Receiver]: ...
+    @property
+    def route(self) -> Route | None: ...
+    @property
+    def escalations(self) -> Mapping[str, Sequence[EscalationStep]]: ...
+    @property
+    def inhibit_rules(self) -> Sequence[InhibitRule]: ...
+    @property
+    def time_intervals(self) -> Sequence[TimeInterval]: ...
+
+
+def check_alerting_references(config: AlertingFields) -> None:
+    """Raise ValueError listing every broken cross reference (for model validators)."""
+    problems = alerting_problems(config.receivers, config.route, config.escalations,
+                                 config.inhibit_rules, config.time_intervals)
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def alerting_problems(receivers: Sequence[Receiver], route: Route | None,
+                      escalations: Mapping[str, Sequence[EscalationStep]],
+                      inhibit_rules: Sequence[InhibitRule],
+                      time_intervals: Sequence[TimeInterval]) -> list[str]:
+    """Every broken cross reference, as ``key.path: what is wrong`` lines."""
+    return [f"{dotted(path)}: {message}" for path, message in
+            alerting_problem_locations(receivers, route, escalations, inhibit_rules,
+                                       time_intervals)]
+
+
+def alerting_problem_locations(
+        receivers: Sequence[Receiver], route: Route | None,
+        escalations: Mapping[str, Sequence[EscalationStep]],
+        inhibit_rules: Sequence[InhibitRule],
+        time_intervals: Sequence[TimeInterval]) -> list[tuple[KeyPath, str]]:
+    """``alerting_problems`` with each key path as a tuple, to look its line up."""
+    problems: list[tuple[KeyPath, str]] = []
+    receiver_names: set[str] = set()
+    for i, receiver in enumerate(receivers):
+        if receiver.name in receiver_names:
+            problems.append((("receivers", i, "name"),
+                             f"receiver name {receiver.name!r} is used twice"))
+        receiver_names.add(receiver.name)
+    interval_names = {interval.name for interval in time_intervals}
+    for name, steps in escalations.items():
+        if not steps:
+            problems.append((("escalations", name), "an escalation needs at least one step"))
+        for i, step in enumerate(steps):
+            for j, receiver_name in enumerate(step.notify):
+                problem = _unknown(receiver_name, receiver_names, "receiver")
+                if problem:
+                    problems.append((("escalations", name, i, "notify", j), problem))
+    if route is not None:
+        problems.extend(_root_problems(route))
+        problems.extend(_route_problems(route, ("route",), receiver_names, set(escalations),
+                                        interval_names))
+    for i, rule in enumerate(inhibit_rules):
+        for side in ("source_matchers", "target_matchers"):
+            for j, text in enumerate(getattr(rule, side)):
+                try:
+                    parse_matcher(text)
+                except MatcherError as exc:
+                    problems.append((("inhibit_rules", i, side, j), str(exc)))
+    return problems
+
+
+def _root_problems(route: Route) -> list[tuple[KeyPath, str]]:
+    problems: list[tuple[KeyPath, str]] = []
+    if route.receiver is None and route.escalation is None:
+        problems.append((("route",), "the root route needs a receiver or an escalation: it "
+                                     "takes every alert no child route takes"))
+    if route.matchers:
+        problems.append((("route", "matchers"), "the root route takes every alert; put "
+                                                "matchers on its child routes"))
+    if route.continue_:
+        problems.append((("route", "continue"), "the root route has no siblings to "
+                                                "continue to"))
+    for key in ("active_time_intervals", "mute_time_intervals"):
+        if getattr(route, key):
+            problems.append((("route", key), "the root route cannot have time intervals "
+                                             "(they are not inherited); set them on child "
+                                             "routes"))
+    return problems
+
+
+def _route_problems(route: Route, path: KeyPath, receivers: set[str], escalations: set[str],
+                    intervals: set[str]) -> list[tuple[KeyPath, str]]:
+    problems: list[tuple[KeyPath, str]] = []
+    if route.receiver is not None:
+        problem = _unknown(route.receiver, receivers, "receiver")
+        if problem:
+            problems.append(((*path, "receiver"), problem))
+    if route.escalation is not None:
+        problem = _unknown(route.escalation, escalations, "escalation")
+        if problem:
+            problems.append(((*path, "escalation"), problem))
+    for j, text in enumerate(route.matchers):
+        try:
+            parse_matcher(text)
+        except MatcherError as exc:
+            problems.append(((*path, "matchers", j), str(exc)))
+    for key in ("active_time_intervals", "mute_time_intervals"):
+        for j, name in enumerate(getattr(route, key)):
+            problem = _unknown(name, intervals, "time interval")
+            if problem:
+                problems.append(((*path, key, j), problem))
+    for i, child in enumerate(route.routes):
+        problems.extend(_route_problems(child, (*path, "routes", i), receivers, escalations,
+                                        intervals))
+    return problems
+
+
+def _unknown(name: str, known: set[str], what: str) -> str | None:
+    if name in known:
+        return None
+    message = f"there is no {what} named {name!r}"
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    if close:
+        return f"{message}; did you mean {close[0]!r}?"
+    if known:
+        return f"{message}; known: {', '.join(sorted(known))}"
+    return f"{message} (none is defined)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 import signal
 import sys
 from importlib import resources
@@ -51,7 +52,12 @@ def run_demo(listen: str) -> int:
         dsn = cluster.dsn(dbname="piggybong", user="piggywatch",
                           password=cluster.role_password("piggywatch"))
         config = resources.files("piggywatch.demo").joinpath(DEMO_CONFIG)
-        env = {**os.environ, "PIGGYWATCH_DEMO_DSN": dsn,
+        # A throwaway token for a throwaway daemon, shown once so the API can be tried;
+        # one set in PIGGYWATCH_API_TOKEN is used and never printed.
+        given = os.environ.get("PIGGYWATCH_API_TOKEN", "")
+        token = given or secrets.token_urlsafe(24)
+        shown = "$PIGGYWATCH_API_TOKEN" if given else token
+        env = {**os.environ, "PIGGYWATCH_DEMO_DSN": dsn, "PIGGYWATCH_DEMO_API_TOKEN": token,
                "PIGGYWATCH_DEMO_RULES": str(shipped_rules_dir()),
                "PIGGYWATCH_DEMO_STATE": str(cluster.base_dir / "piggywatch-state.db")}
         with resources.as_file(config) as path:
@@ -64,6 +70,8 @@ def run_demo(listen: str) -> int:
                   f"  statements: http://{listen}/api/v1/statements\n"
                   f"  alerts:     http://{listen}/api/v1/alerts\n"
                   f"  readiness:  http://{listen}/readyz\n"
+                  f"  API token:  {shown} (piggywatch alerts --url http://{listen} "
+                  f"--token …)\n"
                   f"Press Ctrl-C to stop and remove the database.", flush=True)
             # run_forever installs its own SIGTERM/SIGINT handlers for a clean stop.
             clean = daemon.run_forever()

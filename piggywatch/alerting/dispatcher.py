@@ -1,0 +1,400 @@
+"""The delivery pipeline, in order, in one place.
+
+    alert event → inhibit → silence → route → group → time-interval deferral → escalate
+                → outbox
+
+Events from the rules are queued and taken by the dispatcher's own thread at once (so with
+``group_wait: 0`` a page leaves within milliseconds of the evaluation that fired it), and
+the thread also wakes every second for group flushes and escalation timers. Inhibition and
+silences are judged when a group flushes (as Alertmanager does), so an alert that stops
+being muted is announced at its group's next flush. Each flushed group is an incident:
+its escalation decides who hears of it first and who next, acknowledgements stop the
+climb, and the outbox delivers.
+
+The groups, escalations and acks are durable in the state file, so a restart neither
+re-pages an incident nor forgets one half-way up its chain.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from piggywatch.alerting.acks import Ack, Acks, acknowledge_notifications
+from piggywatch.alerting.escalation import Escalation, EscalationPolicy, EscalationStore, Page
+from piggywatch.alerting.failing import FAILING_ALERT, FailingChannels, without_failing
+from piggywatch.alerting.grouping import DueGroup, DueKind, Grouper
+from piggywatch.alerting.inhibit import Inhibitor
+from piggywatch.alerting.model import Action, AlertInfo, AlertStatus, Delivery, Notification
+from piggywatch.alerting.routing import RoutePlan, Router
+from piggywatch.alerting.settings import AlertingSettings
+from piggywatch.alerting.silences import Silences
+from piggywatch.alerting.time_intervals import TimeIntervals
+from piggywatch.rules.alerts import AlertEvent, EventKind
+from piggywatch.store.samples import MetricKind, MetricSpec, Sample, labels_of
+
+__all__ = ["FAILING_ALERT", "SOURCE", "SPECS", "Dispatcher", "Sender"]
+
+log = logging.getLogger(__name__)
+
+SOURCE = "piggywatch/alerting"
+# The longest the thread sleeps when nothing is due: timers are checked at least this often.
+TICK_SECONDS = 1.0
+
+SPECS = (
+    MetricSpec("piggywatch_alert_incidents", MetricKind.GAUGE,
+               "Open incidents by escalation level and whether acknowledged"),
+    MetricSpec("piggywatch_alert_groups", MetricKind.GAUGE,
+               "Alert groups held (incidents notified or waiting for group_wait)"),
+    MetricSpec("piggywatch_alert_acks_total", MetricKind.COUNTER,
+               "Incidents acknowledged since the daemon started"),
+    MetricSpec("piggywatch_alerts_silenced", MetricKind.GAUGE,
+               "Firing alerts muted by an active silence"),
+    MetricSpec("piggywatch_alerts_inhibited", MetricKind.GAUGE,
+               "Firing alerts muted by an inhibition rule"),
+    MetricSpec("piggywatch_notifications_created_total", MetricKind.COUNTER,
+               "Notifications handed to the outbox, by action"),
+)
+
+
+class Sender(Protocol):
+    """Where notifications go: the outbox."""
+
+    def enqueue(self, notification: Notification) -> bool:
+        """Commit one notification for delivery."""
+        ...
+
+
+@dataclass(frozen=True)
+class AckResult:
+    """The outcome of an acknowledgement: the ack in force per incident, and whether new."""
+
+    key: str  # the incident or alert fingerprint asked for
+    acks: tuple[tuple[Ack, bool], ...]
+
+
+@dataclass
+class _Pass:
+    """What one pass produced, committed together at its end."""
+
+    notifications: list[Notification] = field(default_factory=list)
+    changed: dict[str, Escalation] = field(default_factory=dict)
+    ended: list[str] = field(default_factory=list)
+
+
+class Dispatcher:
+    """Takes alert events and turns them into notifications, on its own thread."""
+
+    def __init__(self, settings: AlertingSettings, sender: Sender, state_path: str | Path, *,
+                 clock: Callable[[], float] = time.time, external_url: str = "") -> None:
+        if settings.route is None:
+            raise ValueError("alert delivery needs a route")
+        self._receivers = {r.name: r for r in settings.receivers}
+        self._policies = {name: EscalationPolicy.from_settings(name, steps)
+                          for name, steps in settings.escalations.items()}
+        # AlertingSettings checked that every receiver and escalation named exists.
+        self._router = Router(settings.route)
+        self._intervals = TimeIntervals(settings.time_intervals)
+        self._inhibitor = Inhibitor(settings.inhibit_rules)
+        self._sender = sender
+        self._clock = clock
+        self._external_url = external_url
+        self.silences = Silences(state_path)
+        self._acks = Acks(state_path)
+        self._escalations = EscalationStore(state_path)
+        saved = json.loads(self._escalations.state() or "{}")
+        self._grouper = Grouper.from_dict(saved.get("grouper", {}), self._intervals)
+        self._failing = FailingChannels(saved.get("failing", {}))
+        self._firing = self._grouped_firing()
+        self._lock = threading.RLock()
+        self._queue: list[AlertEvent] = []
+        self._wakeup = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._created: dict[str, int] = {a.value: 0 for a in Action}
+        self._muted = (0, 0)
+
+    # --- input --------------------------------------------------------------------------
+
+    def handle(self, event: AlertEvent) -> None:
+        """The rules' sink: queue an event and wake the thread (never blocks on I/O)."""
+        with self._lock:
+            self._queue.append(event)
+        self._wakeup.set()
+
+    def on_permanent_failure(self, notification: Notification, delivery: Delivery) -> None:
+        """The outbox gave a notification up: raise PiggyWatchNotificationFailing, which
+        reaches the incident's other receivers (never the failing one)."""
+        with self._lock:
+            event = self._failing.failed(notification.receiver, delivery.detail, self._clock())
+        if event is not None:
+            self.handle(event)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self, firing: Iterable[AlertEvent] | None = None) -> None:
+        """Start the thread. ``firing``: every alert the rules hold as firing now, after a
+        restart: unknown ones are taken as new, grouped ones no longer firing as resolved."""
+        if firing is not None:
+            self.reconcile(list(firing), self._clock())
+        self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish the pass under way and stop; what is pending stays saved."""
+        self._stopping.set()
+        self._wakeup.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+
+    def close(self) -> None:
+        """Stop and close the state file."""
+        self.stop()
+        for db in (self.silences, self._acks, self._escalations):
+            db.close()
+
+    def reconcile(self, firing: Sequence[AlertEvent], now: float) -> None:
+        """Bring the groups in line with what the rules say fires (see ``start``)."""
+        with self._lock:
+            keep = {e.alert.fingerprint for e in firing}
+            keep |= self._failing.fingerprints(self._firing)
+            for incident in self._grouper.reconcile(keep, now):
+                log.info("incident %s: alerts resolved while PiggyWatch was down", incident)
+            # What resolved meanwhile must not inhibit anything any more.
+            self._firing = self._grouped_firing()
+            self._queue.extend(e for e in firing if e.alert.fingerprint not in self._firing)
+        self._wakeup.set()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wakeup.clear()
+            try:
+                self.run_pass()
+            except Exception:
+                log.exception("alert dispatch pass failed; trying again in a second")
+                self._stopping.wait(TICK_SECONDS)
+            self._wakeup.wait(self._sleep())
+
+    def _sleep(self) -> float:
+        now = self._clock()
+        with self._lock:
+            times = [t for t in (self._grouper.next_wakeup(), self._escalations.next_due())
+                     if t is not None]
+        return max(0.0, min([TICK_SECONDS, *(t - now for t in times)]))
+
+    # --- the pipeline ---------------------------------------------------------------------
+
+    def run_pass(self, now: float | None = None) -> list[Notification]:
+        """Take queued events, flush due groups, run due escalation steps, hand the
+        notifications to the outbox and save the state; return the notifications."""
+        at = self._clock() if now is None else now
+        with self._lock:
+            events, self._queue = self._queue, []
+            work = _Pass()
+            for event in events:
+                self._take(event, at)
+            for event in self._failing.recovered(at):
+                self._take(event, at)
+            self._inhibitor.set_firing(self._firing.values())
+            muted = self._muted_at(at)
+            for due in self._grouper.due(at, muted):
+                work.notifications += self._flush(due, at, work)
+            for esc in self._escalations.all():
+                if esc.incident in work.changed or esc.incident in work.ended:
+                    continue  # its group just spoke for it
+                if self._may_climb(esc, at, muted):
+                    page = esc.due(at)
+                    if page is not None:
+                        work.changed[esc.incident] = esc
+                        work.notifications += self._page(esc, page, at)
+            for notification in work.notifications:
+                self._sender.enqueue(notification)
+                self._created[notification.action.value] += 1
+            if events or work.changed or work.ended or work.notifications:
+                state = json.dumps({"grouper": self._grouper.to_dict(),
+                                    "failing": self._failing.last_failure})
+                self._escalations.save(work.changed.values(), work.ended, state)
+                self._acks.forget(work.ended)
+            silenced = sum(1 for labels in self._firing.values()
+                           if self.silences.is_silenced(labels, at))
+            inhibited = sum(1 for labels in self._firing.values()
+                            if self._inhibitor.is_inhibited(labels))
+            self._muted = (silenced, inhibited)
+        return work.notifications
+
+    def _take(self, event: AlertEvent, now: float) -> None:
+        labels = dict(event.alert.labels)
+        fingerprint = event.alert.fingerprint
+        if event.kind is EventKind.FIRING:
+            self._firing[fingerprint] = labels
+            self._grouper.add(event, self._router.match(labels), now)
+        else:
+            self._firing.pop(fingerprint, None)
+            self._grouper.add(event, (), now)
+
+    def _muted_at(self, now: float) -> Callable[[Mapping[str, str]], bool]:
+        def muted(labels: Mapping[str, str]) -> bool:
+            return self._inhibitor.is_inhibited(labels) or self.silences.is_silenced(labels, now)
+        return muted
+
+    def _flush(self, due: DueGroup, now: float, work: _Pass) -> list[Notification]:
+        """The notifications a flushed group owes, through its incident's escalation."""
+        esc = self._escalations.get(due.incident) or work.changed.get(due.incident)
+        if esc is None and due.kind is DueKind.RESOLVE:
+            # Deferred and over before anyone heard: the first step learns what happened.
+            first = self._policy(due.plan).steps[0].notify
+            return self._notify(due.incident, due.group_labels, due.alerts, first, now,
+                                Action.RESOLVE, level=1)
+        if esc is None:
+            esc = Escalation(due.incident, due.plan.route_id, dict(due.group_labels),
+                             self._policy(due.plan), now, alerts=due.alerts)
+            work.changed[esc.incident] = esc
+            return self._page(esc, esc.start(now), now)
+        if due.kind is DueKind.RESOLVE:
+            work.ended.append(esc.incident)
+            work.changed.pop(esc.incident, None)
+            return self._notify(esc.incident, esc.group_labels, due.alerts, esc.notified, now,
+                                Action.RESOLVE, level=esc.level, ack=self._acks.get(esc.incident))
+        esc.alerts = due.alerts
+        work.changed[esc.incident] = esc
+        if esc.acked:
+            return []  # an acknowledged incident is told only that it ended
+        return self._notify(esc.incident, esc.group_labels, due.alerts, esc.notified, now,
+                            Action.TRIGGER, level=esc.level, resolved_news=due.resolve_only)
+
+    def _may_climb(self, esc: Escalation, now: float,
+                   muted: Callable[[Mapping[str, str]], bool]) -> bool:
+        """An escalation moves on only while its incident has an audible firing alert and
+        its route may notify now (outside business hours a low alert waits, too)."""
+        if esc.acked or esc.next_at is None or esc.next_at > now:
+            return False
+        if not any(a.status is AlertStatus.FIRING and not muted(a.labels)
+                   for a in self._grouper.alerts(esc.incident)):
+            return False
+        plan = self._router.plan(esc.route)
+        return plan is None or self._intervals.allows(plan.active_time_intervals,
+                                                      plan.mute_time_intervals, now)
+
+    def _page(self, esc: Escalation, page: Page, now: float) -> list[Notification]:
+        alerts = tuple(a for a in self._grouper.alerts(esc.incident)
+                       if a.status is AlertStatus.FIRING) or esc.alerts
+        log.info("incident %s: level %d (%s) notifies %s", esc.incident, page.level,
+                 page.reason, ", ".join(page.receivers))
+        return self._notify(esc.incident, esc.group_labels, alerts, page.receivers, now,
+                            Action.TRIGGER, level=page.level)
+
+    def _notify(self, incident: str, group_labels: Mapping[str, str],
+                alerts: Sequence[AlertInfo], receivers: Iterable[str], now: float,
+                action: Action, *, level: int, ack: Ack | None = None,
+                resolved_news: bool = False) -> list[Notification]:
+        targets = self._targets(receivers, alerts)
+        if action is Action.RESOLVE or resolved_news:
+            targets = [r for r in targets if self._receivers[r].send_resolved]
+        return [Notification(id=uuid.uuid4().hex, receiver=r, action=action, incident=incident,
+                             group_labels=dict(group_labels), alerts=tuple(alerts),
+                             created_at=now, level=level,
+                             acked_by=ack.by if ack else None, acked_at=ack.at if ack else None,
+                             external_url=self._external_url)
+                for r in targets]
+
+    def _targets(self, receivers: Iterable[str], alerts: Sequence[AlertInfo]) -> list[str]:
+        """Configured receivers, minus a broken channel its own failure alert is about."""
+        known = [r for r in receivers if r in self._receivers]
+        return without_failing(known, alerts, self._receivers)
+
+    def _policy(self, plan: RoutePlan) -> EscalationPolicy:
+        if plan.escalation is not None:
+            return self._policies[plan.escalation]
+        assert plan.receiver is not None  # the Router guarantees one of them
+        return EscalationPolicy.single(plan.receiver)
+
+    def _grouped_firing(self) -> dict[str, Mapping[str, str]]:
+        """The labels of every firing alert the groups hold, by fingerprint."""
+        incidents = [str(g["incident"]) for g in self._grouper.to_dict()["groups"]]
+        return {a.fingerprint: a.labels for incident in incidents
+                for a in self._grouper.alerts(incident) if a.status is AlertStatus.FIRING}
+
+    # --- acknowledgement and status ---------------------------------------------------------
+
+    def acknowledge(self, key: str, by: str, comment: str = "",
+                    now: float | None = None) -> AckResult | None:
+        """Acknowledge an incident, by its key or by the fingerprint of one of its alerts
+        (every incident the alert was notified in); None if there is no such incident.
+
+        The escalation stops and the receivers told so far hear who took it.
+        """
+        at = self._clock() if now is None else now
+        with self._lock:
+            incidents = [e for e in self._escalations.all() if e.incident == key
+                         or any(a.fingerprint == key for a in e.alerts)]
+            if not incidents:
+                return None
+            results: list[tuple[Ack, bool]] = []
+            changed = []
+            for esc in incidents:
+                through = None if esc.incident == key else key
+                ack, new = self._acks.record(Ack(esc.incident, by, at, comment, through))
+                results.append((ack, new))
+                if not new:
+                    continue
+                esc.acknowledge()
+                changed.append(esc)
+                log.info("incident %s acknowledged by %s", esc.incident, by)
+                targets = self._targets(esc.notified, esc.alerts)
+                for n in acknowledge_notifications(ack, targets, group_labels=esc.group_labels,
+                                                   alerts=esc.alerts, level=esc.level, now=at,
+                                                   external_url=self._external_url):
+                    self._sender.enqueue(n)
+                    self._created[n.action.value] += 1
+            self._escalations.save(changed)
+        return AckResult(key, tuple(results))
+
+    def status(self, alerts: Iterable[tuple[str, Mapping[str, str]]],
+               now: float | None = None) -> dict[str, dict[str, Any]]:
+        """The delivery state of alerts (fingerprint, labels) for the API, by fingerprint:
+        escalation level, ack, the silences and whether an inhibition mutes it."""
+        at = self._clock() if now is None else now
+        with self._lock:
+            incidents: dict[str, list[Escalation]] = {}
+            for esc in self._escalations.all():
+                for alert in esc.alerts:
+                    incidents.setdefault(alert.fingerprint, []).append(esc)
+            found = {}
+            for fingerprint, labels in alerts:
+                mine = incidents.get(fingerprint, [])
+                acks = [a for a in (self._acks.get(e.incident) for e in mine) if a]
+                found[fingerprint] = {
+                    "level": max((e.level for e in mine), default=None),
+                    "incidents": sorted(e.incident for e in mine),
+                    "ack": acks[0].as_dict() if acks else None,
+                    "silenced_by": self.silences.silenced_by(labels, at),
+                    "inhibited": self._inhibitor.is_inhibited(labels),
+                }
+            return found
+
+    def samples(self, now: float) -> list[Sample]:
+        """The pipeline's metrics (see ``SPECS``), for ``MemoryStore.publish(SOURCE, …)``."""
+        with self._lock:
+            levels: dict[tuple[int, bool], int] = {}
+            for esc in self._escalations.all():
+                levels[(esc.level, esc.acked)] = levels.get((esc.level, esc.acked), 0) + 1
+            out = [Sample("piggywatch_alert_incidents",
+                          labels_of(level=str(level), acknowledged=str(acked).lower()),
+                          count, now) for (level, acked), count in sorted(levels.items())]
+            out += [
+                Sample("piggywatch_alert_groups", (), len(self._grouper), now),
+                Sample("piggywatch_alert_acks_total", (), self._acks.recorded, now),
+                Sample("piggywatch_alerts_silenced", (), self._muted[0], now),
+                Sample("piggywatch_alerts_inhibited", (), self._muted[1], now),
+            ]
+            out += [Sample("piggywatch_notifications_created_total", labels_of(action=a), n, now)
+                    for a, n in sorted(self._created.items())]
+        return out
+

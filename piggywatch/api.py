@@ -1,0 +1,120 @@
+"""The answers of /api/v1/alerts and /api/v1/silences: the rules' alerts joined with their
+delivery state (level, acknowledgement, silences, inhibition), acks and silences."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from piggywatch.alerting.dispatcher import Dispatcher
+from piggywatch.alerting.silences import Silence
+from piggywatch.config_types import parse_duration
+from piggywatch.rules.manager import RuleManager
+from piggywatch.rules.templating import format_go_float
+from piggywatch.server import ApiError
+
+NO_DELIVERY = "alert delivery is not configured (the configuration has no route)"
+
+
+class DaemonApi:
+    """The daemon's AlertingApi: reads the rules' alerts, acts through the dispatcher."""
+
+    def __init__(self, rules: RuleManager | None, dispatcher: Dispatcher | None, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._rules = rules
+        self._dispatcher = dispatcher
+        self._clock = clock
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Pending and firing alerts, shaped like Prometheus's /api/v1/alerts, plus their
+        delivery state when delivery is configured."""
+        if self._rules is None:
+            return []
+        active = self._rules.active_alerts()
+        delivery = {} if self._dispatcher is None else self._dispatcher.status(
+            ((a.fingerprint, dict(a.labels)) for _, _, a in active), self._clock())
+        found = []
+        for group, _, alert in active:
+            item: dict[str, Any] = {
+                "labels": dict(alert.labels),
+                "annotations": alert.annotations,
+                "state": alert.state.value,
+                "activeAt": _iso(alert.active_at),
+                "activeAtUnix": alert.active_at,
+                "value": format_go_float(alert.value),
+                "fingerprint": alert.fingerprint,
+                "group": group,
+            }
+            item.update(delivery.get(alert.fingerprint, {}))
+            found.append(item)
+        return found
+
+    def acknowledge(self, fingerprint: str, by: str, comment: str) -> dict[str, Any]:
+        """Acknowledge the incident(s) an alert was notified in (or an incident by its key)."""
+        dispatcher = self._delivery()
+        result = dispatcher.acknowledge(fingerprint, by, comment)
+        if result is None:
+            raise ApiError(404, f"{fingerprint} is no notified incident nor an alert in one "
+                                "(it is not firing, or its group has not notified yet)")
+        first, new = result.acks[0]
+        return {"fingerprint": fingerprint, "incident": first.incident, "new": new,
+                "ack": first.as_dict(),
+                "incidents": [{"incident": a.incident, "new": n, "ack": a.as_dict()}
+                              for a, n in result.acks]}
+
+    def silences(self) -> list[dict[str, Any]]:
+        """Every silence kept: pending, active, and expired within the last day."""
+        now = self._clock()
+        return [_silence(s, now) for s in self._delivery().silences.list_all(now)]
+
+    def add_silence(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a silence from ``{"matchers": [...], "duration": "2h" | "ends_at": unix,
+        "comment": "...", "created_by": "..."}``."""
+        silences = self._delivery().silences
+        now = self._clock()
+        matchers = body.get("matchers")
+        if not isinstance(matchers, list) or not all(isinstance(m, str) for m in matchers):
+            raise ApiError(400, 'give "matchers": a list of matcher strings such as '
+                                '["alertname=\\"PostgresSlowStatement\\""]')
+        comment, created_by = body.get("comment", ""), body.get("created_by", "")
+        if not isinstance(comment, str) or not comment.strip():
+            raise ApiError(400, 'give "comment": why the silence is needed')
+        if not isinstance(created_by, str) or not created_by.strip():
+            raise ApiError(400, 'give "created_by": who creates the silence')
+        try:
+            if "ends_at" in body:
+                ends_at = float(body["ends_at"])
+            else:
+                ends_at = now + parse_duration(body.get("duration"))
+            silence = silences.create(matchers, ends_at=ends_at, now=now,
+                                      created_by=created_by.strip(), comment=comment.strip())
+        except (ValueError, TypeError) as exc:
+            raise ApiError(400, str(exc)) from None
+        return {"silence": _silence(silence, now)}
+
+    def expire_silence(self, silence_id: str) -> dict[str, Any]:
+        """End a silence now."""
+        now = self._clock()
+        try:
+            silence = self._delivery().silences.expire(silence_id, now)
+        except KeyError:
+            raise ApiError(404, f"no silence with id {silence_id}") from None
+        return {"silence": _silence(silence, now)}
+
+    def _delivery(self) -> Dispatcher:
+        if self._dispatcher is None:
+            raise ApiError(409, NO_DELIVERY)
+        return self._dispatcher
+
+
+def _silence(silence: Silence, now: float) -> dict[str, Any]:
+    return {"id": silence.id, "matchers": list(silence.matchers), "state":
+            silence.state(now).value, "starts_at": silence.starts_at, "ends_at": silence.ends_at,
+            "created_by": silence.created_by, "comment": silence.comment}
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
+

@@ -1,0 +1,84 @@
+"""Alert delivery as the daemon runs it: the dispatcher and the outbox, built from the
+configuration, started and stopped together, their metrics published into the store."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from piggywatch.alerting import dispatcher as dispatch
+from piggywatch.alerting import outbox as outboxes
+from piggywatch.alerting.dispatcher import Dispatcher
+from piggywatch.alerting.model import Delivery, Notification, Notifier
+from piggywatch.alerting.notifiers._common import http_client
+from piggywatch.alerting.notifiers.registry import build_notifier
+from piggywatch.alerting.outbox import Outbox, default_throttles
+from piggywatch.alerting.settings import AlertingSettings
+from piggywatch.config import Settings
+from piggywatch.rules.alerts import AlertEvent, AlertState, EventKind
+from piggywatch.rules.manager import RuleManager
+from piggywatch.store import MemoryStore
+
+
+class AlertDelivery:
+    """The outbox (with one notifier per receiver) and the dispatcher that feeds it."""
+
+    def __init__(self, settings: Settings, state_path: Path) -> None:
+        self._http_channels = any(r.pagerduty or r.webhook or r.alertmanager or
+                                  (r.slack and r.slack.webhook_url) for r in settings.receivers)
+        notifiers: dict[str, Notifier] = {
+            r.name: build_notifier(r, external_url=settings.external_url)
+            for r in settings.receivers}
+        self.outbox = Outbox(state_path, notifiers,
+                             throttles=default_throttles(settings.receivers),
+                             on_permanent_failure=self._failed)
+        self.dispatcher = Dispatcher(
+            AlertingSettings(receivers=settings.receivers, route=settings.route,
+                             escalations=settings.escalations,
+                             inhibit_rules=settings.inhibit_rules,
+                             time_intervals=settings.time_intervals),
+            self.outbox, state_path, external_url=settings.external_url)
+
+    def _failed(self, notification: Notification, delivery: Delivery) -> None:
+        # Late-bound: the outbox exists before the dispatcher that hears its failures.
+        self.dispatcher.on_permanent_failure(notification, delivery)
+
+    def register(self, store: MemoryStore) -> None:
+        """Declare the delivery metrics."""
+        store.register(dispatch.SPECS)
+        store.register(outboxes.SPECS)
+
+    def start(self, firing: Iterable[AlertEvent] | None) -> None:
+        """Start sending what the outbox holds, then dispatching (see Dispatcher.start)."""
+        if self._http_channels:
+            # Making the shared HTTP client loads the CA bundle (~0.3 s): done now, in the
+            # background, so the first page does not wait for it.
+            threading.Thread(target=http_client, name="http-client-warmup",
+                             daemon=True).start()
+        self.outbox.start()
+        self.dispatcher.start(firing)
+
+    def publish(self, store: MemoryStore) -> None:
+        """Write the delivery metrics to the store."""
+        now = time.time()
+        store.publish(dispatch.SOURCE, self.dispatcher.samples(now), now)
+        store.publish(outboxes.SOURCE, self.outbox.samples(now), now)
+
+    def stop(self, grace: float) -> None:
+        """Stop dispatching, deliver for up to ``grace`` seconds, close the state."""
+        self.dispatcher.close()
+        self.outbox.stop(grace)
+        self.outbox.close()
+
+
+def firing_events(rules: RuleManager | None) -> list[AlertEvent] | None:
+    """The alerts the rules hold as firing (restored after a restart), as events; None when
+    no rules are loaded, as they then know nothing and must not resolve anything."""
+    if rules is None or not rules.groups():
+        return None
+    now = time.time()
+    return [AlertEvent(EventKind.FIRING, group, rule, alert, now)
+            for group, rule, alert in rules.active_alerts()
+            if alert.state is AlertState.FIRING]
