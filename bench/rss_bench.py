@@ -47,7 +47,8 @@ def main() -> int:
             dbname="piggybong", user="piggywatch", password=cluster.role_password("piggywatch")),
             # The shipped rules are evaluated too, as in `piggywatch demo`.
             "PIGGYWATCH_DEMO_RULES": str(shipped_rules_dir()),
-            "PIGGYWATCH_DEMO_STATE": str(Path(tmp) / "state.db")}
+            "PIGGYWATCH_DEMO_STATE": str(Path(tmp) / "state.db"),
+            "PIGGYWATCH_DEMO_API_TOKEN": "bench-token"}
         listen = "127.0.0.1:19790"
         with SyntheticWorkload(cluster.dsn(dbname="piggybong"), workers=2):
             proc = subprocess.Popen([sys.executable, "-m", "piggywatch", "run", "--config",

@@ -55,9 +55,15 @@ DELIVERY_METRICS_SECONDS = 5.0
 
 @dataclass
 class CollectorJob:
-    """One collector of one target, run on its own interval; never raises."""
+    """One collector, run on its own interval; never raises.
 
-    target: PostgresTarget
+    ``owner`` names the job in logs and self metrics: the PostgreSQL target it samples, or
+    the source for collectors bound to no database (Redis, probes, memory). Samples of a
+    job with a ``target`` get that target's name as their ``target`` label.
+    """
+
+    owner: str
+    target: PostgresTarget | None
     collector: Collector
     interval: float
     store: MemoryStore
@@ -70,7 +76,7 @@ class CollectorJob:
     @property
     def source(self) -> str:
         """The store key of this job's snapshot."""
-        return f"{self.target.name}/{self.collector.name}"
+        return f"{self.owner}/{self.collector.name}"
 
     def run(self) -> None:
         """One sampling cycle: collect, publish, count."""
@@ -93,32 +99,31 @@ class CollectorJob:
         except Exception:
             error = "internal"
             # An unexpected error is a bug in PiggyWatch: full traceback, and Sentry if set.
-            log.exception("collector %s of target %s crashed", self.collector.name,
-                          self.target.name)
+            log.exception("collector %s of %s crashed", self.collector.name, self.owner)
         if error is None:
-            name = self.target.name
-            self.store.publish(self.source, [
-                Sample(s.name, labels_of(dict(s.labels), target=name), s.value, s.timestamp)
-                for s in samples
-            ], now)
+            if self.target is not None:
+                name = self.target.name
+                samples = [Sample(s.name, labels_of(dict(s.labels), target=name), s.value,
+                                  s.timestamp) for s in samples]
+            self.store.publish(self.source, samples, now)
             if self._failing is not None:
-                log.info("collector %s of target %s recovered", self.collector.name, name)
+                log.info("collector %s of %s recovered", self.collector.name, self.owner)
                 self._failing = None
         else:
             # Stale figures would look current; drop them until the next success.
             self.store.clear(self.source)
         self.attempted = True
-        self.self_metrics.cycle_done(self.target.name, self.collector.name,
-                                     duration=time.monotonic() - started, now=now,
-                                     error=error, samples=len(samples), up=self.target.up)
+        self.self_metrics.cycle_done(
+            self.owner, self.collector.name, duration=time.monotonic() - started, now=now,
+            error=error, samples=len(samples),
+            up=self.target.up if self.target is not None else None)
 
     def _report_failure(self, reason: str, message: str) -> None:
         # Log a failure when it starts or changes, not every cycle it persists: a database
         # that is down for an hour should not write thousands of identical lines.
-        text = f"collector {self.collector.name} of target {self.target.name}: {message}"
+        text = f"collector {self.collector.name} of {self.owner}: {message}"
         if self._failing != message:
-            log.warning(text, extra={"target": self.target.name,
-                                     "collector": self.collector.name})
+            log.warning(text, extra={"target": self.owner, "collector": self.collector.name})
             self._failing = message
         else:
             log.debug(text)
@@ -167,8 +172,8 @@ class Daemon:
             for collector, interval in build_collectors(config, target):
                 self.store.register(collector.specs())
                 self.self_metrics.add_job(target.name, collector.name)
-                self.jobs.append(CollectorJob(target, collector, interval, self.store,
-                                              self.self_metrics))
+                self.jobs.append(CollectorJob(target.name, target, collector, interval,
+                                              self.store, self.self_metrics))
                 if isinstance(collector, StatementsCollector):
                     self._statements[target.name] = collector
         self.self_metrics.publish(time.time())
@@ -185,8 +190,8 @@ class Daemon:
 
     def readiness(self) -> tuple[bool, str]:
         """Ready once every target has had its first sampling attempt."""
-        attempted = {job.target.name for job in self.jobs if job.attempted}
-        waiting = sorted({job.target.name for job in self.jobs} - attempted)
+        attempted = {job.owner for job in self.jobs if job.attempted}
+        waiting = sorted({job.owner for job in self.jobs} - attempted)
         if waiting:
             return False, "waiting for the first sample of: " + ", ".join(waiting)
         return True, "ready"
