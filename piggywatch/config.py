@@ -38,6 +38,9 @@ from piggywatch.alerting.settings import (
     TimeInterval,
     alerting_problem_locations,
 )
+from piggywatch.collectors.custom_sql import CustomQueryConfig
+from piggywatch.collectors.probes import ProbeConfig
+from piggywatch.collectors.redis_cache import RedisConfig
 from piggywatch.config_types import Duration
 from piggywatch.yamlpos import KeyPath, YamlSyntaxError, dotted, line_for, load_with_lines
 
@@ -149,6 +152,31 @@ class LoggingConfig(_Strict):
     format: Literal["auto", "json", "text"] = "auto"
 
 
+class SystemMemoryConfig(_Strict):
+    """Memory use of the container (cgroup v2) or the host."""
+
+    enabled: bool = True
+    interval: Duration = 30.0
+
+
+class SourcesConfig(_Strict):
+    """App telemetry besides the PostgreSQL collectors."""
+
+    custom_sql: list[CustomQueryConfig] = []
+    redis: list[RedisConfig] = []
+    probes: list[ProbeConfig] = []
+    system_memory: SystemMemoryConfig | None = None
+
+    @field_validator("custom_sql", "redis", "probes")
+    @classmethod
+    def _unique_names(cls, items: list[Any]) -> list[Any]:
+        names = [item.name for item in items]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"names used twice: {', '.join(twice)}")
+        return items
+
+
 NoDataPolicy = Literal["keep_last", "alert", "ok"]
 
 
@@ -168,6 +196,7 @@ class Settings(_Strict):
 
     server: ServerConfig = ServerConfig()
     targets: list[TargetConfig] = Field(min_length=1)
+    sources: SourcesConfig = SourcesConfig()
     rule_files: list[str] = []
     evaluation_interval: Duration = 15.0
     # Alert state and long-range history; a path relative to the config file's directory
@@ -210,11 +239,23 @@ class Settings(_Strict):
             seen.add(target.name)
         return targets
 
+    @model_validator(mode="after")
+    def _sources_name_targets(self) -> Settings:
+        names = {t.name for t in self.targets}
+        unknown = sorted({q.target for q in self.sources.custom_sql if q.target not in names})
+        if unknown:
+            raise ValueError(f"sources name targets that do not exist: {', '.join(unknown)}")
+        return self
+
     def secrets(self) -> list[str]:
         """Every secret value in the configuration, for log and error scrubbing."""
         found = [t.dsn.get_secret_value() for t in self.targets]
         found.append(self.sentry.dsn.get_secret_value())
         found.append(self.server.api_token.get_secret_value())
+        for redis in self.sources.redis:
+            found.extend(redis.secrets())
+        for probe in self.sources.probes:
+            found.extend(probe.secrets())
         if self.server.metrics_basic_auth is not None:
             found.append(self.server.metrics_basic_auth.password.get_secret_value())
         for receiver in self.receivers:

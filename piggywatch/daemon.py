@@ -95,20 +95,24 @@ class CollectorJob:
             samples = self.collector.collect(now)
         except CollectorError as exc:
             error = exc.reason
+            samples = list(exc.samples)
             self._report_failure(exc.reason, str(exc))
         except Exception:
             error = "internal"
             # An unexpected error is a bug in PiggyWatch: full traceback, and Sentry if set.
             log.exception("collector %s of %s crashed", self.collector.name, self.owner)
+        if self.target is not None:
+            name = self.target.name
+            samples = [Sample(s.name, labels_of(dict(s.labels), target=name), s.value,
+                              s.timestamp) for s in samples]
         if error is None:
-            if self.target is not None:
-                name = self.target.name
-                samples = [Sample(s.name, labels_of(dict(s.labels), target=name), s.value,
-                                  s.timestamp) for s in samples]
             self.store.publish(self.source, samples, now)
             if self._failing is not None:
                 log.info("collector %s of %s recovered", self.collector.name, self.owner)
                 self._failing = None
+        elif samples:
+            # Only what the failure itself established (e.g. redis_up 0) stays current.
+            self.store.publish(self.source, samples, now)
         else:
             # Stale figures would look current; drop them until the next success.
             self.store.clear(self.source)
@@ -152,6 +156,42 @@ def build_collectors(config: TargetConfig, target: PostgresTarget) -> list[tuple
     return found
 
 
+SourceJob = tuple[str, PostgresTarget | None, Collector, float]
+
+
+def build_source_collectors(settings: Settings,
+                            targets: dict[str, PostgresTarget]) -> list[SourceJob]:
+    """Collectors of the app-telemetry sources: (owner, target or None, collector, interval).
+
+    Each channel's module (and its library: redis-py, httpx) is imported only when used.
+    """
+    sources = settings.sources
+    found: list[SourceJob] = []
+    if sources.custom_sql:
+        from piggywatch.collectors.custom_sql import CustomSqlCollector
+
+        for query in sources.custom_sql:
+            target = targets[query.target]
+            found.append((target.name, target, CustomSqlCollector(target, query),
+                          query.interval))
+    if sources.redis:
+        from piggywatch.collectors.redis_cache import RedisCollector
+
+        for redis in sources.redis:
+            found.append((f"redis:{redis.name}", None, RedisCollector(redis), redis.interval))
+    if sources.probes:
+        from piggywatch.collectors.probes import ProbeCollector
+
+        for probe in sources.probes:
+            found.append((f"probe:{probe.name}", None, ProbeCollector(probe), probe.interval))
+    if sources.system_memory is not None and sources.system_memory.enabled:
+        from piggywatch.collectors.system_memory import SystemMemoryCollector
+
+        found.append(("system", None, SystemMemoryCollector(),
+                      sources.system_memory.interval))
+    return found
+
+
 class Daemon:
     """The running PiggyWatch: scheduler, collectors, store and HTTP server."""
 
@@ -176,6 +216,12 @@ class Daemon:
                                               self.store, self.self_metrics))
                 if isinstance(collector, StatementsCollector):
                     self._statements[target.name] = collector
+        targets = {t.name: t for t in self.targets}
+        for owner, target, collector, interval in build_source_collectors(settings, targets):
+            self.store.register(collector.specs())
+            self.self_metrics.add_job(owner, collector.name)
+            self.jobs.append(CollectorJob(owner, target, collector, interval, self.store,
+                                          self.self_metrics))
         self.self_metrics.publish(time.time())
         self.history: History | None = None
         self._history_expired_at = 0.0
@@ -360,6 +406,10 @@ class Daemon:
             time.sleep(0.05)
         for target in self.targets:
             target.close()
+        for job in self.jobs:
+            close = getattr(job.collector, "close", None)
+            if close is not None:
+                close()
         if self.http is not None:
             self.http.stop()
         if self.history is not None:

@@ -15,9 +15,11 @@ class CollectorError(Exception):
     busy, setup (a prerequisite such as an extension is missing).
     """
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, samples: Sequence[Sample] = ()) -> None:
         super().__init__(message)
         self.reason = reason
+        # What is still true despite the failure (e.g. redis_up 0): published, not dropped.
+        self.samples = tuple(samples)
 
 
 class Collector(Protocol):
