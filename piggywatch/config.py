@@ -38,7 +38,9 @@ from piggywatch.alerting.settings import (
     TimeInterval,
     alerting_problem_locations,
 )
+from piggywatch.collectors.cost import CostConfig
 from piggywatch.collectors.custom_sql import CustomQueryConfig
+from piggywatch.collectors.growth import GrowthConfig
 from piggywatch.collectors.probes import ProbeConfig
 from piggywatch.collectors.redis_cache import RedisConfig
 from piggywatch.config_types import Duration
@@ -162,6 +164,8 @@ class SystemMemoryConfig(_Strict):
 class SourcesConfig(_Strict):
     """App telemetry besides the PostgreSQL collectors."""
 
+    growth: list[GrowthConfig] = []
+    cost: list[CostConfig] = []
     custom_sql: list[CustomQueryConfig] = []
     redis: list[RedisConfig] = []
     probes: list[ProbeConfig] = []
@@ -242,9 +246,20 @@ class Settings(_Strict):
     @model_validator(mode="after")
     def _sources_name_targets(self) -> Settings:
         names = {t.name for t in self.targets}
-        unknown = sorted({q.target for q in self.sources.custom_sql if q.target not in names})
+        sources = self.sources
+        used = [*(q.target for q in sources.custom_sql), *(g.target for g in sources.growth),
+                *(c.target for c in sources.cost)]
+        unknown = sorted({t for t in used if t not in names})
         if unknown:
             raise ValueError(f"sources name targets that do not exist: {', '.join(unknown)}")
+        kinds: list[tuple[str, list[str]]] = [
+            ("growth", [g.target for g in sources.growth]),
+            ("cost", [c.target for c in sources.cost])]
+        for kind, per_target in kinds:
+            twice = sorted({t for t in per_target if per_target.count(t) > 1})
+            if twice:
+                raise ValueError(f"sources.{kind}: one entry per target ({', '.join(twice)} "
+                                 "has more)")
         return self
 
     def secrets(self) -> list[str]:

@@ -174,6 +174,21 @@ def build_source_collectors(settings: Settings,
             target = targets[query.target]
             found.append((target.name, target, CustomSqlCollector(target, query),
                           query.interval))
+    if any(g.enabled for g in sources.growth):
+        from piggywatch.collectors.growth import GrowthCollector
+
+        for growth in sources.growth:
+            if growth.enabled:
+                target = targets[growth.target]
+                found.append((target.name, target, GrowthCollector(target, growth),
+                              growth.interval))
+    if any(c.enabled for c in sources.cost):
+        from piggywatch.collectors.cost import CostCollector
+
+        for cost in sources.cost:
+            if cost.enabled:
+                target = targets[cost.target]
+                found.append((target.name, target, CostCollector(target, cost), cost.interval))
     if sources.redis:
         from piggywatch.collectors.redis_cache import RedisCollector
 
@@ -217,10 +232,10 @@ class Daemon:
                 if isinstance(collector, StatementsCollector):
                     self._statements[target.name] = collector
         targets = {t.name: t for t in self.targets}
-        for owner, target, collector, interval in build_source_collectors(settings, targets):
+        for owner, bound, collector, interval in build_source_collectors(settings, targets):
             self.store.register(collector.specs())
             self.self_metrics.add_job(owner, collector.name)
-            self.jobs.append(CollectorJob(owner, target, collector, interval, self.store,
+            self.jobs.append(CollectorJob(owner, bound, collector, interval, self.store,
                                           self.self_metrics))
         self.self_metrics.publish(time.time())
         self.history: History | None = None
