@@ -27,6 +27,22 @@ def shipped_rules_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "rules"
 
 
+# The least privilege the app-telemetry sources need: pg_monitor (granted by the
+# bootstrap) plus SELECT on the app tables they read.
+APP_TABLES = ("users", "purchases", "edge_functions_logs")
+
+
+def grant_app_tables(cluster: ThrowawayCluster) -> None:
+    """Let the monitoring role read the app tables the demo's sources query."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(cluster.dsn(dbname="piggybong"), autocommit=True) as conn:
+        for table in APP_TABLES:
+            conn.execute(sql.SQL("GRANT SELECT ON {} TO piggywatch").format(
+                sql.Identifier(table)))
+
+
 def run_demo(listen: str) -> int:
     """Run the demo until Ctrl-C or SIGTERM; remove everything on the way out."""
     from piggywatch.daemon import Daemon, exit_now_if_stuck
@@ -49,6 +65,7 @@ def run_demo(listen: str) -> int:
     try:
         cluster.start()
         cluster.bootstrap_demo()
+        grant_app_tables(cluster)
         dsn = cluster.dsn(dbname="piggybong", user="piggywatch",
                           password=cluster.role_password("piggywatch"))
         config = resources.files("piggywatch.demo").joinpath(DEMO_CONFIG)
