@@ -40,6 +40,7 @@ from piggywatch.alerting.settings import (
 )
 from piggywatch.collectors.cost import CostConfig
 from piggywatch.collectors.custom_sql import CustomQueryConfig
+from piggywatch.collectors.edge_functions import EdgeFunctionsConfig
 from piggywatch.collectors.growth import GrowthConfig
 from piggywatch.collectors.probes import ProbeConfig
 from piggywatch.collectors.redis_cache import RedisConfig
@@ -164,6 +165,7 @@ class SystemMemoryConfig(_Strict):
 class SourcesConfig(_Strict):
     """App telemetry besides the PostgreSQL collectors."""
 
+    edge_functions: EdgeFunctionsConfig | None = None
     growth: list[GrowthConfig] = []
     cost: list[CostConfig] = []
     custom_sql: list[CustomQueryConfig] = []
@@ -249,6 +251,8 @@ class Settings(_Strict):
         sources = self.sources
         used = [*(q.target for q in sources.custom_sql), *(g.target for g in sources.growth),
                 *(c.target for c in sources.cost)]
+        if sources.edge_functions is not None and sources.edge_functions.sql is not None:
+            used.append(sources.edge_functions.sql.target)
         unknown = sorted({t for t in used if t not in names})
         if unknown:
             raise ValueError(f"sources name targets that do not exist: {', '.join(unknown)}")
@@ -267,6 +271,9 @@ class Settings(_Strict):
         found = [t.dsn.get_secret_value() for t in self.targets]
         found.append(self.sentry.dsn.get_secret_value())
         found.append(self.server.api_token.get_secret_value())
+        edge = self.sources.edge_functions
+        if edge is not None and edge.http is not None:
+            found.append(edge.http.access_token.get_secret_value())
         for redis in self.sources.redis:
             found.extend(redis.secrets())
         for probe in self.sources.probes:

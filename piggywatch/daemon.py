@@ -159,14 +159,27 @@ def build_collectors(config: TargetConfig, target: PostgresTarget) -> list[tuple
 SourceJob = tuple[str, PostgresTarget | None, Collector, float]
 
 
-def build_source_collectors(settings: Settings,
-                            targets: dict[str, PostgresTarget]) -> list[SourceJob]:
+def build_source_collectors(settings: Settings, targets: dict[str, PostgresTarget],
+                            base_dir: Path) -> list[SourceJob]:
     """Collectors of the app-telemetry sources: (owner, target or None, collector, interval).
 
     Each channel's module (and its library: redis-py, httpx) is imported only when used.
     """
     sources = settings.sources
     found: list[SourceJob] = []
+    edge = sources.edge_functions
+    if edge is not None:
+        from piggywatch.collectors.edge_functions import (
+            EdgeStateDB,
+            build_edge_functions_collector,
+        )
+
+        # The watermark lives in the state file, so a restart neither recounts nor skips.
+        state = EdgeStateDB(state_file(settings, base_dir))
+        bound = targets[edge.sql.target] if edge.sql is not None else None
+        found.append((bound.name if bound else "edge_functions", bound,
+                      build_edge_functions_collector(edge, state, targets=targets),
+                      edge.interval))
     if sources.custom_sql:
         from piggywatch.collectors.custom_sql import CustomSqlCollector
 
@@ -207,6 +220,12 @@ def build_source_collectors(settings: Settings,
     return found
 
 
+def state_file(settings: Settings, base_dir: Path) -> Path:
+    """The SQLite state file, relative paths taken from the configuration's directory."""
+    path = sqlite_path(settings.state)
+    return path if path.is_absolute() else base_dir / path
+
+
 class Daemon:
     """The running PiggyWatch: scheduler, collectors, store and HTTP server."""
 
@@ -232,7 +251,8 @@ class Daemon:
                 if isinstance(collector, StatementsCollector):
                     self._statements[target.name] = collector
         targets = {t.name: t for t in self.targets}
-        for owner, bound, collector, interval in build_source_collectors(settings, targets):
+        for owner, bound, collector, interval in build_source_collectors(
+                settings, targets, self.base_dir):
             self.store.register(collector.specs())
             self.self_metrics.add_job(owner, collector.name)
             self.jobs.append(CollectorJob(owner, bound, collector, interval, self.store,

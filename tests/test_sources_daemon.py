@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from piggywatch.demo.cluster import ThrowawayCluster
@@ -38,6 +39,10 @@ def test_sources_are_scheduled_and_a_failing_one_never_stops_the_others(
         pg_cluster: ThrowawayCluster, tmp_path: Path, app_server: str) -> None:
     dsn = pg_cluster.dsn(dbname="piggybong", user="piggywatch",
                          password=pg_cluster.role_password("piggywatch"))
+    with psycopg.connect(pg_cluster.dsn(dbname="piggybong"), autocommit=True) as conn:
+        conn.execute("GRANT SELECT ON edge_functions_logs TO piggywatch")
+        conn.execute("INSERT INTO edge_functions_logs (function_name, duration_ms, status_code)"
+                     " VALUES ('checkout', 120, 200), ('checkout', 900, 500)")
     config = tmp_path / "piggywatch.yaml"
     config.write_text(f"""\
 targets:
@@ -48,7 +53,11 @@ targets:
       database: {{enabled: false}}
       statements: {{enabled: false}}
       tables: {{enabled: false}}
+state: sqlite:///./state.db
 sources:
+  edge_functions:
+    sql: {{target: main, table: public.edge_functions_logs}}
+    interval: 1s
   custom_sql:
     - name: app_sessions
       target: main
@@ -73,7 +82,9 @@ sources:
             lambda v: value(v, "probe_success", probe="broken") is not None
             and value(v, "app_sessions_sessions") is not None
             and value(v, "redis_up") is not None
-            and value(v, "system_memory_usage_ratio") is not None, 15, "every source")
+            and value(v, "system_memory_usage_ratio") is not None
+            and any(name == "edge_function_invocations_total" for name, _ in v),
+            15, "every source")
         proc.terminate()
     assert value(values, "probe_success", probe="health") == 1.0
     assert value(values, "probe_success", probe="broken") == 0.0

@@ -14,9 +14,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr
 
 from piggywatch.config_types import Duration
@@ -37,6 +36,10 @@ SPECS = (
     MetricSpec("probe_duration_p95_seconds", _G,
                "95th percentile duration over the recent probes"),
 )
+
+
+if TYPE_CHECKING:
+    import httpx
 
 
 class _Strict(BaseModel):
@@ -92,6 +95,9 @@ class ProbeCollector:
         self._config = config
         # Every series of the probe carries ``critical`` so rules can page differently.
         self._labels = labels_of(probe=config.name, critical=str(config.critical).lower())
+        import httpx  # only when a probe is configured: the config model needs no httpx
+
+        self._httpx = httpx
         self._client = httpx.Client(timeout=config.timeout, transport=transport,
                                     follow_redirects=config.follow_redirects)
         self._durations: deque[float] = deque(maxlen=config.window)
@@ -137,9 +143,9 @@ class ProbeCollector:
         try:
             response = self._client.request(c.method, c.url, headers=headers,
                                              content=c.body.encode() if c.body else None)
-        except httpx.TimeoutException:
+        except self._httpx.TimeoutException:
             return 0, time.monotonic() - started, f"no response within {c.timeout:g}s"
-        except httpx.HTTPError as exc:
+        except self._httpx.HTTPError as exc:
             return 0, time.monotonic() - started, f"request failed: {type(exc).__name__}: {exc}"
         duration = time.monotonic() - started
         return response.status_code, duration, check_response(c, response)

@@ -1,0 +1,307 @@
+"""Edge-function telemetry against a real PostgreSQL and a local logs-API server."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import re
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import psycopg
+import pytest
+from pydantic import ValidationError
+
+from piggywatch.collectors.edge_functions import (
+    EdgeFunctionsCollector,
+    EdgeFunctionsConfig,
+    EdgeStateDB,
+    build_edge_functions_collector,
+)
+from piggywatch.collectors.edge_functions_http import HttpEdgeSource, percentile_cont
+from piggywatch.collectors.postgres.target import PostgresTarget
+from piggywatch.demo.cluster import ThrowawayCluster
+from piggywatch.store import Sample
+
+_tables = itertools.count()
+
+
+def values(samples: list[Sample], name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """The samples of one metric, by labels."""
+    return {s.labels: s.value for s in samples if s.name == name}
+
+
+def total_invocations(samples: list[Sample]) -> float:
+    return sum(values(samples, "edge_function_invocations_total").values())
+
+
+@pytest.fixture
+def log_table(pg_cluster: ThrowawayCluster) -> Iterator[tuple[str, psycopg.Connection[Any]]]:
+    """A fresh edge-log table the monitor role may read, and a superuser connection."""
+    table = f"edge_logs_test_{next(_tables)}"
+    with psycopg.connect(pg_cluster.dsn(dbname="piggybong"), autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (LIKE edge_functions_logs INCLUDING ALL)")
+        conn.execute(f"GRANT SELECT ON {table} TO piggywatch")
+        yield table, conn
+
+
+@pytest.fixture
+def target(pg_cluster: ThrowawayCluster) -> Iterator[PostgresTarget]:
+    dsn = pg_cluster.dsn(dbname="piggybong", user="piggywatch",
+                         password=pg_cluster.role_password("piggywatch"))
+    target = PostgresTarget("main", dsn)
+    yield target
+    target.close()
+
+
+def sql_collector(table: str, target: PostgresTarget, state: Path, *, lateness: str = "2m",
+                  top_n: int = 10) -> EdgeFunctionsCollector:
+    config = EdgeFunctionsConfig.model_validate({
+        "sql": {"target": "main", "table": table}, "lateness": lateness, "window": "5m",
+        "top_n": top_n, "buckets": [0.05, 0.1, 0.25, 0.5, 1]})
+    return build_edge_functions_collector(config, EdgeStateDB(state), targets={"main": target})
+
+
+def test_1000_rows_with_30_5xx_give_an_error_ratio_of_exactly_3_percent_and_exact_p95(
+        log_table: tuple[str, psycopg.Connection[Any]], target: PostgresTarget,
+        tmp_path: Path) -> None:
+    table, conn = log_table
+    collector = sql_collector(table, target, tmp_path / "state.db")
+    assert collector.collect(time.time()) == []
+    rng = random.Random(5)
+    durations = [round(rng.uniform(5, 900), 2) for _ in range(1000)]
+    statuses = [503] * 30 + [404] * 20 + [200] * 950
+    with conn.cursor() as cur:
+        cur.executemany(f"INSERT INTO {table} (function_name, duration_ms, status_code) "
+                        "VALUES ('purchase-checkout', %s, %s)",
+                        list(zip(durations, statuses, strict=True)))
+
+    samples = collector.collect(time.time())
+
+    fn = (("function", "purchase-checkout"),)
+    assert values(samples, "edge_function_error_ratio") == {fn: 0.03}
+    expected_p95 = percentile_cont(sorted(durations), 0.95) / 1000
+    assert values(samples, "edge_function_duration_p95_seconds")[fn] == pytest.approx(
+        expected_p95, rel=1e-12)
+    assert values(samples, "edge_function_duration_p50_seconds")[fn] == pytest.approx(
+        percentile_cont(sorted(durations), 0.5) / 1000, rel=1e-12)
+    invocations = values(samples, "edge_function_invocations_total")
+    assert invocations == {
+        (("function", "purchase-checkout"), ("status_class", "2xx")): 950,
+        (("function", "purchase-checkout"), ("status_class", "4xx")): 20,
+        (("function", "purchase-checkout"), ("status_class", "5xx")): 30,
+    }
+    buckets = {dict(k)["le"]: v
+               for k, v in values(samples, "edge_function_duration_seconds_bucket").items()}
+    # le is inclusive, as in Prometheus: a 500.00 ms call is in the 0.5 bucket.
+    assert buckets == {str(le): float(sum(d <= le * 1000 for d in durations))
+                       for le in (0.05, 0.1, 0.25, 0.5, 1.0)} | {"+Inf": 1000.0}
+    assert values(samples, "edge_function_duration_seconds_count") == {fn: 1000}
+    assert values(samples, "edge_function_duration_seconds_sum")[fn] == pytest.approx(
+        sum(durations) / 1000)
+
+
+def test_function_labels_are_the_top_n_by_volume_plus_other(
+        log_table: tuple[str, psycopg.Connection[Any]], target: PostgresTarget,
+        tmp_path: Path) -> None:
+    table, conn = log_table
+    collector = sql_collector(table, target, tmp_path / "state.db", top_n=2)
+    for function, n, status in (("f1", 50, 200), ("f2", 40, 200), ("f3", 30, 500),
+                                ("f0", 10, 200)):
+        conn.execute(f"INSERT INTO {table} (function_name, duration_ms, status_code) "
+                     "SELECT %s, 10, %s FROM generate_series(1, %s)", (function, status, n))
+    samples = collector.collect(time.time())
+    counts = {dict(k)["function"]: v for k, v in
+              values(samples, "edge_function_duration_seconds_count").items()}
+    assert counts == {"f1": 50, "f2": 40, "other": 40}
+    ratios = {dict(k)["function"]: v for k, v in
+              values(samples, "edge_function_error_ratio").items()}
+    # 'other' holds f3 (30 calls, all 5xx) and f0 (10 calls): its ratio is of its rows.
+    assert ratios == {"f1": 0.0, "f2": 0.0, "other": 0.75}
+
+
+def test_watermark_survives_restarts_and_counts_late_rows_once(
+        log_table: tuple[str, psycopg.Connection[Any]], target: PostgresTarget,
+        tmp_path: Path) -> None:
+    table, conn = log_table
+    state = tmp_path / "state.db"
+
+    def insert(n: int, age: str = "0s") -> None:
+        conn.execute(f"INSERT INTO {table} (function_name, duration_ms, status_code, "
+                     f"created_at) SELECT 'news-feed', 20, 200, now() - %s::interval "
+                     f"FROM generate_series(1, %s)", (age, n))
+
+    first = sql_collector(table, target, state, lateness="2s")
+    assert total_invocations(first.collect(time.time())) == 0
+    insert(100)
+    assert total_invocations(first.collect(time.time())) == 100
+    time.sleep(2.2)  # those rows are now past the lateness: settled into the state file
+    assert total_invocations(first.collect(time.time())) == 100
+    insert(10)
+    assert total_invocations(first.collect(time.time())) == 110
+    # Out of order: created before the 10 rows already counted, but within the lateness.
+    insert(40, "1.5s")
+
+    restarted = sql_collector(table, target, state, lateness="2s")
+    assert total_invocations(restarted.collect(time.time())) == 150
+    time.sleep(2.2)
+    assert total_invocations(restarted.collect(time.time())) == 150
+    again = sql_collector(table, target, state, lateness="2s")
+    assert total_invocations(again.collect(time.time())) == 150
+    # Later than the lateness allows: before the watermark, deliberately not counted.
+    insert(5, "1h")
+    insert(1)
+    assert total_invocations(again.collect(time.time())) == 151
+
+
+# --- the Management API source ----------------------------------------------------------
+
+class LogsApi:
+    """A local server speaking the analytics logs endpoint's shape for function_edge_logs."""
+
+    def __init__(self, rows: list[dict[str, Any]], *, token: str, ref: str,
+                 rate_limit_first: int = 0) -> None:
+        self.rows = rows
+        self.requests: list[dict[str, str]] = []
+        self.times: list[float] = []
+        api = self
+        budget = [rate_limit_first]
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                url = urlsplit(self.path)
+                params = {k: v[0] for k, v in parse_qs(url.query).items()}
+                api.requests.append(params)
+                api.times.append(time.monotonic())
+                if self.headers.get("Authorization") != f"Bearer {token}":
+                    return self._send(401, {"message": "Unauthorized"})
+                if url.path != f"/v1/projects/{ref}/analytics/endpoints/logs.all":
+                    return self._send(404, {"message": "not found"})
+                if budget[0] > 0:
+                    budget[0] -= 1
+                    return self._send(429, {"message": "Too many requests"},
+                                      {"Retry-After": "1"})
+                sql = params["sql"]
+                if "function_edge_logs" not in sql:
+                    return self._send(400, {"error": "unknown source"})
+                limit = int(re.search(r"limit (\d+)", sql).group(1))  # type: ignore[union-attr]
+                offset = int(re.search(r"offset (\d+)", sql).group(1))  # type: ignore[union-attr]
+                start = _micros(params["iso_timestamp_start"])
+                end = _micros(params["iso_timestamp_end"])
+                hits = sorted((r for r in api.rows if start <= r["timestamp"] < end),
+                              key=lambda r: (r["timestamp"], r["id"]))
+                self._send(200, {"result": hits[offset:offset + limit], "error": None})
+
+            def _send(self, status: int, body: Any, headers: dict[str, str] | None = None,
+                      ) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _micros(iso: str) -> int:
+    from datetime import datetime
+    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1_000_000)
+
+
+def log_row(i: int, ts: float, function: str, status: int, ms: float) -> dict[str, Any]:
+    return {"id": f"row-{i}", "timestamp": int(ts * 1_000_000), "function_id": function,
+            "status_code": status, "execution_time_ms": ms}
+
+
+def test_http_source_reads_the_logs_api_honouring_429_retry_after(tmp_path: Path) -> None:
+    now = time.time()
+    rng = random.Random(7)
+    rows = [log_row(i, now - 60 + i * 0.05, "auth-signin", 500 if i < 6 else 200,
+                    round(rng.uniform(10, 2000), 1)) for i in range(200)]
+    api = LogsApi(rows, token="sbp_secret", ref="abcd", rate_limit_first=1)
+    try:
+        config = EdgeFunctionsConfig.model_validate({
+            "http": {"base_url": api.url, "project_ref": "abcd", "access_token": "sbp_secret",
+                     "page_size": 50, "max_window": "2m"},
+            "lateness": "10s", "window": "5m", "timeout": "10s"})
+        state = EdgeStateDB(tmp_path / "state.db")
+        collector = build_edge_functions_collector(config, state)
+        started = time.monotonic()
+        samples = collector.collect(now)
+        assert api.times[1] - api.times[0] >= 1.0  # waited as Retry-After asked
+        assert time.monotonic() - started >= 1.0
+        fn = (("function", "auth-signin"),)
+        assert values(samples, "edge_function_error_ratio") == {fn: 0.03}
+        durations = sorted(r["execution_time_ms"] / 1000 for r in rows)
+        assert values(samples, "edge_function_duration_p95_seconds")[fn] == pytest.approx(
+            percentile_cont(durations, 0.95), rel=1e-12)
+        # A first cycle counts from the gauge window (5m): all 200 rows. A row older than the
+        # watermark appearing later is not counted by the next cycles.
+        rows.append(log_row(999, now - 400, "auth-signin", 200, 1.0))
+        recent = rows[:200]
+        assert total_invocations(samples) == len(recent)
+        assert all(p["sql"].count("function_edge_logs") >= 1 for p in api.requests)
+        # Windows are at most max_window long, and pages follow each other.
+        for p in api.requests:
+            assert _micros(p["iso_timestamp_end"]) - _micros(p["iso_timestamp_start"]) \
+                <= 120_000_000
+
+        # Next cycle, after a restart: new rows are added once, old ones are not repeated.
+        later = now + 30
+        rows.extend(log_row(1000 + i, now + 5 + i * 0.1, "auth-signin", 200, 50.0)
+                    for i in range(20))
+        restarted = build_edge_functions_collector(config, EdgeStateDB(tmp_path / "state.db"))
+        assert total_invocations(restarted.collect(later)) == len(recent) + 20
+        assert total_invocations(restarted.collect(later)) == len(recent) + 20
+    finally:
+        api.close()
+
+
+def test_http_source_gives_up_the_cycle_when_retry_after_exceeds_it(tmp_path: Path) -> None:
+    from piggywatch.collectors.base import CollectorError
+
+    api = LogsApi([], token="t", ref="r", rate_limit_first=5)
+    try:
+        config = EdgeFunctionsConfig.model_validate({
+            "http": {"base_url": api.url, "project_ref": "r", "access_token": "t"},
+            "timeout": "0.5s"})
+        assert config.http is not None
+        source = HttpEdgeSource(config.http, timeout=0.5, lateness=60, window=60,
+                                buckets=config.buckets)
+        collector = EdgeFunctionsCollector(source, EdgeStateDB(tmp_path / "s.db"),
+                                           buckets=config.buckets, top_n=5)
+        with pytest.raises(CollectorError) as caught:
+            collector.collect(time.time())
+        assert caught.value.reason == "rate_limited"
+    finally:
+        api.close()
+
+
+def test_config_requires_one_source_and_windows_of_at_most_a_day() -> None:
+    with pytest.raises(ValidationError, match="exactly one"):
+        EdgeFunctionsConfig.model_validate({})
+    with pytest.raises(ValidationError, match="at most 24h"):
+        EdgeFunctionsConfig.model_validate({"http": {
+            "project_ref": "r", "access_token": "t", "max_window": "25h"}})
+    with pytest.raises(ValidationError, match="increasing"):
+        EdgeFunctionsConfig.model_validate({"sql": {"target": "m"}, "buckets": [1, 0.5]})
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        EdgeFunctionsConfig.model_validate({"sql": {"target": "m", "tabel": "x"}})
