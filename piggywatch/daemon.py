@@ -7,30 +7,30 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from piggywatch import __version__
-from piggywatch.collectors import Collector, CollectorError
-from piggywatch.collectors.postgres.connections import ConnectionsCollector
-from piggywatch.collectors.postgres.database import DatabaseCollector
 from piggywatch.collectors.postgres.statements import StatementsCollector
-from piggywatch.collectors.postgres.tables import TablesCollector
 from piggywatch.collectors.postgres.target import PostgresTarget
-from piggywatch.config import Settings, TargetConfig
+from piggywatch.config import Settings
 from piggywatch.exporter import build_registry
+from piggywatch.jobs import (
+    CollectorJob,
+    build_collectors,
+    build_source_collectors,
+    state_file,
+)
 from piggywatch.observability import redactor
 from piggywatch.rules.alerts import AlertEvent
 from piggywatch.rules.loader import expand_globs
 from piggywatch.rules.manager import NoData, RuleManager
-from piggywatch.rules.state_db import AlertStateDB, sqlite_path
+from piggywatch.rules.state_db import AlertStateDB
 from piggywatch.selfmetrics import SelfMetrics
 from piggywatch.server import Access, Endpoints, HttpServer, split_listen
-from piggywatch.store import MemoryStore, Sample, labels_of
+from piggywatch.store import MemoryStore
 from piggywatch.store.history import CombinedSource, History
 
 if TYPE_CHECKING:
@@ -51,179 +51,6 @@ HISTORY_RECORD_SECONDS = 300.0
 HISTORY_EXPIRE_SECONDS = 3600.0
 # How often the delivery metrics (incidents, outbox depth) are refreshed.
 DELIVERY_METRICS_SECONDS = 5.0
-
-
-@dataclass
-class CollectorJob:
-    """One collector, run on its own interval; never raises.
-
-    ``owner`` names the job in logs and self metrics: the PostgreSQL target it samples, or
-    the source for collectors bound to no database (Redis, probes, memory). Samples of a
-    job with a ``target`` get that target's name as their ``target`` label.
-    """
-
-    owner: str
-    target: PostgresTarget | None
-    collector: Collector
-    interval: float
-    store: MemoryStore
-    self_metrics: SelfMetrics
-    clock: Callable[[], float] = time.time
-    attempted: bool = False
-    running: bool = False
-    _failing: str | None = field(default=None, repr=False)
-
-    @property
-    def source(self) -> str:
-        """The store key of this job's snapshot."""
-        return f"{self.owner}/{self.collector.name}"
-
-    def run(self) -> None:
-        """One sampling cycle: collect, publish, count."""
-        self.running = True
-        try:
-            self._cycle()
-        finally:
-            self.running = False
-
-    def _cycle(self) -> None:
-        started = time.monotonic()
-        now = self.clock()
-        error: str | None = None
-        samples: list[Sample] = []
-        try:
-            samples = self.collector.collect(now)
-        except CollectorError as exc:
-            error = exc.reason
-            samples = list(exc.samples)
-            self._report_failure(exc.reason, str(exc))
-        except Exception:
-            error = "internal"
-            # An unexpected error is a bug in PiggyWatch: full traceback, and Sentry if set.
-            log.exception("collector %s of %s crashed", self.collector.name, self.owner)
-        if self.target is not None:
-            name = self.target.name
-            samples = [Sample(s.name, labels_of(dict(s.labels), target=name), s.value,
-                              s.timestamp) for s in samples]
-        if error is None:
-            self.store.publish(self.source, samples, now)
-            if self._failing is not None:
-                log.info("collector %s of %s recovered", self.collector.name, self.owner)
-                self._failing = None
-        elif samples:
-            # Only what the failure itself established (e.g. redis_up 0) stays current.
-            self.store.publish(self.source, samples, now)
-        else:
-            # Stale figures would look current; drop them until the next success.
-            self.store.clear(self.source)
-        self.attempted = True
-        self.self_metrics.cycle_done(
-            self.owner, self.collector.name, duration=time.monotonic() - started, now=now,
-            error=error, samples=len(samples),
-            up=self.target.up if self.target is not None else None)
-
-    def _report_failure(self, reason: str, message: str) -> None:
-        # Log a failure when it starts or changes, not every cycle it persists: a database
-        # that is down for an hour should not write thousands of identical lines.
-        text = f"collector {self.collector.name} of {self.owner}: {message}"
-        if self._failing != message:
-            log.warning(text, extra={"target": self.owner, "collector": self.collector.name})
-            self._failing = message
-        else:
-            log.debug(text)
-
-
-def build_collectors(config: TargetConfig, target: PostgresTarget) -> list[tuple[Collector, float]]:
-    """The enabled collectors of one target, each with its interval."""
-    opts = config.collectors
-    found: list[tuple[Collector, float]] = []
-    if opts.connections.enabled:
-        found.append((ConnectionsCollector(target, timeout=opts.connections.timeout,
-                                           top_n=opts.connections.top_n),
-                      opts.connections.interval))
-    if opts.database.enabled:
-        found.append((DatabaseCollector(target, timeout=opts.database.timeout),
-                      opts.database.interval))
-    if opts.statements.enabled:
-        found.append((StatementsCollector(target, timeout=opts.statements.timeout,
-                                          top_k=opts.statements.top_k,
-                                          schema=opts.statements.schema_name),
-                      opts.statements.interval))
-    if opts.tables.enabled:
-        found.append((TablesCollector(target, timeout=opts.tables.timeout,
-                                      top_n=opts.tables.top_n),
-                      opts.tables.interval))
-    return found
-
-
-SourceJob = tuple[str, PostgresTarget | None, Collector, float]
-
-
-def build_source_collectors(settings: Settings, targets: dict[str, PostgresTarget],
-                            base_dir: Path) -> list[SourceJob]:
-    """Collectors of the app-telemetry sources: (owner, target or None, collector, interval).
-
-    Each channel's module (and its library: redis-py, httpx) is imported only when used.
-    """
-    sources = settings.sources
-    found: list[SourceJob] = []
-    edge = sources.edge_functions
-    if edge is not None:
-        from piggywatch.collectors.edge_functions import (
-            EdgeStateDB,
-            build_edge_functions_collector,
-        )
-
-        # The watermark lives in the state file, so a restart neither recounts nor skips.
-        state = EdgeStateDB(state_file(settings, base_dir))
-        bound = targets[edge.sql.target] if edge.sql is not None else None
-        found.append((bound.name if bound else "edge_functions", bound,
-                      build_edge_functions_collector(edge, state, targets=targets),
-                      edge.interval))
-    if sources.custom_sql:
-        from piggywatch.collectors.custom_sql import CustomSqlCollector
-
-        for query in sources.custom_sql:
-            target = targets[query.target]
-            found.append((target.name, target, CustomSqlCollector(target, query),
-                          query.interval))
-    if any(g.enabled for g in sources.growth):
-        from piggywatch.collectors.growth import GrowthCollector
-
-        for growth in sources.growth:
-            if growth.enabled:
-                target = targets[growth.target]
-                found.append((target.name, target, GrowthCollector(target, growth),
-                              growth.interval))
-    if any(c.enabled for c in sources.cost):
-        from piggywatch.collectors.cost import CostCollector
-
-        for cost in sources.cost:
-            if cost.enabled:
-                target = targets[cost.target]
-                found.append((target.name, target, CostCollector(target, cost), cost.interval))
-    if sources.redis:
-        from piggywatch.collectors.redis_cache import RedisCollector
-
-        for redis in sources.redis:
-            found.append((f"redis:{redis.name}", None, RedisCollector(redis), redis.interval))
-    if sources.probes:
-        from piggywatch.collectors.probes import ProbeCollector
-
-        for probe in sources.probes:
-            found.append((f"probe:{probe.name}", None, ProbeCollector(probe), probe.interval))
-    if sources.system_memory is not None and sources.system_memory.enabled:
-        from piggywatch.collectors.system_memory import SystemMemoryCollector
-
-        found.append(("system", None, SystemMemoryCollector(),
-                      sources.system_memory.interval))
-    return found
-
-
-def state_file(settings: Settings, base_dir: Path) -> Path:
-    """The SQLite state file, relative paths taken from the configuration's directory."""
-    path = sqlite_path(settings.state)
-    return path if path.is_absolute() else base_dir / path
 
 
 class Daemon:
@@ -291,8 +118,7 @@ class Daemon:
 
     def state_path(self) -> Path:
         """The state file (alert state, history, delivery), relative to the config's dir."""
-        path = sqlite_path(self.settings.state)
-        return path if path.is_absolute() else self.base_dir / path
+        return state_file(self.settings, self.base_dir)
 
     def _build_delivery(self) -> AlertDelivery | None:
         if self.settings.route is None:

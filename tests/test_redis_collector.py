@@ -115,7 +115,7 @@ def test_a_stopped_redis_reports_down_without_crashing(server: RedisServer) -> N
 
     assert caught.value.reason == "connect"
     assert isinstance(caught.value, RedisUnreachable)
-    assert caught.value.samples == [Sample("redis_up", (("instance", "cache"),), 0.0, 2.0)]
+    assert list(caught.value.samples) == [Sample("redis_up", (("instance", "cache"),), 0.0, 2.0)]
     assert str(caught.value).startswith("redis cache: ")
     assert collector.up is False
 
