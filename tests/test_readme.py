@@ -6,13 +6,16 @@ import re
 from pathlib import Path
 
 from piggywatch.alerting import dispatcher, outbox
+from piggywatch.collectors import cost, edge_functions, probes, redis_cache, system_memory
+from piggywatch.collectors.growth import _PAID_SPEC, _PURCHASE_SPECS, _USER_SPECS
 from piggywatch.collectors.postgres import connections, database, statements, tables
 from piggywatch.rules import manager
 from piggywatch.selfmetrics import SPECS as SELF_SPECS
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 FAMILIES = ("pg_stat_database", "pg_stat_statements", "pg_stat_user_tables",
-            "piggywatch_collector", "pg_settings")
+            "piggywatch_collector", "pg_settings", "edge_function_duration_seconds",
+            "edge_function_duration")
 
 
 def listed(name: str) -> bool:
