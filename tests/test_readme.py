@@ -26,7 +26,9 @@ def listed(name: str) -> bool:
 
 def test_every_exported_metric_is_in_the_readme() -> None:
     specs = [*SELF_SPECS, *connections.SPECS, *database.SPECS, *statements.SPECS,
-             *tables.SPECS, *manager.RULE_SPECS, *dispatcher.SPECS, *outbox.SPECS]
+             *tables.SPECS, *manager.RULE_SPECS, *dispatcher.SPECS, *outbox.SPECS,
+             *edge_functions.SPECS, *cost.SPECS, *redis_cache.SPECS, *probes.SPECS,
+             *system_memory.SPECS, *_USER_SPECS, *_PURCHASE_SPECS, _PAID_SPEC]
     missing = [s.name for s in specs if not listed(s.name)]
     assert missing == []
 
