@@ -305,3 +305,52 @@ def test_config_requires_one_source_and_windows_of_at_most_a_day() -> None:
         EdgeFunctionsConfig.model_validate({"sql": {"target": "m"}, "buckets": [1, 0.5]})
     with pytest.raises(ValidationError, match="Extra inputs"):
         EdgeFunctionsConfig.model_validate({"sql": {"target": "m", "tabel": "x"}})
+
+
+def test_a_3_percent_error_ratio_fires_the_shipped_2_percent_rule(
+        log_table: tuple[str, psycopg.Connection[Any]], target: PostgresTarget,
+        tmp_path: Path) -> None:
+    from piggywatch.rules.alerts import AlertEvent, EventKind
+    from piggywatch.rules.manager import NoData, RuleManager
+    from piggywatch.store import MemoryStore, labels_of
+
+    table, conn = log_table
+    collector = sql_collector(table, target, tmp_path / "state.db")
+    collector.collect(time.time())
+    store = MemoryStore()
+    store.register(collector.specs())
+    clock = [time.time()]
+    events: list[AlertEvent] = []
+    manager = RuleManager(store, store, events.append, no_data=NoData.OK,
+                          clock=lambda: clock[0])
+    rules = Path(__file__).parent.parent / "rules" / "edge_functions.yaml"
+    assert manager.load([rules]) == []
+
+    def publish(samples: list[Sample]) -> None:
+        # As the daemon does: the target label, stamped at the (simulated) cycle time.
+        store.publish("main/edge_functions", [
+            Sample(s.name, labels_of(dict(s.labels), target="main"), s.value, clock[0])
+            for s in samples], clock[0])
+
+    # Two batches a minute apart, 1,000 calls in all of which 30 answer 503.
+    for _ in range(2):
+        with conn.cursor() as cur:
+            cur.executemany(f"INSERT INTO {table} (function_name, duration_ms, status_code) "
+                            "VALUES ('purchase-checkout', 120, %s)",
+                            [(503,)] * 15 + [(200,)] * 485)
+        samples = collector.collect(time.time())
+        publish(samples)
+        manager.evaluate_group("edge-functions", clock[0])
+        clock[0] += 60
+    fn = (("function", "purchase-checkout"),)
+    assert values(samples, "edge_function_error_ratio") == {fn: 0.03}
+    # The same figures hold while the `for: 5m` clock runs; then the rule fires.
+    fired: list[AlertEvent] = []
+    for _ in range(6):
+        publish(samples)
+        fired += manager.evaluate_group("edge-functions", clock[0])
+        clock[0] += 60
+    assert [(e.kind, e.alert.label("alertname"), e.alert.label("severity")) for e in fired] \
+        == [(EventKind.FIRING, "EdgeFunctionErrorRateHigh", "high")]
+    assert fired[0].alert.annotations["summary"] == \
+        "Edge function purchase-checkout: 3% of calls fail with a 5xx"
