@@ -43,6 +43,16 @@ def grant_app_tables(cluster: ThrowawayCluster) -> None:
                 sql.Identifier(table)))
 
 
+def reachable_address(listen: str) -> str:
+    """Where the demo's own probe reaches the daemon: a wildcard listen is on loopback too."""
+    from piggywatch.server import split_listen
+
+    host, port = split_listen(listen)
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def run_demo(listen: str) -> int:
     """Run the demo until Ctrl-C or SIGTERM; remove everything on the way out."""
     from piggywatch.daemon import Daemon, exit_now_if_stuck
@@ -76,7 +86,8 @@ def run_demo(listen: str) -> int:
         shown = "$PIGGYWATCH_API_TOKEN" if given else token
         env = {**os.environ, "PIGGYWATCH_DEMO_DSN": dsn, "PIGGYWATCH_DEMO_API_TOKEN": token,
                "PIGGYWATCH_DEMO_RULES": str(shipped_rules_dir()),
-               "PIGGYWATCH_DEMO_STATE": str(cluster.base_dir / "piggywatch-state.db")}
+               "PIGGYWATCH_DEMO_STATE": str(cluster.base_dir / "piggywatch-state.db"),
+               "PIGGYWATCH_DEMO_LISTEN": reachable_address(listen)}
         with resources.as_file(config) as path:
             settings = load_settings(path, env)
         with SyntheticWorkload(cluster.dsn(dbname="piggybong"), workers=2):
