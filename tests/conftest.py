@@ -7,13 +7,14 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
+from piggywatch.demo.cluster import ThrowawayCluster
+
 # CI machines are shared and sometimes slow: a property that holds should not fail because
 # one example took longer than hypothesis's default 200 ms.
 settings.register_profile("piggywatch", deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("piggywatch")
 
-from piggywatch.demo.cluster import ThrowawayCluster
 
 
 @pytest.fixture(scope="session")
