@@ -165,3 +165,15 @@ escalations:
         "f.yaml:17: escalations.degradation[1].notify[0]: there is no receiver named "
         "'leads-email'; known: oncall-slack",
     ]
+
+
+def test_example_config_passes_check_with_its_rule_files() -> None:
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": SECRET_DSN, "PIGGYWATCH_API_TOKEN": "t",
+           "PD_ROUTING_KEY": "a" * 32, "SLACK_BOT_TOKEN": "xoxb-1", "SMTP_PASSWORD": "p"}
+    example = Path(__file__).parent.parent / "examples" / "piggywatch.yaml"
+    result = subprocess.run([sys.executable, "-m", "piggywatch", "check", "--config",
+                             str(example)], capture_output=True, text=True, env=env,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    shipped = len(list((Path(__file__).parent.parent / "rules").glob("*.yaml")))
+    assert f"rules in {shipped} rule files)" in result.stdout
