@@ -128,3 +128,23 @@ class DaemonProcess:
         if not self._stderr.closed:
             self._stderr.flush()
         return self.stderr_path.read_text(errors="replace")
+
+
+def fast_rules_config(dsn: str) -> str:
+    """A config that samples connections every second and evaluates rules.yaml every second.
+
+    Tests append their own receivers, routes or logging to it.
+    """
+    return f"""\
+targets:
+  - name: main
+    dsn: {dsn}
+    collectors:
+      connections: {{interval: 1s}}
+      database: {{enabled: false}}
+      statements: {{enabled: false}}
+      tables: {{enabled: false}}
+rule_files: [rules.yaml]
+evaluation_interval: 1s
+state: sqlite:///./state.db
+"""

@@ -19,7 +19,7 @@ from piggywatch.alerting.model import Action, AlertInfo, AlertStatus, Notificati
 from piggywatch.alerting.notifiers.alertmanager import AlertmanagerNotifier
 from piggywatch.alerting.settings import AlertmanagerReceiver
 from piggywatch.demo.cluster import ThrowawayCluster
-from tests.daemon_process import DaemonProcess, free_port
+from tests.daemon_process import DaemonProcess, fast_rules_config, free_port
 
 BINARY = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 pytestmark = pytest.mark.skipif(BINARY is None, reason="Alertmanager is not installed")
@@ -129,18 +129,7 @@ def daemon_config(tmp_path: Path, cluster: ThrowawayCluster, alertmanager_url: s
     config.write_text(f"""\
 server:
   api_token: interop-token-0123456789
-targets:
-  - name: main
-    dsn: {dsn}
-    collectors:
-      connections: {{interval: 1s}}
-      database: {{enabled: false}}
-      statements: {{enabled: false}}
-      tables: {{enabled: false}}
-rule_files: [rules.yaml]
-evaluation_interval: 1s
-state: sqlite:///./state.db
-external_url: http://piggywatch.test
+{fast_rules_config(dsn)}external_url: http://piggywatch.test
 receivers:
   - name: upstream-alertmanager
     alertmanager: {{url: "{alertmanager_url}", timeout: 5s}}

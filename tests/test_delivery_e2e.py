@@ -21,7 +21,7 @@ from piggywatch.config import parse_settings
 from piggywatch.delivery import AlertDelivery
 from piggywatch.demo.cluster import ThrowawayCluster
 from piggywatch.rules.alerts import Alert, AlertEvent, AlertState, EventKind
-from tests.daemon_process import DaemonProcess, free_port
+from tests.daemon_process import DaemonProcess, fast_rules_config, free_port
 from tests.servers.pagerduty import PagerDutyServer
 from tests.servers.slack import SlackServer
 from tests.servers.smtp import SMTPServer
@@ -54,18 +54,7 @@ class Channels:
         dsn = cluster.dsn(dbname="piggybong", user="piggywatch",
                           password=cluster.role_password("piggywatch"))
         return f"""\
-targets:
-  - name: main
-    dsn: {dsn}
-    collectors:
-      connections: {{interval: 1s}}
-      database: {{enabled: false}}
-      statements: {{enabled: false}}
-      tables: {{enabled: false}}
-rule_files: [rules.yaml]
-evaluation_interval: 1s
-state: sqlite:///./state.db
-external_url: http://piggywatch.test
+{fast_rules_config(dsn)}external_url: http://piggywatch.test
 receivers:
   - name: oncall-pagerduty
     pagerduty: {{routing_key: {ROUTING_KEY}, url: "{self.pagerduty.url}"}}

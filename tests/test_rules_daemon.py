@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from piggywatch.demo.cluster import ThrowawayCluster
-from tests.daemon_process import DaemonProcess, Values, value
+from tests.daemon_process import DaemonProcess, Values, fast_rules_config, value
 
 RULES = """\
 groups:
@@ -39,18 +39,7 @@ def write_setup(tmp_path: Path, cluster: ThrowawayCluster) -> Path:
                       password=cluster.role_password("piggywatch"))
     config = tmp_path / "piggywatch.yaml"
     config.write_text(f"""\
-targets:
-  - name: main
-    dsn: {dsn}
-    collectors:
-      connections: {{interval: 1s}}
-      database: {{enabled: false}}
-      statements: {{enabled: false}}
-      tables: {{enabled: false}}
-rule_files: [rules.yaml]
-evaluation_interval: 1s
-state: sqlite:///./state.db
-logging: {{level: INFO, format: json}}
+{fast_rules_config(dsn)}logging: {{level: INFO, format: json}}
 """)
     return config
 
