@@ -91,6 +91,8 @@ class Daemon:
         self.rules = self._build_rules()
         self._rule_files: dict[Path, float] = {}
         self._reload_requested = threading.Event()
+        # Set once the dispatcher runs: from then on a rule reload reconciles incidents.
+        self._delivering = False
         self.listen = listen or settings.server.listen
         self.http: HttpServer | None = None
         self._scheduler: Any = None
@@ -166,6 +168,13 @@ class Daemon:
             self.history.keep(self.rules.long_range_selectors(MEMORY_WINDOW))
         if self._scheduler is not None:
             self._schedule_rule_groups()
+            if not problems and self.delivery is not None and self._delivering:
+                # Incidents of rules that were removed or renamed would otherwise stay open
+                # for ever, repeating and escalating: they resolve now.
+                from piggywatch.delivery import firing_events
+
+                firing = firing_events(self.rules)
+                self.delivery.dispatcher.reconcile(firing or [], time.time())
         return not problems
 
     def _schedule_rule_groups(self) -> None:
@@ -243,6 +252,7 @@ class Daemon:
             from piggywatch.delivery import firing_events
 
             self.delivery.start(firing_events(self.rules))
+            self._delivering = True
             self._scheduler.add_job(self.delivery.publish, "interval", args=[self.store],
                                     seconds=DELIVERY_METRICS_SECONDS, id="delivery-metrics",
                                     name="delivery-metrics", next_run_time=_utc(start),

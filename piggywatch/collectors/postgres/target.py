@@ -85,6 +85,14 @@ class PostgresTarget:
                 autocommit=True,
                 connect_timeout=max(1, round(self._connect_timeout)),
                 application_name=APPLICATION_NAME,
+                # A path that dies silently (failover, NAT timeout) must fail the query in
+                # seconds, not after the kernel's ~15 min retransmission timeout: otherwise
+                # the target's lock is held and pg_up never drops.
+                keepalives=1,
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
+                tcp_user_timeout=30_000,
                 # The monitor never writes to the database it watches.
                 options="-c default_transaction_read_only=on -c statement_timeout=5000",
             )
