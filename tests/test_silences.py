@@ -129,3 +129,12 @@ def test_bad_silences_are_refused_with_a_reason(silences: Silences, matchers: li
 def test_a_silence_that_already_ended_is_refused(silences: Silences) -> None:
     with pytest.raises(SilenceError, match="end in the future"):
         silences.add(Silence("", ('target="main"',), NOW - 2 * HOUR, NOW - HOUR, "", ""), NOW)
+
+
+@pytest.mark.parametrize("ends_at", [float("inf"), float("nan"), 2 * 365 * 86400.0])
+def test_a_silence_must_end_within_a_year(tmp_path: Path, ends_at: float) -> None:
+    silences = Silences(tmp_path / "state.db")
+    now = 1_800_000_000.0
+    with pytest.raises(SilenceError):
+        silences.create(['alertname="X"'], ends_at=now + ends_at, now=now)
+    assert silences.active(now) == []

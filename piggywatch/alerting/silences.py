@@ -10,6 +10,7 @@ in tables prefixed ``silence_``, and in memory for the per-alert checks.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 import uuid
@@ -177,6 +178,10 @@ class Silences:
         self._silences = {**self._silences, silence.id: silence}
 
 
+# A forgotten silence must still end: a year covers any planned maintenance.
+MAX_LENGTH = 365 * 86400.0
+
+
 def _check(silence: Silence, now: float) -> None:
     if not silence.matchers:
         raise SilenceError("a silence needs at least one matcher")
@@ -189,6 +194,11 @@ def _check(silence: Silence, now: float) -> None:
     if all(m.matches("") for m in compiled):
         raise SilenceError("at least one matcher must need a non-empty value (a silence "
                            "whose matchers all accept a missing label silences everything)")
+    if not (math.isfinite(silence.starts_at) and math.isfinite(silence.ends_at)):
+        raise SilenceError("a silence needs a finite start and end")
+    if silence.ends_at - silence.starts_at > MAX_LENGTH:
+        raise SilenceError("a silence may last at most 365 days; silence again later, or "
+                           "change the rule")
     if silence.ends_at <= silence.starts_at:
         raise SilenceError("a silence must end after it starts")
     if silence.ends_at <= now:
