@@ -269,3 +269,24 @@ def test_a_permanently_failing_channel_is_reported_on_the_others(pipeline: Pipel
     assert [n.receiver for n in failing] == ["oncall-slack"]
     assert failing[0].alerts[0].labels["receiver"] == "oncall-pagerduty"
     assert failing[0].severity == "high"
+
+
+def test_the_failing_channel_alert_is_its_own_incident(tmp_path: Path) -> None:
+    # Grouped by severity only, the failure alert (severity high) would share an incident
+    # with ordinary high alerts, and they would stop reaching the failing receiver too.
+    pipeline = Pipeline(tmp_path / "state.db",
+                        CONFIG.replace("group_by: [alertname, target]", "group_by: [severity]"))
+    try:
+        pipeline.fire(T0, "PostgresConnectionsHigh", "high")
+        [page, _] = pipeline.notifications()
+        pipeline.dispatcher.on_permanent_failure(page, Delivery(Outcome.PERMANENT, "400"))
+        pipeline.tick(T0, T0 + 60)
+        pipeline.new()
+        pipeline.fire(T0 + 120, "PostgresSlowStatement", "high")
+        pipeline.tick(T0 + 120, T0 + 240)
+        later = [n for n in pipeline.notifications()
+                 if any(a.name == "PostgresSlowStatement" for a in n.alerts)]
+        assert "oncall-pagerduty" in {n.receiver for n in later}
+        assert all(a.name != FAILING_ALERT for n in later for a in n.alerts)
+    finally:
+        pipeline.close()

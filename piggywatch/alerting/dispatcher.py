@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -234,7 +234,12 @@ class Dispatcher:
         fingerprint = event.alert.fingerprint
         if event.kind is EventKind.FIRING:
             self._firing[fingerprint] = labels
-            self._grouper.add(event, self._router.match(labels), now)
+            plans = self._router.match(labels)
+            if labels.get("alertname") == FAILING_ALERT:
+                # Its own incident: grouped with ordinary alerts, it would make them skip
+                # the failing receiver too (see failing.without_failing).
+                plans = [replace(plan, group_by=None) for plan in plans]
+            self._grouper.add(event, plans, now)
         else:
             self._firing.pop(fingerprint, None)
             self._grouper.add(event, (), now)
