@@ -8,7 +8,6 @@ a mail in the thread), and its escalation stops climbing.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from piggywatch.alerting.model import Action, AlertInfo, Notification
+from piggywatch.state_file import connect_state_file
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS escalation_acks (
@@ -48,10 +48,8 @@ class Acks:
     """Acknowledgements in SQLite, kept while their incident lasts. Thread-safe."""
 
     def __init__(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA busy_timeout=5000")
+        # An acknowledgement must survive a power cut: commits are synced (FULL).
+        self._conn = connect_state_file(path, synchronous="FULL")
         self._conn.execute(SCHEMA)
         self._lock = threading.Lock()
         rows = self._conn.execute("SELECT incident, acked_by, acked_at, comment, fingerprint "

@@ -14,7 +14,6 @@ was, and a step that fell due while the daemon was down fires once, at start.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from piggywatch.alerting.model import AlertInfo
 from piggywatch.alerting.settings import EscalationStep
+from piggywatch.state_file import connect_state_file
 from piggywatch.yamlpos import KeyPath
 
 
@@ -179,11 +179,7 @@ class EscalationStore:
     """
 
     def __init__(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._conn = connect_state_file(path)
         self._conn.executescript(SCHEMA)
         self._lock = threading.Lock()
         self._running: dict[str, Escalation] = {

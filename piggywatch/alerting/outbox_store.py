@@ -11,7 +11,6 @@ import dataclasses
 import functools
 import json
 import logging
-import sqlite3
 import threading
 import types
 from collections.abc import Iterator, Mapping, Sequence
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from piggywatch.alerting.model import Notification
+from piggywatch.state_file import connect_state_file
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -92,9 +92,8 @@ class OutboxStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        # synchronous is set per transaction (FULL only for new notifications).
+        self._conn = connect_state_file(path, busy_timeout_ms=10_000, synchronous=None)
         self._lock = threading.Lock()
         self._durable = False  # this connection's synchronous setting: FULL or NORMAL
         try:
@@ -105,9 +104,6 @@ class OutboxStore:
 
     def _create_schema(self) -> None:
         conn = self._conn
-        # Other parts write to this file too: wait for their transactions instead of failing.
-        conn.execute("PRAGMA busy_timeout=10000")
-        conn.execute("PRAGMA journal_mode=WAL")
         with self._transaction(durable=True):
             for statement in _SCHEMA:
                 conn.execute(statement)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -21,6 +20,7 @@ from functools import cached_property
 from pathlib import Path
 
 from piggywatch.alerting.matchers import MatcherError, matches, parse_matchers
+from piggywatch.state_file import connect_state_file
 from piggywatch.store.series import LabelMatcher
 
 __all__ = ["RETENTION", "Silence", "SilenceError", "SilenceState", "Silences"]
@@ -83,10 +83,7 @@ class Silences:
     """The silences in the state file, cached in memory; safe to use from several threads."""
 
     def __init__(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn = connect_state_file(path)
         self._conn.execute(_SCHEMA)
         self._lock = threading.Lock()
         rows = self._conn.execute(

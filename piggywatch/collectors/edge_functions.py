@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from piggywatch.collectors.base import CollectorError
 from piggywatch.collectors.postgres.target import PostgresTarget
 from piggywatch.config_types import Duration
+from piggywatch.state_file import connect_state_file
 from piggywatch.store import MetricKind, MetricSpec, Sample, labels_of
 
 if TYPE_CHECKING:
@@ -198,10 +199,7 @@ class EdgeStateDB:
     """The watermark and settled totals of each edge source, in SQLite (tables ``edge_*``)."""
 
     def __init__(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn = connect_state_file(path)
         for statement in _SCHEMA:
             self._conn.execute(statement)
         self._lock = threading.Lock()

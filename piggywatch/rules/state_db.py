@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 from piggywatch.rules.alerts import Alert, AlertState
+from piggywatch.state_file import connect_state_file
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alert_state (
@@ -43,10 +43,7 @@ class AlertStateDB:
     """Alert state in SQLite, written only when a rule's alerts changed."""
 
     def __init__(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn = connect_state_file(path)
         self._conn.execute(SCHEMA)
         self._lock = threading.Lock()
         self._saved: dict[tuple[str, str], Signature] = {}

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
+from piggywatch.state_file import connect_state_file
 from piggywatch.store.samples import Labels
 from piggywatch.store.series import LabelMatcher, MatchOp, Series, SeriesSource, is_stale
 
@@ -89,9 +90,10 @@ class History:
         self.path = Path(path)
         self.resolution = float(resolution)
         self.retention = float(retention)
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = _connect(path)
+        # Transactions are explicit (BEGIN IMMEDIATE), so the writer never has to upgrade
+        # a read lock, which is where SQLite deadlocks with another connection to the file.
+        # Losing the newest bucket on power loss is fine for history: commits need not sync.
+        self._conn = connect_state_file(path)
         self._lock = threading.Lock()
         try:
             self._create_schema()
@@ -103,7 +105,7 @@ class History:
         if str(path) == ":memory:":
             self._reader, self._read_lock = self._conn, self._lock
         else:
-            self._reader, self._read_lock = _connect(path), threading.Lock()
+            self._reader, self._read_lock = connect_state_file(path), threading.Lock()
             self._reader.execute("PRAGMA query_only=1")
         # Serialises record()/keep() so the selectors and watermarks change in one place;
         # distinct from _lock so reading the source never holds up expire().
@@ -114,10 +116,6 @@ class History:
 
     def _create_schema(self) -> None:
         conn = self._conn
-        conn.execute("PRAGMA journal_mode=WAL")
-        # Per connection: losing the newest bucket on power loss is fine for history, so
-        # commits need not fsync; other tables in the file keep their own setting.
-        conn.execute("PRAGMA synchronous=NORMAL")
         with _transaction(conn):
             for statement in _SCHEMA:
                 conn.execute(statement)
@@ -405,15 +403,6 @@ def _decode(name: str, labels_json: str) -> Labels:
     if name:
         pairs["__name__"] = name
     return tuple(sorted(pairs.items()))
-
-
-def _connect(path: str | Path) -> sqlite3.Connection:
-    # Transactions are explicit (BEGIN IMMEDIATE), so the writer never has to upgrade a
-    # read lock, which is where SQLite deadlocks with another connection to the file.
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-    # Other code writes to this file too: wait for its transactions instead of failing.
-    conn.execute("PRAGMA busy_timeout=5000")
-    return conn
 
 
 @contextmanager
