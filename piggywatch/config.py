@@ -13,7 +13,6 @@ import re
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -45,7 +44,15 @@ from piggywatch.collectors.growth import GrowthConfig
 from piggywatch.collectors.probes import ProbeConfig
 from piggywatch.collectors.redis_cache import RedisConfig
 from piggywatch.config_types import Duration
-from piggywatch.yamlpos import KeyPath, YamlSyntaxError, dotted, line_for, load_with_lines
+from piggywatch.yamlpos import (
+    FileProblem,
+    FileProblems,
+    KeyPath,
+    YamlSyntaxError,
+    dotted,
+    line_for,
+    load_with_lines,
+)
 
 
 class _Strict(BaseModel):
@@ -293,29 +300,13 @@ class Settings(_Strict):
 
 # --- loading -------------------------------------------------------------------------
 
-Path_ = KeyPath
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a configuration file, in the user's words."""
-
-    file: str
-    line: int | None
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+Problem = FileProblem
 
 
-class ConfigError(Exception):
+class ConfigError(FileProblems):
     """The configuration cannot be used; ``problems`` says every reason."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
 
 
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -358,9 +349,9 @@ def parse_settings(text: str, file: str, environ: Mapping[str, str]) -> Settings
 
 def _interpolate(
     value: Any,
-    path: Path_,
+    path: KeyPath,
     environ: Mapping[str, str],
-    lines: dict[Path_, int],
+    lines: dict[KeyPath, int],
     file: str,
     problems: list[Problem],
 ) -> Any:
@@ -431,10 +422,10 @@ def _apply_overrides(data: dict[str, Any], environ: Mapping[str, str],
                 break
 
 
-def _explain(exc: ValidationError, file: str, lines: dict[Path_, int]) -> list[Problem]:
+def _explain(exc: ValidationError, file: str, lines: dict[KeyPath, int]) -> list[Problem]:
     problems = []
     for error in exc.errors(include_input=False, include_url=False):
-        loc: Path_ = tuple(error["loc"])
+        loc: KeyPath = tuple(error["loc"])
         if error["type"] == "extra_forbidden":
             message = f"unknown key {loc[-1]!r}"
             known = _known_keys(loc[:-1])
@@ -451,7 +442,7 @@ def _explain(exc: ValidationError, file: str, lines: dict[Path_, int]) -> list[P
     return problems
 
 
-def _known_keys(path: Path_) -> list[str]:
+def _known_keys(path: KeyPath) -> list[str]:
     """The keys a model accepts at ``path`` (for "did you mean")."""
     model: Any = Settings
     for part in path:

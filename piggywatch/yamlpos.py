@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -59,3 +60,25 @@ def dotted(path: KeyPath) -> str:
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
     return out
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    """One thing wrong with a file, in the user's words: where it is, and why."""
+
+    file: str
+    line: int | None
+    where: str  # a key path, or "group 'x', rule 'y'"; may be empty
+    reason: str
+
+    def __str__(self) -> str:
+        place = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{place}: {self.where}: {self.reason}" if self.where else f"{place}: {self.reason}"
+
+
+class FileProblems(Exception):
+    """A file that cannot be used; ``problems`` lists every reason, one per line."""
+
+    def __init__(self, problems: list[FileProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))

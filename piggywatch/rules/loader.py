@@ -19,7 +19,15 @@ from piggywatch.rules.promql.parse import (
     parse_expr,
 )
 from piggywatch.rules.templating import TemplateError, check_template
-from piggywatch.yamlpos import KeyPath, YamlSyntaxError, dotted, line_for, load_with_lines
+from piggywatch.yamlpos import (
+    FileProblem,
+    FileProblems,
+    KeyPath,
+    YamlSyntaxError,
+    dotted,
+    line_for,
+    load_with_lines,
+)
 
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -82,26 +90,11 @@ class _FileModel(BaseModel):
     groups: list[dict[str, Any]] = []
 
 
-@dataclass(frozen=True)
-class RuleProblem:
-    """One thing wrong with a rule file."""
-
-    file: str
-    line: int | None
-    where: str
-    reason: str
-
-    def __str__(self) -> str:
-        place = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{place}: {self.where}: {self.reason}" if self.where else f"{place}: {self.reason}"
+RuleProblem = FileProblem
 
 
-class RuleFileError(Exception):
+class RuleFileError(FileProblems):
     """Rule files that cannot be used; ``problems`` lists every reason."""
-
-    def __init__(self, problems: list[RuleProblem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
 
 
 @dataclass(frozen=True)
