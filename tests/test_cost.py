@@ -125,11 +125,9 @@ def app_dsn(pg_cluster: ThrowawayCluster) -> Iterator[str]:
 
 
 @pytest.fixture
-def target(pg_cluster: ThrowawayCluster, app_dsn: str) -> Iterator[PostgresTarget]:
-    target = PostgresTarget("main", pg_cluster.dsn(
-        DEMO_DATABASE, user=MONITOR_ROLE, password=pg_cluster.role_password(MONITOR_ROLE)))
-    yield target
-    target.close()
+def target(target: PostgresTarget, app_dsn: str) -> PostgresTarget:
+    """The monitoring role's target (conftest), once this module's tables exist."""
+    return target
 
 
 def small_budget(**overrides: object) -> CostConfig:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,15 +14,7 @@ from piggywatch.collectors.custom_sql import (
     custom_sql_collectors,
 )
 from piggywatch.collectors.postgres.target import PostgresTarget
-from piggywatch.demo.cluster import DEMO_DATABASE, MONITOR_ROLE, ThrowawayCluster
 from piggywatch.store import MetricKind, Sample
-
-
-@pytest.fixture
-def target(pg_cluster: ThrowawayCluster) -> Iterator[PostgresTarget]:
-    target = PostgresTarget("main", pg_cluster.dsn(dbname=DEMO_DATABASE, user=MONITOR_ROLE))
-    yield target
-    target.close()
 
 
 def query(**fields: Any) -> CustomQueryConfig:

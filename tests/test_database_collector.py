@@ -58,12 +58,6 @@ def collect_until(collector: DatabaseCollector, condition: Callable[[list[Sample
         time.sleep(0.1)
 
 
-@pytest.fixture
-def target(pg_cluster: ThrowawayCluster) -> Iterator[PostgresTarget]:
-    dsn = pg_cluster.dsn(dbname=DEMO_DATABASE, user=MONITOR_ROLE)
-    target = PostgresTarget("main", dsn)
-    yield target
-    target.close()
 
 
 @pytest.fixture

@@ -51,15 +51,6 @@ def log_table(pg_cluster: ThrowawayCluster) -> Iterator[tuple[str, psycopg.Conne
         yield table, conn
 
 
-@pytest.fixture
-def target(pg_cluster: ThrowawayCluster) -> Iterator[PostgresTarget]:
-    dsn = pg_cluster.dsn(dbname="piggybong", user="piggywatch",
-                         password=pg_cluster.role_password("piggywatch"))
-    target = PostgresTarget("main", dsn)
-    yield target
-    target.close()
-
-
 def sql_collector(table: str, target: PostgresTarget, state: Path, *, lateness: str = "2m",
                   top_n: int = 10) -> EdgeFunctionsCollector:
     config = EdgeFunctionsConfig.model_validate({

@@ -11,7 +11,7 @@ import pytest
 from piggywatch.collectors import CollectorError
 from piggywatch.collectors.postgres.tables import TablesCollector
 from piggywatch.collectors.postgres.target import PostgresTarget
-from piggywatch.demo.cluster import DEMO_DATABASE, MONITOR_ROLE, NOMONITOR_ROLE, ThrowawayCluster
+from piggywatch.demo.cluster import DEMO_DATABASE, NOMONITOR_ROLE, ThrowawayCluster
 from piggywatch.store import Sample
 
 BIG_ROWS = 50_000
@@ -71,10 +71,9 @@ def tables(pg_cluster: ThrowawayCluster) -> Iterator[str]:
 
 
 @pytest.fixture
-def target(pg_cluster: ThrowawayCluster, tables: str) -> Iterator[PostgresTarget]:
-    target = PostgresTarget("main", pg_cluster.dsn(DEMO_DATABASE, user=MONITOR_ROLE))
-    yield target
-    target.close()
+def target(target: PostgresTarget, tables: str) -> PostgresTarget:
+    """The monitoring role's target (conftest), once this module's tables exist."""
+    return target
 
 
 def collect(target: PostgresTarget, top_n: int = 5) -> list[Sample]:
