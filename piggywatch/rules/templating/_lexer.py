@@ -293,13 +293,14 @@ class Lexer:
         elif c == "|":
             self._emit(Kind.PIPE)
         elif c == '"':
-            return self._lex_quote()
+            return self._lex_escaped('"', Kind.STRING, "unterminated quoted string")
         elif c == "`":
             return self._lex_raw_quote()
         elif c == "$":
             return self._lex_field_or_variable(Kind.VARIABLE)
         elif c == "'":
-            return self._lex_char()
+            return self._lex_escaped("'", Kind.CHAR_CONSTANT,
+                                     "unterminated character constant")
         elif c == "." and not ("0" <= self._peek() <= "9" and self._peek() != ""):
             return self._lex_field_or_variable(Kind.FIELD)
         elif c in "+-." or "0" <= c <= "9":
@@ -368,7 +369,9 @@ class Lexer:
         self._emit(kind)
         return "action"
 
-    def _lex_char(self) -> str:
+    def _lex_escaped(self, close: str, kind: Kind, unterminated: str) -> str:
+        # Go's lexer: a backslash escapes the next character, a newline or the end of the
+        # text ends the constant unterminated.
         while True:
             c = self._next()
             if c == "\\":
@@ -376,26 +379,11 @@ class Lexer:
                 if c not in ("", "\n"):
                     continue
             if c in ("", "\n"):
-                self._error("unterminated character constant")
+                self._error(unterminated)
                 return "error"
-            if c == "'":
+            if c == close:
                 break
-        self._emit(Kind.CHAR_CONSTANT)
-        return "action"
-
-    def _lex_quote(self) -> str:
-        while True:
-            c = self._next()
-            if c == "\\":
-                c = self._next()
-                if c not in ("", "\n"):
-                    continue
-            if c in ("", "\n"):
-                self._error("unterminated quoted string")
-                return "error"
-            if c == '"':
-                break
-        self._emit(Kind.STRING)
+        self._emit(kind)
         return "action"
 
     def _lex_raw_quote(self) -> str:
