@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from piggywatch.collectors.postgres.target import PostgresTarget
 from piggywatch.demo.cluster import DEMO_DATABASE, MONITOR_ROLE, ThrowawayCluster
+from piggywatch.state import PostgresState, SQLiteState, StateStore
 
 # CI machines are shared and sometimes slow: a property that holds should not fail because
 # one example took longer than hypothesis's default 200 ms.
@@ -35,3 +38,33 @@ def target(pg_cluster: ThrowawayCluster) -> Iterator[PostgresTarget]:
     target = PostgresTarget("main", pg_cluster.dsn(dbname=DEMO_DATABASE, user=MONITOR_ROLE))
     yield target
     target.close()
+
+
+@pytest.fixture(scope="session")
+def state_cluster() -> Iterator[ThrowawayCluster]:
+    """A cluster of its own for PostgreSQL state stores, so their connections never count
+    against the monitored demo database's small max_connections."""
+    cluster = ThrowawayCluster(max_connections=100)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
+    """An empty state store on each backend: the shared state-store suite runs on both.
+
+    PostgreSQL: a fresh schema per test in the session's state cluster. Opening the same
+    store again (``reopen``) is how a test restarts PiggyWatch.
+    """
+    if request.param == "sqlite":
+        store: StateStore = SQLiteState(tmp_path / "state.db")
+    else:
+        cluster: ThrowawayCluster = request.getfixturevalue("state_cluster")
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        store = PostgresState(cluster.dsn(), schema=schema)
+    yield store
+    store.close()
+

@@ -1,0 +1,174 @@
+"""The state database's tables, as numbered migrations applied in order, once.
+
+Written once in SQLite's dialect and translated for PostgreSQL (``REAL`` is a 4-byte float
+there, so it becomes ``DOUBLE PRECISION``; ``INTEGER`` becomes ``BIGINT``; an
+``AUTOINCREMENT`` key becomes an identity column; ``WITHOUT ROWID`` is dropped). A
+migration is never edited once released: a change is a new migration at the end.
+
+Migration 1 uses ``IF NOT EXISTS`` throughout, because state files written before
+migrations were numbered already hold some of its tables.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+Dialect = Literal["sqlite", "postgresql"]
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema: its number, what it does, and its statements."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "alert state, history, outbox, acks, silences, escalations, edge watermarks", (
+        # rules/state_db.py
+        """CREATE TABLE IF NOT EXISTS alert_state (
+            group_name TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            labels TEXT NOT NULL,
+            annotations TEXT NOT NULL,
+            state TEXT NOT NULL,
+            active_at REAL NOT NULL,
+            value REAL,
+            fired_at REAL,
+            resolved_at REAL,
+            keep_firing_since REAL,
+            PRIMARY KEY (group_name, rule, fingerprint)
+        ) WITHOUT ROWID""",
+        # store/history.py
+        """CREATE TABLE IF NOT EXISTS history_meta (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE IF NOT EXISTS history_series (
+            id          INTEGER PRIMARY KEY,
+            name        TEXT NOT NULL,
+            labels_json TEXT NOT NULL,
+            UNIQUE (name, labels_json)
+        )""",
+        """CREATE TABLE IF NOT EXISTS history_points (
+            series_id INTEGER NOT NULL REFERENCES history_series (id),
+            ts        REAL NOT NULL,
+            value     REAL,
+            PRIMARY KEY (series_id, ts)
+        ) WITHOUT ROWID""",
+        # alerting/outbox_store.py
+        """CREATE TABLE IF NOT EXISTS outbox_meta (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE IF NOT EXISTS outbox_items (
+            seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+            id              TEXT NOT NULL UNIQUE,
+            receiver        TEXT NOT NULL,
+            incident        TEXT NOT NULL,
+            created_at      REAL NOT NULL,
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            last_error      TEXT NOT NULL DEFAULT '',
+            body            TEXT NOT NULL
+        )""",
+        """CREATE INDEX IF NOT EXISTS outbox_items_incident
+            ON outbox_items (receiver, incident, seq)""",
+        """CREATE TABLE IF NOT EXISTS outbox_done (
+            id          TEXT PRIMARY KEY,
+            finished_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        "CREATE INDEX IF NOT EXISTS outbox_done_finished ON outbox_done (finished_at)",
+        """CREATE TABLE IF NOT EXISTS outbox_receipts (
+            receiver   TEXT NOT NULL,
+            incident   TEXT NOT NULL,
+            receipt    TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (receiver, incident)
+        ) WITHOUT ROWID""",
+        # alerting/acks.py
+        """CREATE TABLE IF NOT EXISTS escalation_acks (
+            incident TEXT PRIMARY KEY,
+            fingerprint TEXT,
+            acked_by TEXT NOT NULL,
+            acked_at REAL NOT NULL,
+            comment TEXT NOT NULL
+        ) WITHOUT ROWID""",
+        # alerting/escalation.py
+        """CREATE TABLE IF NOT EXISTS escalation_incidents (
+            incident TEXT PRIMARY KEY,
+            route TEXT NOT NULL,
+            group_labels TEXT NOT NULL,
+            policy TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            alerts TEXT NOT NULL,
+            level INTEGER NOT NULL,
+            repeats INTEGER NOT NULL,
+            next_at REAL,
+            acked INTEGER NOT NULL,
+            notified TEXT NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE IF NOT EXISTS escalation_dispatch (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        ) WITHOUT ROWID""",
+        # alerting/silences.py
+        """CREATE TABLE IF NOT EXISTS silence_entries (
+            id TEXT PRIMARY KEY,
+            matchers TEXT NOT NULL,
+            starts_at REAL NOT NULL,
+            ends_at REAL NOT NULL,
+            created_by TEXT NOT NULL,
+            comment TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        # collectors/edge_functions.py
+        """CREATE TABLE IF NOT EXISTS edge_watermark (
+            source TEXT PRIMARY KEY,
+            settled_before TEXT NOT NULL,
+            buckets TEXT NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS edge_settled (
+            source TEXT NOT NULL,
+            function TEXT NOT NULL,
+            series TEXT NOT NULL,
+            value REAL NOT NULL,
+            PRIMARY KEY (source, function, series)
+        ) WITHOUT ROWID""",
+    )),
+)
+
+LATEST = MIGRATIONS[-1].version
+
+# The table that records which migrations ran; created before any migration.
+MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER NOT NULL PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at REAL NOT NULL
+)"""
+
+_POSTGRES_TYPES = (
+    (re.compile(r"\bINTEGER PRIMARY KEY( AUTOINCREMENT)?"),
+     "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"),
+    (re.compile(r"\bINTEGER\b"), "BIGINT"),
+    (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
+    (re.compile(r"\)\s*WITHOUT ROWID\s*$"), ")"),
+)
+
+
+def ddl(statement: str, dialect: Dialect) -> str:
+    """A schema statement in the given dialect."""
+    if dialect == "sqlite":
+        return statement
+    for pattern, replacement in _POSTGRES_TYPES:
+        statement = pattern.sub(replacement, statement)
+    return statement
+
+
+class SchemaTooNew(RuntimeError):
+    """The state database was migrated by a newer PiggyWatch than this one."""
