@@ -34,7 +34,9 @@ from piggywatch.alerting.model import (
 from piggywatch.alerting.outbox import SOURCE, SPECS, Outbox, default_throttles
 from piggywatch.alerting.outbox_store import decode_notification, encode_notification
 from piggywatch.alerting.settings import Receiver
+from piggywatch.state import PostgresState, SQLiteState, StateStore
 from piggywatch.store import MemoryStore
+from tests.state_support import reopen
 
 T0 = float(int(time.time()))  # real-clock tests must not see their notifications expire
 REPO = Path(__file__).resolve().parent.parent
@@ -117,14 +119,54 @@ def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> None:
         time.sleep(0.005)
 
 
-def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
-    """Read the state file through a connection of its own, as another process would."""
+def rows(state: Path | StateStore, sql: str) -> list[tuple[object, ...]]:
+    """Read the state through a connection of its own, as another process would."""
+    if isinstance(state, StateStore) and not isinstance(state, SQLiteState):
+        shared = state.connect()
+        try:
+            return list(shared.query(sql))
+        finally:
+            shared.close()
+    path = state.path if isinstance(state, SQLiteState) else state
     with closing(sqlite3.connect(path)) as conn:
-        return conn.execute(sql).fetchall()
+        return list(conn.execute(sql).fetchall())
+
+
+def write(state: StateStore, sql: str, params: tuple[object, ...] = ()) -> None:
+    """Change the state behind the outbox's back."""
+    conn = state.connect()
+    try:
+        conn.execute(sql, params)
+    finally:
+        conn.close()
+
+
+def state_source(state: StateStore) -> str:
+    """Python source that opens ``state`` in another process."""
+    if isinstance(state, PostgresState):
+        return (f"__import__('piggywatch.state').state.PostgresState("
+                f"{state.url!r}, schema={state.schema!r})")
+    assert isinstance(state, SQLiteState)
+    return f"__import__('piggywatch.state').state.SQLiteState({str(state.path)!r})"
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> Path:
+def restarts(state: StateStore) -> Iterator[Callable[[], StateStore]]:
+    """Second handles on ``state``, as a restarted PiggyWatch opens it (closed at the end;
+    use after ``running``, so the outboxes on them close first)."""
+    opened: list[StateStore] = []
+
+    def again() -> StateStore:
+        opened.append(handle := reopen(state))
+        return handle
+
+    yield again
+    for handle in opened:
+        handle.close()
+
+
+@pytest.fixture
+def state_file(tmp_path: Path) -> Path:
     return tmp_path / "state.db"
 
 
@@ -173,16 +215,16 @@ def test_notification_round_trips_exactly(n: Notification) -> None:
 
 
 def test_a_row_written_by_a_newer_version_is_kept_and_the_rest_delivered(
-        state: Path, running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture,
+        state: StateStore, restarts: Callable[[], StateStore],
+        running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture,
 ) -> None:
     with Outbox(state, {}) as outbox:
         outbox.enqueue(note("future"))
         outbox.enqueue(note("today", incident="inc-2"))
     body = encode_notification(note("future")).replace('"level":1', '"level":1,"colour":"red"')
-    with closing(sqlite3.connect(state)) as conn, conn:
-        conn.execute("UPDATE outbox_items SET body = ? WHERE id = 'future'", (body,))
+    write(state, "UPDATE outbox_items SET body = ? WHERE id = 'future'", (body,))
     channel = ScriptedNotifier()
-    running(Outbox(state, {"oncall": channel}))
+    running(Outbox(restarts(), {"oncall": channel}))
     wait_until(lambda: rows(state, "SELECT id FROM outbox_items") == [("future",)])
     assert channel.ids == ["today"]
     assert "cannot be read" in caplog.text and "colour" in caplog.text
@@ -191,7 +233,7 @@ def test_a_row_written_by_a_newer_version_is_kept_and_the_rest_delivered(
 # -- durability
 
 def test_notification_is_committed_before_the_attempt_and_removed_only_once_accepted(
-        state: Path, running: Callable[[Outbox], Outbox]) -> None:
+        state: StateStore, running: Callable[[Outbox], Outbox]) -> None:
     channel = BlockingNotifier()
     outbox = running(Outbox(state, {"oncall": channel}))
     assert outbox.enqueue(note("n1"))
@@ -207,9 +249,9 @@ def test_notification_is_committed_before_the_attempt_and_removed_only_once_acce
 
 
 def test_enqueue_is_idempotent_on_the_notification_id(
-        state: Path, running: Callable[[Outbox], Outbox]) -> None:
+        state_file: Path, running: Callable[[Outbox], Outbox]) -> None:
     channel = ScriptedNotifier()
-    outbox = Outbox(state, {"oncall": channel})
+    outbox = Outbox(state_file, {"oncall": channel})
     assert outbox.enqueue(note("n1"))
     assert not outbox.enqueue(note("n1"))
     assert len(outbox.pending()) == 1
@@ -221,18 +263,19 @@ def test_enqueue_is_idempotent_on_the_notification_id(
 
 
 def test_enqueue_many_commits_one_escalation_step_together(
-        state: Path, running: Callable[[Outbox], Outbox]) -> None:
+        state_file: Path, running: Callable[[Outbox], Outbox]) -> None:
     pd, slack = ScriptedNotifier(), ScriptedNotifier()
-    outbox = Outbox(state, {"pd": pd, "slack": slack})
+    outbox = Outbox(state_file, {"pd": pd, "slack": slack})
     step = [note("p1", receiver="pd"), note("s1", receiver="slack"), note("p1", receiver="pd")]
     assert outbox.enqueue_many(step) == [True, True, False]
-    assert rows(state, "SELECT id FROM outbox_items ORDER BY seq") == [("p1",), ("s1",)]
+    assert rows(state_file, "SELECT id FROM outbox_items ORDER BY seq") == [("p1",), ("s1",)]
     running(outbox)
     wait_until(lambda: pd.ids == ["p1"] and slack.ids == ["s1"])
 
 
 def test_resumes_after_kill_9_and_delivers_each_pending_notification_once(
-        state: Path, running: Callable[[Outbox], Outbox]) -> None:
+        state: StateStore, restarts: Callable[[], StateStore],
+        running: Callable[[Outbox], Outbox]) -> None:
     script = textwrap.dedent(f"""
         import sys, threading
         from piggywatch.alerting.model import Delivery, Outcome
@@ -246,7 +289,7 @@ def test_resumes_after_kill_9_and_delivers_each_pending_notification_once(
                 tried.set()
                 return Delivery(Outcome.RETRY, "503 from the channel")
 
-        outbox = Outbox({str(state)!r}, {{"oncall": Down()}}, backoff_base=0.01)
+        outbox = Outbox({state_source(state)}, {{"oncall": Down()}}, backoff_base=0.01)
         outbox.start()
         for i in range(20):
             outbox.enqueue(note(f"n{{i}}", incident=f"inc-{{i % 3}}"))
@@ -267,7 +310,7 @@ def test_resumes_after_kill_9_and_delivers_each_pending_notification_once(
     assert len(rows(state, "SELECT id FROM outbox_items WHERE attempts > 0")) >= 1
 
     channel = ScriptedNotifier()
-    outbox = running(Outbox(state, {"oncall": channel}))
+    outbox = running(Outbox(restarts(), {"oncall": channel}))
     wait_until(lambda: len(channel.ids) == 20)
     wait_until(lambda: not rows(state, "SELECT id FROM outbox_items"))
     assert sorted(channel.ids) == sorted(f"n{i}" for i in range(20))
@@ -276,7 +319,7 @@ def test_resumes_after_kill_9_and_delivers_each_pending_notification_once(
         assert sent == sorted(sent)
     outbox.close()
     again = ScriptedNotifier()
-    running(Outbox(state, {"oncall": again}))
+    running(Outbox(restarts(), {"oncall": again}))
     time.sleep(0.2)
     assert again.ids == []
 
@@ -284,15 +327,15 @@ def test_resumes_after_kill_9_and_delivers_each_pending_notification_once(
 # -- retries
 
 def test_retry_with_backoff_then_success_is_accepted_exactly_once(
-        state: Path, running: Callable[[Outbox], Outbox]) -> None:
+        state_file: Path, running: Callable[[Outbox], Outbox]) -> None:
     clock = FakeClock()
     channel = ScriptedNotifier(Delivery(Outcome.RETRY, "503"), Delivery(Outcome.RETRY, "503"))
-    outbox = running(Outbox(state, {"oncall": channel}, clock=clock, rng=LongestBackoff()))
+    outbox = running(Outbox(state_file, {"oncall": channel}, clock=clock, rng=LongestBackoff()))
     outbox.enqueue(note("n1"))
     for attempt, delay in ((1, 1.0), (2, 2.0)):  # base 1 s, doubling
         wait_until(lambda a=attempt: len(channel.ids) == a
-                   and rows(state, "SELECT attempts FROM outbox_items") == [(a,)])
-        assert rows(state, "SELECT next_attempt_at, last_error FROM outbox_items") == [
+                   and rows(state_file, "SELECT attempts FROM outbox_items") == [(a,)])
+        assert rows(state_file, "SELECT next_attempt_at, last_error FROM outbox_items") == [
             (clock.now + delay, "503")]
         clock.advance(delay - 0.01)
         outbox.wake()
@@ -303,11 +346,11 @@ def test_retry_with_backoff_then_success_is_accepted_exactly_once(
     wait_until(lambda: counts(outbox)["accepted"] == 1)
     assert channel.ids == ["n1", "n1", "n1"]
     assert counts(outbox) == {"accepted": 1, "retried": 2, "failed": 0}
-    assert rows(state, "SELECT id FROM outbox_items") == []
+    assert rows(state_file, "SELECT id FROM outbox_items") == []
 
 
-def test_backoff_is_full_jitter_doubling_up_to_five_minutes(state: Path) -> None:
-    with Outbox(state, {}) as outbox:
+def test_backoff_is_full_jitter_doubling_up_to_five_minutes(state_file: Path) -> None:
+    with Outbox(state_file, {}) as outbox:
         for attempts, ceiling in ((1, 1.0), (2, 2.0), (5, 16.0), (9, 256.0), (10, 300.0),
                                   (500, 300.0)):
             delays = [outbox._backoff(attempts) for _ in range(300)]
@@ -315,10 +358,10 @@ def test_backoff_is_full_jitter_doubling_up_to_five_minutes(state: Path) -> None
 
 
 def test_retry_after_is_honoured_for_the_whole_channel(
-        state: Path, running: Callable[[Outbox], Outbox]) -> None:
+        state_file: Path, running: Callable[[Outbox], Outbox]) -> None:
     clock = FakeClock()
     channel = ScriptedNotifier(Delivery(Outcome.RETRY, "429", retry_after=30.0))
-    outbox = running(Outbox(state, {"oncall": channel}, clock=clock))
+    outbox = running(Outbox(state_file, {"oncall": channel}, clock=clock))
     outbox.enqueue(note("n1"))
     wait_until(lambda: len(channel.ids) == 1)
     outbox.enqueue(note("n2", incident="other"))  # another incident waits for the channel too
@@ -332,10 +375,10 @@ def test_retry_after_is_honoured_for_the_whole_channel(
 
 
 def test_a_notifier_that_raises_is_retried_and_logged_with_its_traceback(
-        state: Path, running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture,
+        state_file: Path, running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture,
 ) -> None:
     channel = ScriptedNotifier(RuntimeError("bug in the notifier"))
-    outbox = running(Outbox(state, {"oncall": channel}, backoff_base=0.01))
+    outbox = running(Outbox(state_file, {"oncall": channel}, backoff_base=0.01))
     outbox.enqueue(note("n1"))
     wait_until(lambda: counts(outbox)["accepted"] == 1)
     assert channel.ids == ["n1", "n1"]
@@ -344,11 +387,11 @@ def test_a_notifier_that_raises_is_retried_and_logged_with_its_traceback(
 
 
 def test_permanent_refusal_is_not_retried_and_reported_once(
-        state: Path, running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture,
+        state_file: Path, running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture,
 ) -> None:
     failures: list[tuple[Notification, Delivery]] = []
     channel = ScriptedNotifier(Delivery(Outcome.PERMANENT, "400 invalid routing key"))
-    outbox = running(Outbox(state, {"oncall": channel},
+    outbox = running(Outbox(state_file, {"oncall": channel},
                             on_permanent_failure=lambda n, d: failures.append((n, d))))
     outbox.enqueue(note("n1"))
     wait_until(lambda: failures)
@@ -356,19 +399,19 @@ def test_permanent_refusal_is_not_retried_and_reported_once(
     assert channel.ids == ["n1"]
     assert [(n.id, d.detail) for n, d in failures] == [("n1", "400 invalid routing key")]
     assert counts(outbox) == {"accepted": 0, "retried": 0, "failed": 1}
-    assert rows(state, "SELECT id FROM outbox_items") == []
+    assert rows(state_file, "SELECT id FROM outbox_items") == []
     [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert "oncall" in record.getMessage() and "400 invalid routing key" in record.getMessage()
     assert "main is down" not in record.getMessage()  # the content is not logged
 
 
 def test_a_notification_undelivered_for_a_day_is_given_up(
-        state: Path, running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture,
+        state_file: Path, running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = FakeClock()
     failures: list[tuple[Notification, Delivery]] = []
     channel = ScriptedNotifier(*[Delivery(Outcome.RETRY, "503")] * 1000)
-    outbox = running(Outbox(state, {"oncall": channel}, clock=clock,
+    outbox = running(Outbox(state_file, {"oncall": channel}, clock=clock,
                             on_permanent_failure=lambda n, d: failures.append((n, d))))
     outbox.enqueue(note("n1"))
     wait_until(lambda: len(channel.ids) == 1)
@@ -383,7 +426,7 @@ def test_a_notification_undelivered_for_a_day_is_given_up(
 # -- order and pace
 
 def test_acknowledge_and_resolve_never_overtake_their_trigger(
-        state: Path, running: Callable[[Outbox], Outbox]) -> None:
+        state_file: Path, running: Callable[[Outbox], Outbox]) -> None:
     class TriggerFailsTwice(ScriptedNotifier):
         def send(self, notification: Notification, receipt: Mapping[str, str]) -> Delivery:
             if notification.id == "trigger" and self.ids.count("trigger") < 2:
@@ -394,7 +437,7 @@ def test_acknowledge_and_resolve_never_overtake_their_trigger(
     channel = TriggerFailsTwice(receipt=lambda n: {"ts": n.id} if n.action is Action.TRIGGER
                                 else {"updated": n.id})
     clock = FakeClock()
-    outbox = Outbox(state, {"oncall": channel}, clock=clock, rng=LongestBackoff())
+    outbox = Outbox(state_file, {"oncall": channel}, clock=clock, rng=LongestBackoff())
     outbox.enqueue(note("trigger"))
     outbox.enqueue(note("other", incident="inc-2"))
     outbox.enqueue(note("ack", action=Action.ACKNOWLEDGE))
@@ -415,9 +458,9 @@ def test_acknowledge_and_resolve_never_overtake_their_trigger(
 
 
 def test_throttle_spaces_sends_to_one_receiver(
-        state: Path, running: Callable[[Outbox], Outbox]) -> None:
+        state_file: Path, running: Callable[[Outbox], Outbox]) -> None:
     slack, email = ScriptedNotifier(), ScriptedNotifier()
-    outbox = Outbox(state, {"slack": slack, "email": email}, throttles={"slack": 0.1})
+    outbox = Outbox(state_file, {"slack": slack, "email": email}, throttles={"slack": 0.1})
     for i in range(5):
         outbox.enqueue(note(f"s{i}", receiver="slack", incident=f"inc-{i}"))
         outbox.enqueue(note(f"e{i}", receiver="email", incident=f"inc-{i}"))
@@ -440,9 +483,9 @@ def test_default_throttles_follow_the_channel_limits() -> None:
 
 
 def test_enqueue_to_send_is_well_under_a_second(
-        state: Path, running: Callable[[Outbox], Outbox]) -> None:
+        state_file: Path, running: Callable[[Outbox], Outbox]) -> None:
     channel = ScriptedNotifier()
-    outbox = running(Outbox(state, {"oncall": channel}))
+    outbox = running(Outbox(state_file, {"oncall": channel}))
     latencies = []
     for i in range(20):
         began = time.monotonic()
@@ -456,7 +499,7 @@ def test_enqueue_to_send_is_well_under_a_second(
 # -- leadership, receivers, shutdown
 
 def test_may_send_false_stops_delivery_at_once(
-        state: Path, running: Callable[[Outbox], Outbox]) -> None:
+        state_file: Path, running: Callable[[Outbox], Outbox]) -> None:
     leader = threading.Event()
     leader.set()
 
@@ -466,7 +509,7 @@ def test_may_send_false_stops_delivery_at_once(
             return super().send(notification, receipt)
 
     channel = LosesLeadership()
-    outbox = Outbox(state, {"oncall": channel}, may_send=leader.is_set)
+    outbox = Outbox(state_file, {"oncall": channel}, may_send=leader.is_set)
     for i in range(5):
         outbox.enqueue(note(f"n{i}", incident=f"inc-{i}"))
     running(outbox)
@@ -480,11 +523,12 @@ def test_may_send_false_stops_delivery_at_once(
 
 
 def test_items_of_an_unconfigured_receiver_wait_until_it_is_configured_again(
-        state: Path, running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture,
+        state: StateStore, restarts: Callable[[], StateStore],
+        running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture,
 ) -> None:
     with Outbox(state, {"oncall": ScriptedNotifier()}) as before:
         before.enqueue(note("n1", receiver="old-slack"))
-    outbox = running(Outbox(state, {"oncall": ScriptedNotifier()}))
+    outbox = running(Outbox(restarts(), {"oncall": ScriptedNotifier()}))
     assert "receiver 'old-slack', which is not configured" in caplog.text
     outbox.housekeep()
     assert [n.id for n in outbox.pending("old-slack")] == ["n1"]
@@ -496,10 +540,10 @@ def test_items_of_an_unconfigured_receiver_wait_until_it_is_configured_again(
     wait_until(lambda: channel.ids == ["n1"])
 
 
-def test_items_of_an_unconfigured_receiver_expire_after_a_day(state: Path) -> None:
+def test_items_of_an_unconfigured_receiver_expire_after_a_day(state_file: Path) -> None:
     clock = FakeClock()
     failures: list[str] = []
-    with Outbox(state, {}, clock=clock,
+    with Outbox(state_file, {}, clock=clock,
                 on_permanent_failure=lambda n, d: failures.append(n.id)) as outbox:
         outbox.enqueue(note("n1", receiver="gone"))
         outbox.enqueue(note("n2", receiver="gone", created_at=T0 + 3600))
@@ -510,7 +554,8 @@ def test_items_of_an_unconfigured_receiver_expire_after_a_day(state: Path) -> No
 
 
 def test_stop_drains_within_the_grace_period_and_keeps_the_rest(
-        state: Path, running: Callable[[Outbox], Outbox]) -> None:
+        state: StateStore, restarts: Callable[[], StateStore],
+        running: Callable[[Outbox], Outbox]) -> None:
     class Slow(ScriptedNotifier):
         def send(self, notification: Notification, receipt: Mapping[str, str]) -> Delivery:
             time.sleep(0.02)
@@ -530,16 +575,16 @@ def test_stop_drains_within_the_grace_period_and_keeps_the_rest(
     assert len(rows(state, "SELECT id FROM outbox_items")) == 100 - done
     outbox.close()
     rest = ScriptedNotifier()
-    running(Outbox(state, {"oncall": rest}))
+    running(Outbox(restarts(), {"oncall": rest}))
     wait_until(lambda: len(rest.ids) == 100 - done)
     assert sorted(channel.ids + rest.ids) == sorted(f"n{i}" for i in range(100))
 
 
 def test_a_send_still_hanging_at_the_deadline_leaves_its_notification_pending(
-        state: Path, running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture,
+        state_file: Path, running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture,
 ) -> None:
     channel = BlockingNotifier()
-    outbox = running(Outbox(state, {"oncall": channel}))
+    outbox = running(Outbox(state_file, {"oncall": channel}))
     outbox.enqueue(note("n1"))
     assert channel.entered.wait(5)
     began = time.monotonic()
@@ -549,13 +594,13 @@ def test_a_send_still_hanging_at_the_deadline_leaves_its_notification_pending(
     outbox.close()
     channel.release.set()  # the request completes after the outbox was closed
     time.sleep(0.1)
-    assert rows(state, "SELECT id FROM outbox_items") == [("n1",)]
+    assert rows(state_file, "SELECT id FROM outbox_items") == [("n1",)]
 
 
 def test_stop_returns_at_once_when_nothing_can_be_sent(
-        state: Path, running: Callable[[Outbox], Outbox]) -> None:
+        state_file: Path, running: Callable[[Outbox], Outbox]) -> None:
     clock = FakeClock()
-    outbox = running(Outbox(state, {"oncall": ScriptedNotifier(Delivery(Outcome.RETRY, "429",
+    outbox = running(Outbox(state_file, {"oncall": ScriptedNotifier(Delivery(Outcome.RETRY, "429",
                                                                         retry_after=600))},
                             clock=clock))
     outbox.enqueue(note("n1"))
@@ -569,7 +614,7 @@ def test_stop_returns_at_once_when_nothing_can_be_sent(
 # -- concurrency and metrics
 
 def test_many_threads_enqueue_while_delivering(
-        state: Path, running: Callable[[Outbox], Outbox]) -> None:
+        state_file: Path, running: Callable[[Outbox], Outbox]) -> None:
     class Flaky(ScriptedNotifier):
         def __init__(self) -> None:
             super().__init__()
@@ -584,7 +629,7 @@ def test_many_threads_enqueue_while_delivering(
             return Delivery(Outcome.ACCEPTED)
 
     channels = {"a": Flaky(), "b": Flaky()}
-    outbox = running(Outbox(state, channels, backoff_base=0.002))
+    outbox = running(Outbox(state_file, channels, backoff_base=0.002))
 
     def producer(t: int) -> None:
         for i in range(100):
@@ -605,14 +650,14 @@ def test_many_threads_enqueue_while_delivering(
             producer, i = nid.split("-")
             by_incident.setdefault((producer, int(i) % 6), []).append(int(i))
         assert all(seqs == sorted(seqs) for seqs in by_incident.values())
-    assert rows(state, "SELECT count(*) FROM outbox_items") == [(0,)]
+    assert rows(state_file, "SELECT count(*) FROM outbox_items") == [(0,)]
 
 
 def test_metrics_describe_depth_age_results_and_latency(
-        state: Path, running: Callable[[Outbox], Outbox]) -> None:
+        state_file: Path, running: Callable[[Outbox], Outbox]) -> None:
     clock = FakeClock()
     channel = ScriptedNotifier(Delivery(Outcome.RETRY, "503", retry_after=60))
-    outbox = running(Outbox(state, {"oncall": channel}, clock=clock))
+    outbox = running(Outbox(state_file, {"oncall": channel}, clock=clock))
     outbox.enqueue(note("n1", created_at=T0 - 5))
     outbox.enqueue(note("n2", created_at=T0 - 2, incident="inc-2"))
     wait_until(lambda: counts(outbox)["retried"] == 1)
@@ -637,10 +682,11 @@ def test_metrics_describe_depth_age_results_and_latency(
     assert {s.name for s in outbox.samples(clock.now)} == {spec.name for spec in SPECS}
 
 
-def test_a_resolved_notification_keeps_every_field(state: Path) -> None:
+def test_a_resolved_notification_keeps_every_field(
+        state: StateStore, restarts: Callable[[], StateStore]) -> None:
     n = replace(note("n1", action=Action.RESOLVE), acked_by="ana", acked_at=T0 + 1.25,
                 level=3, external_url="https://pw.example.com")
     with Outbox(state, {}) as outbox:
         outbox.enqueue(n)
-    with Outbox(state, {}) as outbox:
+    with Outbox(restarts(), {}) as outbox:
         assert outbox.pending() == [n]

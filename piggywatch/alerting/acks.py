@@ -12,20 +12,9 @@ import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from piggywatch.alerting.model import Action, AlertInfo, Notification
-from piggywatch.state_file import connect_state_file
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS escalation_acks (
-    incident TEXT PRIMARY KEY,
-    fingerprint TEXT,
-    acked_by TEXT NOT NULL,
-    acked_at REAL NOT NULL,
-    comment TEXT NOT NULL
-) WITHOUT ROWID
-"""
+from piggywatch.state import StateLike, connect
 
 
 @dataclass(frozen=True)
@@ -45,15 +34,13 @@ class Ack:
 
 
 class Acks:
-    """Acknowledgements in SQLite, kept while their incident lasts. Thread-safe."""
+    """Acknowledgements in the state database, kept while their incident lasts. Thread-safe."""
 
-    def __init__(self, path: str | Path) -> None:
-        # An acknowledgement must survive a power cut: commits are synced (FULL).
-        self._conn = connect_state_file(path, synchronous="FULL")
-        self._conn.execute(SCHEMA)
+    def __init__(self, state: StateLike) -> None:
+        # An acknowledgement must survive a power cut: every write is durable (synced).
+        self._conn = connect(state)
         self._lock = threading.Lock()
-        rows = self._conn.execute("SELECT incident, acked_by, acked_at, comment, fingerprint "
-                                  "FROM escalation_acks").fetchall()
+        rows = self._conn.query(f"SELECT {_COLUMNS} FROM escalation_acks")
         self._acks = {row[0]: Ack(*row) for row in rows}
         self.recorded = 0  # acks taken since start, for the metrics
 
@@ -67,8 +54,19 @@ class Acks:
             existing = self._acks.get(ack.incident)
             if existing is not None:
                 return existing, False
-            self._conn.execute("INSERT INTO escalation_acks VALUES (?, ?, ?, ?, ?)",
-                               (ack.incident, ack.fingerprint, ack.by, ack.at, ack.comment))
+            with self._conn.transaction(durable=True) as tx:
+                inserted = tx.query(
+                    "INSERT INTO escalation_acks (incident, fingerprint, acked_by, acked_at, "
+                    "comment) VALUES (?, ?, ?, ?, ?) ON CONFLICT (incident) DO NOTHING "
+                    "RETURNING incident",
+                    (ack.incident, ack.fingerprint, ack.by, ack.at, ack.comment))
+                row = None if inserted else tx.one(
+                    f"SELECT {_COLUMNS} FROM escalation_acks WHERE incident = ?",
+                    (ack.incident,))
+            if row is not None:
+                # Another replica sharing the state took the incident first: its ack stands.
+                existing = self._acks[ack.incident] = Ack(*row)
+                return existing, False
             self._acks[ack.incident] = ack
             self.recorded += 1
             return ack, True
@@ -87,7 +85,9 @@ class Acks:
         """Drop the acks of incidents that ended (a new incident starts unacknowledged)."""
         keys = [(k,) for k in incidents]
         with self._lock:
-            self._conn.executemany("DELETE FROM escalation_acks WHERE incident = ?", keys)
+            if keys:
+                self._conn.executemany("DELETE FROM escalation_acks WHERE incident = ?", keys,
+                                       durable=True)
             for (key,) in keys:
                 self._acks.pop(key, None)
 
@@ -95,6 +95,9 @@ class Acks:
         """Close the database."""
         with self._lock:
             self._conn.close()
+
+
+_COLUMNS = "incident, acked_by, acked_at, comment, fingerprint"  # Ack's field order
 
 
 def acknowledge_notifications(ack: Ack, receivers: Iterable[str], *, group_labels:

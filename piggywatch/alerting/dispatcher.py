@@ -24,7 +24,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Protocol
 
 from piggywatch.alerting.acks import Ack, Acks, acknowledge_notifications
@@ -38,6 +37,7 @@ from piggywatch.alerting.settings import AlertingSettings
 from piggywatch.alerting.silences import Silences
 from piggywatch.alerting.time_intervals import TimeIntervals
 from piggywatch.rules.alerts import AlertEvent, EventKind
+from piggywatch.state import StateLike
 from piggywatch.store.samples import MetricKind, MetricSpec, Sample, labels_of
 
 __all__ = ["FAILING_ALERT", "SOURCE", "SPECS", "Dispatcher", "Sender"]
@@ -92,7 +92,7 @@ class _Pass:
 class Dispatcher:
     """Takes alert events and turns them into notifications, on its own thread."""
 
-    def __init__(self, settings: AlertingSettings, sender: Sender, state_path: str | Path, *,
+    def __init__(self, settings: AlertingSettings, sender: Sender, state: StateLike, *,
                  clock: Callable[[], float] = time.time, external_url: str = "") -> None:
         if settings.route is None:
             raise ValueError("alert delivery needs a route")
@@ -106,9 +106,9 @@ class Dispatcher:
         self._sender = sender
         self._clock = clock
         self._external_url = external_url
-        self.silences = Silences(state_path)
-        self._acks = Acks(state_path)
-        self._escalations = EscalationStore(state_path)
+        self.silences = Silences(state)
+        self._acks = Acks(state)
+        self._escalations = EscalationStore(state)
         saved = json.loads(self._escalations.state() or "{}")
         self._grouper = Grouper.from_dict(saved.get("grouper", {}), self._intervals)
         self._failing = FailingChannels(saved.get("failing", {}))

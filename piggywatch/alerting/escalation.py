@@ -6,8 +6,8 @@ still fires unacknowledged when the wait ends, the next step runs. The last step
 climb, resolution ends it.
 
 The chain is copied into the incident when it starts, so a configuration reload never
-makes a running incident jump or skip a step. Timers are durable (SQLite, tables
-``escalation_*`` in the state file): after a restart each escalation continues where it
+makes a running incident jump or skip a step. Timers are durable (tables
+``escalation_*`` in the state database): after a restart each escalation continues where it
 was, and a step that fell due while the daemon was down fires once, at start.
 """
 
@@ -17,11 +17,10 @@ import json
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from piggywatch.alerting.model import AlertInfo
 from piggywatch.alerting.settings import EscalationStep
-from piggywatch.state_file import connect_state_file
+from piggywatch.state import StateLike, connect
 from piggywatch.yamlpos import KeyPath
 
 
@@ -150,37 +149,16 @@ class Escalation:
         return Page(self.incident, step.notify, level, reason)
 
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS escalation_incidents (
-    incident TEXT PRIMARY KEY,
-    route TEXT NOT NULL,
-    group_labels TEXT NOT NULL,
-    policy TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    alerts TEXT NOT NULL,
-    level INTEGER NOT NULL,
-    repeats INTEGER NOT NULL,
-    next_at REAL,
-    acked INTEGER NOT NULL,
-    notified TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS escalation_dispatch (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-) WITHOUT ROWID;
-"""
-
-
 class EscalationStore:
-    """Running escalations, durable in SQLite; every change is saved before it is acted on.
+    """Running escalations, durable in the state database; every change is saved before it
+    is acted on.
 
     Thread-safe. Callers change ``Escalation`` objects they got from here and hand them
     back to ``save``.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self._conn = connect_state_file(path)
-        self._conn.executescript(SCHEMA)
+    def __init__(self, state: StateLike) -> None:
+        self._conn = connect(state)
         self._lock = threading.Lock()
         self._running: dict[str, Escalation] = {
             e.incident: e for e in self._load()}
@@ -212,19 +190,21 @@ class EscalationStore:
                  e.started_at, json.dumps([a.to_dict() for a in e.alerts]), e.level,
                  e.repeats, e.next_at, int(e.acked), json.dumps(e.notified)) for e in batch]
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany("INSERT OR REPLACE INTO escalation_incidents VALUES "
-                                       "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                self._conn.executemany("DELETE FROM escalation_incidents WHERE incident = ?",
-                                       gone)
+            with self._conn.transaction() as tx:
+                tx.executemany(
+                    "INSERT INTO escalation_incidents (incident, route, group_labels, policy, "
+                    "started_at, alerts, level, repeats, next_at, acked, notified) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (incident) DO UPDATE "
+                    "SET route = excluded.route, group_labels = excluded.group_labels, "
+                    "policy = excluded.policy, started_at = excluded.started_at, "
+                    "alerts = excluded.alerts, level = excluded.level, "
+                    "repeats = excluded.repeats, next_at = excluded.next_at, "
+                    "acked = excluded.acked, notified = excluded.notified", rows)
+                tx.executemany("DELETE FROM escalation_incidents WHERE incident = ?", gone)
                 if state is not None:
-                    self._conn.execute("INSERT OR REPLACE INTO escalation_dispatch VALUES "
-                                       "('state', ?)", (state,))
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                    tx.execute("INSERT INTO escalation_dispatch (key, value) VALUES ('state', ?) "
+                               "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                               (state,))
             for e in batch:
                 self._running[e.incident] = e
             for (key,) in gone:
@@ -237,8 +217,7 @@ class EscalationStore:
     def state(self) -> str | None:
         """The dispatcher's state as last saved."""
         with self._lock:
-            row = self._conn.execute(
-                "SELECT value FROM escalation_dispatch WHERE key = 'state'").fetchone()
+            row = self._conn.one("SELECT value FROM escalation_dispatch WHERE key = 'state'")
         return None if row is None else str(row[0])
 
     def close(self) -> None:
@@ -247,13 +226,12 @@ class EscalationStore:
             self._conn.close()
 
     def _load(self) -> list[Escalation]:
-        rows = self._conn.execute(
+        rows = self._conn.query(
             "SELECT incident, route, group_labels, policy, started_at, alerts, level, "
-            "repeats, next_at, acked, notified FROM escalation_incidents").fetchall()
+            "repeats, next_at, acked, notified FROM escalation_incidents")
         return [Escalation(incident, route, json.loads(labels),
                            EscalationPolicy.from_json(policy), started,
                            tuple(AlertInfo.from_dict(a) for a in json.loads(alerts)), level,
                            repeats, next_at, bool(acked), json.loads(notified))
                 for incident, route, labels, policy, started, alerts, level, repeats, next_at,
                 acked, notified in rows]
-

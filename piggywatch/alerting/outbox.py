@@ -1,6 +1,6 @@
 """The durable outbox: the only way a notification leaves.
 
-A notification is committed to the state file before any attempt to send it and deleted
+A notification is committed to the state database before any attempt to send it and deleted
 only once its channel accepted it or refused it for good, so a crash at any moment leaves it
 pending and the next start sends it (again: dedup keys make a resend harmless).
 
@@ -18,7 +18,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from types import TracebackType
 
 from piggywatch.alerting.model import Delivery, Notification, Notifier, Outcome
@@ -26,6 +25,7 @@ from piggywatch.alerting.outbox_lane import Lane, PendingItem
 from piggywatch.alerting.outbox_metrics import SOURCE, SPECS, OutboxMetrics
 from piggywatch.alerting.outbox_store import OutboxStore
 from piggywatch.alerting.settings import Receiver
+from piggywatch.state import StateLike
 from piggywatch.store.samples import Sample
 
 __all__ = ["DEFAULT_THROTTLES", "SOURCE", "SPECS", "Outbox", "default_throttles"]
@@ -55,11 +55,13 @@ def default_throttles(receivers: Iterable[Receiver]) -> dict[str, float]:
 
 
 class Outbox:
-    """Pending notifications in the state file, delivered by one sender thread per receiver.
+    """Pending notifications in the state database, delivered by one sender thread per
+    receiver.
 
-    ``throttles`` holds, per receiver, the minimum seconds from the end of one request to
-    the start of the next (see ``default_throttles``). ``may_send`` is asked before every
-    attempt, so a replica that lost leadership stops at once. ``on_permanent_failure`` hears
+    ``state`` is the state database (a store, or the path of a SQLite file). ``throttles``
+    holds, per receiver, the minimum seconds from the end of one request to the start of
+    the next (see ``default_throttles``). ``may_send`` is asked before every attempt, so a
+    replica that lost leadership stops at once. ``on_permanent_failure`` hears
     of every notification given up: refused for good, or still undelivered ``max_age``
     seconds after its creation. A failed attempt is retried after the channel's Retry-After,
     else after an exponential backoff with full jitter (``backoff_base`` doubling up to
@@ -68,7 +70,7 @@ class Outbox:
 
     def __init__(
         self,
-        path: str | Path,
+        state: StateLike,
         notifiers: Mapping[str, Notifier],
         *,
         clock: Callable[[], float] = time.time,
@@ -81,7 +83,7 @@ class Outbox:
         receipt_retention: float = 7 * 86400.0,
         rng: random.Random | None = None,
     ) -> None:
-        self._store = OutboxStore(path)
+        self._store = OutboxStore(state)
         self._clock = clock
         self._on_permanent_failure = on_permanent_failure
         self._may_send = may_send
@@ -108,7 +110,7 @@ class Outbox:
             for row in stored:
                 self._lane(row.notification.receiver).add(PendingItem.from_stored(row))
         if stored:
-            log.info("outbox %s: resuming %d pending notifications", self._store.path,
+            log.info("outbox %s: resuming %d pending notifications", self._store.where,
                      len(stored))
         self._log_unknown_receivers(self._clock())
 
@@ -188,7 +190,7 @@ class Outbox:
 
     def stop(self, grace: float) -> None:
         """Keep delivering for up to ``grace`` seconds, until nothing more can go out in that
-        time, then stop. What is left stays in the state file for the next start."""
+        time, then stop. What is left stays in the state database for the next start."""
         deadline = time.monotonic() + max(0.0, grace)
         with self._lock:
             self._drain_deadline = deadline
@@ -208,7 +210,7 @@ class Outbox:
                         "notifications stay pending", ", ".join(stuck))
 
     def close(self) -> None:
-        """Stop at once (if running) and close the state file."""
+        """Stop at once (if running) and close the connection to the state database."""
         if self._started and not self._stopped.is_set():
             self.stop(0.0)
         self._closed = True
@@ -322,10 +324,11 @@ class Outbox:
             except Exception:
                 if self._closed:
                     return
-                # Typically the state file (disk full, I/O error): its transactions are
-                # atomic, so the row still says pending and a later attempt resends it.
+                # Typically the state database (disk full, I/O error, a lost server): its
+                # transactions are atomic, so the row still says pending and a later attempt
+                # resends it.
                 log.exception("outbox %s: the attempt at notification %s was not recorded; "
-                              "it stays pending and goes out again", self._store.path,
+                              "it stays pending and goes out again", self._store.where,
                               item.notification.id)
                 with self._lock:
                     lane.retry_later(item, self._clock() + self._backoff(item.attempts + 1))

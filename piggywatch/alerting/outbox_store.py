@@ -1,8 +1,9 @@
-"""The outbox's tables in the state file: pending notifications, finished ids, receipts.
+"""The outbox's tables in the state database: pending notifications, finished ids, receipts.
 
-Tables are prefixed ``outbox_`` because the same state file holds other parts' tables. Every
-change is one transaction, committed with ``synchronous=FULL`` on this connection: a
-notification acknowledged to the dispatcher must survive a power cut, not only a crash.
+Tables are prefixed ``outbox_`` because the same state database holds other parts' tables;
+the migrations in ``piggywatch.state.migrations`` create them. Every change is one
+transaction. A new notification's is durable: acknowledged to the dispatcher, it must
+survive a power cut, not only a crash.
 """
 
 from __future__ import annotations
@@ -13,15 +14,13 @@ import json
 import logging
 import threading
 import types
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from piggywatch.alerting.model import Notification
-from piggywatch.state_file import connect_state_file
+from piggywatch.state import StateLike, StateStore, open_state
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -36,49 +35,14 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
-# Separate statements: executescript() would commit the transaction they run in.
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS outbox_meta (
-        key   TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    ) WITHOUT ROWID""",
-    # AUTOINCREMENT: a seq is never reused, so it orders every item ever enqueued.
-    """CREATE TABLE IF NOT EXISTS outbox_items (
-        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
-        id              TEXT NOT NULL UNIQUE,
-        receiver        TEXT NOT NULL,
-        incident        TEXT NOT NULL,
-        created_at      REAL NOT NULL,
-        attempts        INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL NOT NULL,
-        last_error      TEXT NOT NULL DEFAULT '',
-        body            TEXT NOT NULL
-    )""",
-    """CREATE INDEX IF NOT EXISTS outbox_items_incident
-        ON outbox_items (receiver, incident, seq)""",
-    # Ids finished (accepted or given up) recently, so enqueueing one again sends nothing.
-    """CREATE TABLE IF NOT EXISTS outbox_done (
-        id          TEXT PRIMARY KEY,
-        finished_at REAL NOT NULL
-    ) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS outbox_done_finished ON outbox_done (finished_at)",
-    """CREATE TABLE IF NOT EXISTS outbox_receipts (
-        receiver   TEXT NOT NULL,
-        incident   TEXT NOT NULL,
-        receipt    TEXT NOT NULL,
-        updated_at REAL NOT NULL,
-        PRIMARY KEY (receiver, incident)
-    ) WITHOUT ROWID""",
-)
-
 
 class OutboxSchemaError(RuntimeError):
-    """The state file's outbox tables were written by an incompatible PiggyWatch."""
+    """The state database's outbox tables were written by an incompatible PiggyWatch."""
 
 
 @dataclass(frozen=True)
 class StoredItem:
-    """A pending notification as the state file holds it."""
+    """A pending notification as the state database holds it."""
 
     seq: int
     notification: Notification
@@ -88,77 +52,81 @@ class StoredItem:
 
 
 class OutboxStore:
-    """The outbox tables behind one connection, safe to share between threads."""
+    """The outbox tables behind one connection, safe to share between threads.
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        # synchronous is set per transaction (FULL only for new notifications).
-        self._conn = connect_state_file(path, busy_timeout_ms=10_000, synchronous=None)
+    Only a new notification is committed durably (SQLite waits for fsync). Losing a
+    deletion or a retry count sends a notification again, which its dedup key makes
+    harmless, so those commits skip the fsync; the next durable commit syncs them too, in
+    order.
+    """
+
+    def __init__(self, state: StateLike) -> None:
+        store = open_state(state)
+        # A store made here from a path is ours to close; a store handed in is the caller's.
+        self._owned: StateStore | None = None if isinstance(state, StateStore) else store
+        self.where = store.describe()
+        self._conn = store.connect()
+        # Serializes this process's writes: a notification re-enqueued while it is being
+        # finished, or two receipts of one incident merged at once, cannot interleave.
         self._lock = threading.Lock()
-        self._durable = False  # this connection's synchronous setting: FULL or NORMAL
         try:
-            self._create_schema()
+            self._check_schema()
         except BaseException:
-            self._conn.close()
+            self.close()
             raise
 
-    def _create_schema(self) -> None:
-        conn = self._conn
-        with self._transaction(durable=True):
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            row = conn.execute(
-                "SELECT value FROM outbox_meta WHERE key = 'schema_version'").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO outbox_meta (key, value) VALUES ('schema_version', ?)",
-                             (str(SCHEMA_VERSION),))
-            elif row[0] != str(SCHEMA_VERSION):
-                raise OutboxSchemaError(
-                    f"{self.path}: outbox tables have schema version {row[0]}, this PiggyWatch "
-                    f"reads version {SCHEMA_VERSION}; run a matching PiggyWatch until the "
-                    "outbox is empty (piggywatch_outbox_depth 0) before upgrading")
+    def _check_schema(self) -> None:
+        with self._conn.transaction(durable=True) as tx:
+            # DO NOTHING: replicas opening a fresh database together both get here.
+            tx.execute("INSERT INTO outbox_meta (key, value) VALUES ('schema_version', ?) "
+                       "ON CONFLICT DO NOTHING", (str(SCHEMA_VERSION),))
+            row = tx.one("SELECT value FROM outbox_meta WHERE key = 'schema_version'")
+        if row is not None and row[0] != str(SCHEMA_VERSION):
+            raise OutboxSchemaError(
+                f"{self.where}: outbox tables have schema version {row[0]}, this PiggyWatch "
+                f"reads version {SCHEMA_VERSION}; run a matching PiggyWatch until the "
+                "outbox is empty (piggywatch_outbox_depth 0) before upgrading")
 
     def add(self, notifications: Sequence[Notification], now: float) -> list[int | None]:
         """Commit new pending items in one transaction; each one's seq, or None where the id
         is already pending or was finished recently."""
         bodies = [encode_notification(n) for n in notifications]
         seqs: list[int | None] = []
-        with self._lock, self._transaction(durable=True):
+        with self._lock, self._conn.transaction(durable=True) as tx:
             for n, body in zip(notifications, bodies, strict=True):
-                if self._conn.execute("SELECT 1 FROM outbox_done WHERE id = ?",
-                                      (n.id,)).fetchone():
+                if tx.one("SELECT 1 FROM outbox_done WHERE id = ?", (n.id,)) is not None:
                     seqs.append(None)
                     continue
-                cursor = self._conn.execute(
-                    "INSERT OR IGNORE INTO outbox_items (id, receiver, incident, created_at, "
-                    "next_attempt_at, body) VALUES (?, ?, ?, ?, ?, ?)",
+                row = tx.one(
+                    "INSERT INTO outbox_items (id, receiver, incident, created_at, "
+                    "next_attempt_at, body) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT DO NOTHING RETURNING seq",
                     (n.id, n.receiver, n.incident, n.created_at, now, body))
-                seqs.append(cursor.lastrowid if cursor.rowcount == 1 else None)
+                seqs.append(None if row is None else int(row[0]))
         return seqs
 
     def load(self) -> list[StoredItem]:
         """Every pending item, oldest first; rows that cannot be read are logged and kept."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT seq, id, receiver, attempts, next_attempt_at, last_error, body "
-                "FROM outbox_items ORDER BY seq").fetchall()
+        rows = self._conn.query(
+            "SELECT seq, id, receiver, attempts, next_attempt_at, last_error, body "
+            "FROM outbox_items ORDER BY seq")
         items = []
         for seq, item_id, receiver, attempts, next_at, last_error, body in rows:
             try:
                 notification = decode_notification(body)
             except (ValueError, TypeError, KeyError) as exc:
                 log.error("outbox item %s for receiver %s cannot be read (%s); it stays in %s "
-                          "for a PiggyWatch that can", item_id, receiver, exc, self.path)
+                          "for a PiggyWatch that can", item_id, receiver, exc, self.where)
                 continue
-            items.append(StoredItem(seq, notification, attempts, next_at, last_error))
+            items.append(StoredItem(int(seq), notification, int(attempts), float(next_at),
+                                    str(last_error)))
         return items
 
     def receipt(self, receiver: str, incident: str) -> dict[str, str]:
         """What earlier accepted deliveries of the incident to the receiver returned."""
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT receipt FROM outbox_receipts WHERE receiver = ? AND incident = ?",
-                (receiver, incident)).fetchone()
+        row = self._conn.one(
+            "SELECT receipt FROM outbox_receipts WHERE receiver = ? AND incident = ?",
+            (receiver, incident))
         return {} if row is None else dict(json.loads(row[0]))
 
     def finish(self, item: StoredItem, now: float, *,
@@ -166,67 +134,48 @@ class OutboxStore:
         """Delete a finished item and remember its id; ``receipt`` (accepted items only) is
         merged into the incident's receipt, whose age restarts even when it is empty."""
         n = item.notification
-        with self._lock, self._transaction(durable=False):
-            self._conn.execute("DELETE FROM outbox_items WHERE seq = ?", (item.seq,))
-            self._conn.execute("INSERT OR REPLACE INTO outbox_done (id, finished_at) "
-                               "VALUES (?, ?)", (n.id, now))
+        with self._lock, self._conn.transaction(durable=False) as tx:
+            tx.execute("DELETE FROM outbox_items WHERE seq = ?", (item.seq,))
+            tx.execute("INSERT INTO outbox_done (id, finished_at) VALUES (?, ?) "
+                       "ON CONFLICT (id) DO UPDATE SET finished_at = excluded.finished_at",
+                       (n.id, now))
             if receipt is None:
                 return
-            row = self._conn.execute(
+            row = tx.one(
                 "SELECT receipt FROM outbox_receipts WHERE receiver = ? AND incident = ?",
-                (n.receiver, n.incident)).fetchone()
+                (n.receiver, n.incident))
             if row is None and not receipt:
                 return
             merged = {} if row is None else dict(json.loads(row[0]))
             merged.update(receipt)
-            self._conn.execute(
-                "INSERT OR REPLACE INTO outbox_receipts (receiver, incident, receipt, updated_at)"
-                " VALUES (?, ?, ?, ?)",
+            tx.execute(
+                "INSERT INTO outbox_receipts (receiver, incident, receipt, updated_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (receiver, incident) DO UPDATE SET "
+                "receipt = excluded.receipt, updated_at = excluded.updated_at",
                 (n.receiver, n.incident, json.dumps(merged, sort_keys=True), now))
 
     def reschedule(self, seq: int, attempts: int, next_attempt_at: float, error: str) -> None:
         """Record a failed attempt and when to try again."""
-        with self._lock, self._transaction(durable=False):
+        with self._lock:
             self._conn.execute(
                 "UPDATE outbox_items SET attempts = ?, next_attempt_at = ?, last_error = ? "
-                "WHERE seq = ?", (attempts, next_attempt_at, error, seq))
+                "WHERE seq = ?", (attempts, next_attempt_at, error, seq), durable=False)
 
     def prune(self, done_before: float, receipts_before: float) -> None:
         """Forget finished ids and unused receipts of incidents with nothing pending."""
-        with self._lock, self._transaction(durable=False):
-            self._conn.execute("DELETE FROM outbox_done WHERE finished_at < ?", (done_before,))
-            self._conn.execute(
+        with self._lock, self._conn.transaction(durable=False) as tx:
+            tx.execute("DELETE FROM outbox_done WHERE finished_at < ?", (done_before,))
+            tx.execute(
                 "DELETE FROM outbox_receipts WHERE updated_at < ? AND NOT EXISTS (SELECT 1 "
                 "FROM outbox_items i WHERE i.receiver = outbox_receipts.receiver "
                 "AND i.incident = outbox_receipts.incident)", (receipts_before,))
 
     def close(self) -> None:
-        """Close the connection; the file is consistent whenever this is skipped."""
+        """Close the connection; the database is consistent whenever this is skipped."""
         with self._lock:
             self._conn.close()
-
-    @contextmanager
-    def _transaction(self, *, durable: bool) -> Iterator[None]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on error); call with the lock held.
-
-        Only a new notification must survive a power cut (``synchronous=FULL``: the commit
-        waits for fsync). Losing a deletion or a retry count sends a notification again,
-        which its dedup key makes harmless, so those commits skip the fsync; the next
-        durable commit syncs them too, in order.
-        """
-        conn = self._conn
-        if durable != self._durable:
-            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            self._durable = durable
-        # BEGIN IMMEDIATE: the writer never has to upgrade a read lock, which is where SQLite
-        # deadlocks with another connection to the file.
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            if self._owned is not None:
+                self._owned.close()
 
 
 # The codec follows the dataclasses' type hints, so a field added to the model is stored

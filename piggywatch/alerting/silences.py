@@ -3,7 +3,7 @@
 Alertmanager's model: a silence has matchers (every one must hold), a start and an end, an
 author and a comment; it is pending before its start, active until its end, expired after.
 Expiring a silence ends it now. Expired silences stay listed for 24 hours (so the API can
-show what just ended) and are then purged. Silences live in the shared SQLite state file,
+show what just ended) and are then purged. Silences live in the shared state database,
 in tables prefixed ``silence_``, and in memory for the per-alert checks.
 """
 
@@ -17,27 +17,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from functools import cached_property
-from pathlib import Path
 
 from piggywatch.alerting.matchers import MatcherError, matches, parse_matchers
-from piggywatch.state_file import connect_state_file
+from piggywatch.state import StateLike, connect
 from piggywatch.store.series import LabelMatcher
 
 __all__ = ["RETENTION", "Silence", "SilenceError", "SilenceState", "Silences"]
 
 RETENTION = 24 * 3600.0  # how long an expired silence stays listed
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS silence_entries (
-    id TEXT PRIMARY KEY,
-    matchers TEXT NOT NULL,
-    starts_at REAL NOT NULL,
-    ends_at REAL NOT NULL,
-    created_by TEXT NOT NULL,
-    comment TEXT NOT NULL,
-    updated_at REAL NOT NULL
-) WITHOUT ROWID
-"""
 
 
 class SilenceState(StrEnum):
@@ -80,15 +67,14 @@ class Silence:
 
 
 class Silences:
-    """The silences in the state file, cached in memory; safe to use from several threads."""
+    """The silences in the state database, cached in memory; safe to use from several threads."""
 
-    def __init__(self, path: str | Path) -> None:
-        self._conn = connect_state_file(path)
-        self._conn.execute(_SCHEMA)
+    def __init__(self, state: StateLike) -> None:
+        self._conn = connect(state)
         self._lock = threading.Lock()
-        rows = self._conn.execute(
+        rows = self._conn.query(
             "SELECT id, matchers, starts_at, ends_at, created_by, comment, updated_at "
-            "FROM silence_entries").fetchall()
+            "FROM silence_entries")
         self._silences = {row[0]: Silence(row[0], tuple(json.loads(row[1])), *row[2:])
                           for row in rows}
 
@@ -168,7 +154,11 @@ class Silences:
 
     def _write(self, silence: Silence) -> None:
         self._conn.execute(
-            "INSERT OR REPLACE INTO silence_entries VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO silence_entries (id, matchers, starts_at, ends_at, created_by, "
+            "comment, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+            "matchers = excluded.matchers, starts_at = excluded.starts_at, "
+            "ends_at = excluded.ends_at, created_by = excluded.created_by, "
+            "comment = excluded.comment, updated_at = excluded.updated_at",
             (silence.id, json.dumps(list(silence.matchers)), silence.starts_at,
              silence.ends_at, silence.created_by, silence.comment, silence.updated_at))
         # Copy on write: readers iterate the dict without taking the lock.

@@ -6,31 +6,33 @@ every aggregate computed by PostgreSQL) and the Supabase Management API's analyt
 
 How the watermark counts every row exactly once, also when rows arrive out of order:
 
-* ``settled_before`` (S) is kept in SQLite with the *settled totals*: the aggregates of every
-  row whose ``created_at`` is before S. Rows before S are never read again.
+* ``settled_before`` (S) is kept in the state database with the *settled totals*: the
+  aggregates of every row whose ``created_at`` is before S. Rows before S are never read again.
 * Each cycle reads the tail ``created_at >= S`` once, split at S' = now - lateness: the part
-  before S' is added to the settled totals and S moves to S' (one SQLite transaction); the
+  before S' is added to the settled totals and S moves to S' (one transaction); the
   part after S' is *pending* and is re-read, from scratch, next cycle.
 * Exported counters are settled totals + pending aggregates. The pending part is recomputed
   rather than accumulated, so a late row landing in it is counted once, and a restart
-  (new process, same state file) loses and repeats nothing: it resumes from S.
+  (new process, same state) loses and repeats nothing: it resumes from S.
 
 A row inserted more than ``lateness`` after its ``created_at`` may fall before S and is not
 counted: that is the price of never re-reading settled rows, and why lateness is a setting.
 No per-row ids are stored, so the state stays a few rows per function whatever the volume.
+
+Replicas sharing the state: only the leader persists (``EdgeStateDB(may_write=...)``); a
+standby counts in memory from where the state was when it started. Saving moves S only
+from the value the saver last saw, so a replica that was not the one saving (a standby just
+promoted) finds S elsewhere and continues from the stored S and totals instead.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from psycopg import sql
@@ -39,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from piggywatch.collectors.base import CollectorError
 from piggywatch.collectors.postgres.target import PostgresTarget
 from piggywatch.config_types import Duration
-from piggywatch.state_file import connect_state_file
+from piggywatch.state import STATE_ERRORS, StateLike, connect
 from piggywatch.store import MetricKind, MetricSpec, Sample, labels_of
 
 if TYPE_CHECKING:
@@ -176,7 +178,7 @@ class EdgeLogSource(Protocol):
 
     @property
     def key(self) -> str:
-        """Identifies this source's watermark in the shared state file."""
+        """Identifies this source's watermark in the shared state."""
         ...
 
     def read(self, since: datetime | None, now: float, rank: Ranker) -> Reading:
@@ -186,68 +188,81 @@ class EdgeLogSource(Protocol):
 
 # --- durable state -------------------------------------------------------------------
 
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS edge_watermark (
-        source TEXT PRIMARY KEY, settled_before TEXT NOT NULL, buckets TEXT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS edge_settled (
-        source TEXT NOT NULL, function TEXT NOT NULL, series TEXT NOT NULL,
-        value REAL NOT NULL, PRIMARY KEY (source, function, series)) WITHOUT ROWID""",
-)
+# What settle() did: saved the new watermark, left the database alone (a standby), or found
+# the database's watermark elsewhere than the caller's (another replica settled meanwhile).
+Settled = Literal["saved", "standby", "moved"]
 
 
 class EdgeStateDB:
-    """The watermark and settled totals of each edge source, in SQLite (tables ``edge_*``)."""
+    """The watermark and settled totals of each edge source, in the state database (tables
+    ``edge_*``).
 
-    def __init__(self, path: str | Path) -> None:
-        self._conn = connect_state_file(path)
-        for statement in _SCHEMA:
-            self._conn.execute(statement)
-        self._lock = threading.Lock()
+    ``may_write`` says whether this replica persists: a standby of a high-availability pair
+    reads the state at start but leaves it to the leader, keeping its own totals in memory.
+    """
+
+    def __init__(self, state: StateLike, *,
+                 may_write: Callable[[], bool] = lambda: True) -> None:
+        self._conn = connect(state)
+        self._may_write = may_write
 
     def load(self, source: str, buckets: Sequence[float]) -> tuple[datetime | None, Totals]:
         """The watermark and settled totals; histogram totals are dropped if buckets changed."""
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT settled_before, buckets FROM edge_watermark WHERE source = ?",
-                (source,)).fetchone()
+        writing = self._may_write()
+        with self._conn.transaction() as tx:
+            row = tx.one("SELECT settled_before, buckets FROM edge_watermark WHERE source = ?",
+                         (source,))
             if row is None:
                 return None, {}
-            if json.loads(row[1]) != list(buckets):
+            changed = json.loads(row[1]) != list(buckets)
+            if changed and writing:
                 # Old bucket counts mean nothing under new bounds: restart the histogram
                 # (a counter reset, which rate() handles) but keep invocation counts.
-                self._conn.execute("DELETE FROM edge_settled WHERE source = ? AND "
-                                   "series NOT LIKE 'status:%'", (source,))
-                self._conn.execute("UPDATE edge_watermark SET buckets = ? WHERE source = ?",
-                                   (json.dumps(list(buckets)), source))
-            rows = self._conn.execute(
-                "SELECT function, series, value FROM edge_settled WHERE source = ?",
-                (source,)).fetchall()
-        return datetime.fromisoformat(row[0]), {(f, s): v for f, s, v in rows}
+                tx.execute("DELETE FROM edge_settled WHERE source = ? AND "
+                           "series NOT LIKE 'status:%'", (source,))
+                tx.execute("UPDATE edge_watermark SET buckets = ? WHERE source = ?",
+                           (json.dumps(list(buckets)), source))
+            rows = tx.query("SELECT function, series, value FROM edge_settled WHERE source = ?",
+                            (source,))
+        # A standby drops the old histogram in memory only; the leader rewrites the state.
+        totals = {(f, s): float(v) for f, s, v in rows
+                  if not changed or s.startswith("status:")}
+        return datetime.fromisoformat(row[0]), totals
 
     def settle(self, source: str, settled_before: datetime, added: Totals,
-               buckets: Sequence[float]) -> None:
-        """Move the watermark and add the newly settled totals, atomically."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.execute(
-                    "INSERT INTO edge_watermark VALUES (?, ?, ?) ON CONFLICT (source) DO "
-                    "UPDATE SET settled_before = excluded.settled_before, "
-                    "buckets = excluded.buckets",
-                    (source, settled_before.isoformat(), json.dumps(list(buckets))))
-                self._conn.executemany(
-                    "INSERT INTO edge_settled VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE "
-                    "SET value = value + excluded.value",
-                    [(source, f, s, v) for (f, s), v in added.items()])
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+               buckets: Sequence[float], *, since: datetime | None) -> Settled:
+        """Move the watermark from ``since`` and add the newly settled totals, atomically.
+
+        Nothing is written when this replica may not write ("standby"), nor when the stored
+        watermark is not ``since`` ("moved": another replica settled since this one last
+        loaded or saved), as adding then would count rows twice or never.
+        """
+        if not self._may_write():
+            return "standby"
+        encoded = json.dumps(list(buckets))
+        with self._conn.transaction() as tx:
+            if since is None:
+                moved = tx.execute(
+                    "INSERT INTO edge_watermark (source, settled_before, buckets) "
+                    "VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                    (source, settled_before.isoformat(), encoded))
+            else:
+                moved = tx.execute(
+                    "UPDATE edge_watermark SET settled_before = ?, buckets = ? "
+                    "WHERE source = ? AND settled_before = ?",
+                    (settled_before.isoformat(), encoded, source, since.isoformat()))
+            if moved != 1:
+                return "moved"
+            tx.executemany(
+                "INSERT INTO edge_settled (source, function, series, value) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (source, function, series) DO UPDATE "
+                "SET value = edge_settled.value + excluded.value",
+                [(source, f, s, v) for (f, s), v in added.items()])
+        return "saved"
 
     def close(self) -> None:
-        """Close the database."""
-        with self._lock:
-            self._conn.close()
+        """Close the connection."""
+        self._conn.close()
 
 
 # --- the SQL source ------------------------------------------------------------------
@@ -411,7 +426,7 @@ class EdgeFunctionsCollector:
         return SPECS
 
     def close(self) -> None:
-        """Release the source's HTTP client, if it has one (the state file is shared)."""
+        """Release the source's HTTP client, if it has one (the state is shared)."""
         close = getattr(self._source, "close", None)
         if close is not None:
             close()
@@ -420,17 +435,47 @@ class EdgeFunctionsCollector:
         """Read the tail since the watermark, settle what is past the lateness, export."""
         reading = self._source.read(self._since, now, self._rank)
         try:
-            self._state.settle(self._source.key, reading.settle_before, reading.settled,
-                               self._buckets)
-        except sqlite3.Error as exc:
+            reading = self._save(reading, now)
+        except STATE_ERRORS as exc:
             # Nothing moved: the next cycle re-reads from the old watermark, still exact.
             raise CollectorError("state", f"cannot save the edge watermark: {exc}") from exc
+        # A standby's settle writes nothing, so its totals and watermark advance here only,
+        # in memory, exactly as the leader's do.
         add_into(self._settled, reading.settled)
         self._since = reading.settle_before
         cumulative = dict(self._settled)
         add_into(cumulative, reading.pending)
         labels = self._labels(volume_by_function(cumulative))
         return self._counters(cumulative, labels, now) + _gauges(reading.window, now)
+
+    def _save(self, reading: Reading, now: float) -> Reading:
+        """Settle ``reading`` in the state; the reading to export.
+
+        When the stored watermark is not this collector's (it was a standby while the
+        leader settled, or another replica led for a while), the stored state wins: the
+        totals and watermark are reloaded and the tail re-read from there, so the state
+        keeps counting every row once.
+        """
+        key = self._source.key
+        if self._state.settle(key, reading.settle_before, reading.settled, self._buckets,
+                              since=self._since) != "moved":
+            return reading
+        since, settled = self._state.load(key, self._buckets)
+        if since is None:
+            # Nothing is stored although this replica has counted (it was a standby before
+            # any leader settled): its own totals become the stored ones.
+            full = dict(self._settled)
+            add_into(full, reading.settled)
+            if self._state.settle(key, reading.settle_before, full, self._buckets,
+                                  since=None) != "moved":
+                return reading
+            since, settled = self._state.load(key, self._buckets)
+        self._since, self._settled = since, settled
+        reading = self._source.read(self._since, now, self._rank)
+        if self._state.settle(key, reading.settle_before, reading.settled, self._buckets,
+                              since=self._since) == "moved":
+            raise CollectorError("state", "another replica keeps moving the edge watermark")
+        return reading
 
     def _rank(self, settled: Totals, pending: Totals) -> list[str]:
         volume = volume_by_function(self._settled)

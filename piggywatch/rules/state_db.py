@@ -5,46 +5,18 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterable
-from pathlib import Path
 
 from piggywatch.rules.alerts import Alert, AlertState
-from piggywatch.state_file import connect_state_file
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS alert_state (
-    group_name TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    labels TEXT NOT NULL,
-    annotations TEXT NOT NULL,
-    state TEXT NOT NULL,
-    active_at REAL NOT NULL,
-    value REAL,
-    fired_at REAL,
-    resolved_at REAL,
-    keep_firing_since REAL,
-    PRIMARY KEY (group_name, rule, fingerprint)
-) WITHOUT ROWID
-"""
+from piggywatch.state import StateLike, connect
 
 Signature = tuple[tuple[str, str, float | None, float | None, float | None], ...]
 
 
-def sqlite_path(state_url: str) -> Path:
-    """``sqlite:///var/lib/x.db`` → ``/var/lib/x.db``; ``sqlite:///./x.db`` → ``./x.db``."""
-    prefix = "sqlite://"
-    if not state_url.startswith(prefix):
-        raise ValueError(f"state must be a sqlite:/// URL, got {state_url.split(':', 1)[0]}:…")
-    rest = state_url[len(prefix):]
-    return Path(rest[1:] if rest.startswith("/./") else rest)
-
-
 class AlertStateDB:
-    """Alert state in SQLite, written only when a rule's alerts changed."""
+    """Alert state in the state database, written only when a rule's alerts changed."""
 
-    def __init__(self, path: str | Path) -> None:
-        self._conn = connect_state_file(path)
-        self._conn.execute(SCHEMA)
+    def __init__(self, state: StateLike) -> None:
+        self._conn = connect(state)
         self._lock = threading.Lock()
         self._saved: dict[tuple[str, str], Signature] = {}
 
@@ -52,9 +24,9 @@ class AlertStateDB:
         """Every saved alert, by (group, rule)."""
         found: dict[tuple[str, str], list[Alert]] = {}
         with self._lock:
-            rows = self._conn.execute(
+            rows = self._conn.query(
                 "SELECT group_name, rule, fingerprint, labels, annotations, state, active_at, "
-                "value, fired_at, resolved_at, keep_firing_since FROM alert_state").fetchall()
+                "value, fired_at, resolved_at, keep_firing_since FROM alert_state")
         for group, rule, fp, labels, notes, state, active_at, value, fired, resolved, \
                 keep in rows:
             alert = Alert(tuple((k, v) for k, v in json.loads(labels)), json.loads(notes),
@@ -76,29 +48,23 @@ class AlertStateDB:
         rows = [(group, rule, a.fingerprint, json.dumps(a.labels), json.dumps(a.annotations),
                  a.state.value, a.active_at, a.value if a.value == a.value else None,
                  a.fired_at, a.resolved_at, a.keep_firing_since) for a in current]
-        with self._lock:
-            self._conn.execute("BEGIN")
-            try:
-                self._conn.execute("DELETE FROM alert_state WHERE group_name = ? AND rule = ?",
-                                   key)
-                self._conn.executemany(
-                    "INSERT INTO alert_state VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+        with self._lock, self._conn.transaction() as tx:
+            tx.execute("DELETE FROM alert_state WHERE group_name = ? AND rule = ?", key)
+            tx.executemany(
+                "INSERT INTO alert_state (group_name, rule, fingerprint, labels, annotations, "
+                "state, active_at, value, fired_at, resolved_at, keep_firing_since) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         self._saved[key] = signature
         return True
 
     def forget_except(self, keep: set[tuple[str, str]]) -> None:
         """Drop the state of rules that no longer exist (after a reload)."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT DISTINCT group_name, rule FROM alert_state").fetchall()
+        with self._lock, self._conn.transaction() as tx:
+            rows = tx.query("SELECT DISTINCT group_name, rule FROM alert_state")
             for group, rule in rows:
                 if (group, rule) not in keep:
-                    self._conn.execute(
-                        "DELETE FROM alert_state WHERE group_name = ? AND rule = ?", (group, rule))
+                    tx.execute("DELETE FROM alert_state WHERE group_name = ? AND rule = ?",
+                               (group, rule))
                     self._saved.pop((group, rule), None)
 
     def close(self) -> None:

@@ -1,4 +1,5 @@
-"""Durable, downsampled history in SQLite, for rules that look further back than memory.
+"""Durable, downsampled history in the state database, for rules that look further back
+than memory.
 
 The in-memory store keeps a short window (about an hour). Rules such as week-over-week
 growth (``offset 7d``) or a disk-full forecast (``[7d]``) need more, and must keep working
@@ -7,22 +8,21 @@ per series per ``resolution`` bucket (the bucket's last point, raw, so counter r
 visible); ``CombinedSource`` puts it in front of the in-memory store so the evaluator sees
 one continuous series: coarse in the past, fine recently.
 
-Tables are prefixed ``history_`` because the same state file holds other parts' tables.
+Tables are prefixed ``history_`` because the same state holds other parts' tables; they are
+created by the state's migrations (``piggywatch.state.migrations``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import threading
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from piggywatch.state_file import connect_state_file
+from piggywatch.state import SQLiteState, StateConn, StateLike, Tx, open_state
 from piggywatch.store.samples import Labels
 from piggywatch.store.series import LabelMatcher, MatchOp, Series, SeriesSource, is_stale
 
@@ -30,83 +30,68 @@ __all__ = ["SCHEMA_VERSION", "CombinedSource", "History", "HistorySchemaError"]
 
 SCHEMA_VERSION = 1
 
-# Separate statements: executescript() would commit the transaction they run in.
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS history_meta (
-        key   TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS history_series (
-        id          INTEGER PRIMARY KEY,
-        name        TEXT NOT NULL,
-        labels_json TEXT NOT NULL,
-        UNIQUE (name, labels_json)
-    )""",
-    """CREATE TABLE IF NOT EXISTS history_points (
-        series_id INTEGER NOT NULL REFERENCES history_series (id),
-        ts        REAL NOT NULL,
-        value     REAL,
-        PRIMARY KEY (series_id, ts)
-    ) WITHOUT ROWID""",
-)
-# ``value`` is nullable because SQLite stores a NaN as NULL; NULL reads back as NaN. Stale
-# markers (the one NaN that means something) are never stored, so no meaning is lost.
-# ``UNIQUE (name, labels_json)`` doubles as the index for selecting by metric name.
+# ``history_points.value`` is nullable and a NaN is stored as NULL on both engines (SQLite
+# cannot store NaN; PostgreSQL could, but the two must read back alike); NULL reads back as
+# NaN. Stale markers (the one NaN that means something) are never stored, so no meaning is
+# lost. ``UNIQUE (name, labels_json)`` doubles as the index for selecting by metric name.
 
 # Drop older points of the bucket, then write the new one unless the bucket already holds a
-# later point: rewriting a bucket is idempotent and never moves it backwards in time.
+# later point: rewriting a bucket is idempotent and never moves it backwards in time. (The
+# SELECT needs its WHERE for SQLite to parse the ON CONFLICT clause after it.)
 _DELETE_OLDER_IN_BUCKET = (
     "DELETE FROM history_points WHERE series_id = ? AND ts >= ? AND ts < ?"
 )
 _UPSERT_UNLESS_NEWER = (
-    "INSERT OR REPLACE INTO history_points (series_id, ts, value) "
+    "INSERT INTO history_points (series_id, ts, value) "
     "SELECT ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM history_points "
-    "WHERE series_id = ? AND ts > ? AND ts < ?)"
+    "WHERE series_id = ? AND ts > ? AND ts < ?) "
+    "ON CONFLICT (series_id, ts) DO UPDATE SET value = excluded.value"
 )
+# Looking new series' ids up one by one costs a round trip each on PostgreSQL; past this
+# many (the first batch after a start), the whole catalogue is read once instead.
+_LOOKUP_ONE_BY_ONE = 32
 
 
 class HistorySchemaError(RuntimeError):
-    """The state file's history tables were written by an incompatible PiggyWatch."""
+    """The state's history tables were written by an incompatible PiggyWatch."""
 
 
 class History:
-    """Downsampled series kept in one SQLite file, readable as a ``SeriesSource``.
+    """Downsampled series kept in the state database, readable as a ``SeriesSource``.
 
     Safe to share between threads. Writes go through one connection under a lock, each
-    ``record()`` in one transaction; selects use a second, read-only connection under its
-    own lock, so in WAL mode they read the last committed state and never wait for a
-    write in progress (a ``:memory:`` database has one connection for both).
+    ``record()`` in one transaction; selects use a second, read-only connection, so they
+    read the last committed state and never wait for a write in progress (SQLite in WAL
+    mode, PostgreSQL by MVCC; a SQLite ``:memory:`` database has one connection for both).
     """
 
     def __init__(
         self,
-        path: str | Path,
+        state: StateLike,
         *,
         resolution: float = 300.0,
         retention: float = 8 * 86400,
     ) -> None:
         if resolution <= 0 or retention <= 0:
             raise ValueError("history resolution and retention must be positive")
-        self.path = Path(path)
+        self.state = open_state(state)
+        # The SQLite file, for messages and tools that look at it; None on PostgreSQL.
+        self.path: Path | None = (
+            self.state.path if isinstance(self.state, SQLiteState) else None)
         self.resolution = float(resolution)
         self.retention = float(retention)
-        # Transactions are explicit (BEGIN IMMEDIATE), so the writer never has to upgrade
-        # a read lock, which is where SQLite deadlocks with another connection to the file.
         # Losing the newest bucket on power loss is fine for history: commits need not sync.
-        self._conn = connect_state_file(path)
+        self._conn = self.state.connect()
+        # Serialises writes with the series-id cache they fill; expire() takes it too.
         self._lock = threading.Lock()
         try:
-            self._create_schema()
+            self._check_schema()
+            # A batch of 5,000 series takes a few hundred ms to write; a select waiting for
+            # it would stall rule evaluation, so reads have their own connection.
+            self._reader = self._open_reader()
         except BaseException:
             self._conn.close()
             raise
-        # A batch of 5,000 series takes a few hundred ms to write; a select waiting for it
-        # would stall rule evaluation, so reads have their own connection.
-        if str(path) == ":memory:":
-            self._reader, self._read_lock = self._conn, self._lock
-        else:
-            self._reader, self._read_lock = connect_state_file(path), threading.Lock()
-            self._reader.execute("PRAGMA query_only=1")
         # Serialises record()/keep() so the selectors and watermarks change in one place;
         # distinct from _lock so reading the source never holds up expire().
         self._record_lock = threading.Lock()
@@ -114,25 +99,25 @@ class History:
         self._watermarks: dict[tuple[LabelMatcher, ...], float] = {}
         self._ids: dict[Labels, int] = {}
 
-    def _create_schema(self) -> None:
-        conn = self._conn
-        with _transaction(conn):
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            row = conn.execute(
-                "SELECT value FROM history_meta WHERE key = 'schema_version'"
-            ).fetchone()
-            if row is None:
-                conn.execute(
-                    "INSERT INTO history_meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-            elif row[0] != str(SCHEMA_VERSION):
-                raise HistorySchemaError(
-                    f"{self.path}: history tables have schema version {row[0]}, this "
-                    f"PiggyWatch reads version {SCHEMA_VERSION}; use a matching PiggyWatch "
-                    "or move the state file aside (history is rebuilt from new samples)"
-                )
+    def _open_reader(self) -> StateConn:
+        if self.path is not None and str(self.path) == ":memory:":
+            return self._conn  # each connection to ":memory:" is a database of its own
+        return self.state.connect(read_only=True)
+
+    def _check_schema(self) -> None:
+        with self._conn.transaction() as tx:
+            tx.execute(
+                "INSERT INTO history_meta (key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT DO NOTHING",
+                (str(SCHEMA_VERSION),),
+            )
+            row = tx.one("SELECT value FROM history_meta WHERE key = 'schema_version'")
+        if row is not None and row[0] != str(SCHEMA_VERSION):
+            raise HistorySchemaError(
+                f"{self.state.describe()}: history tables have schema version {row[0]}, "
+                f"this PiggyWatch reads version {SCHEMA_VERSION}; use a matching PiggyWatch "
+                "or move the state aside (history is rebuilt from new samples)"
+            )
 
     def keep(self, matchers_sets: Sequence[Sequence[LabelMatcher]]) -> None:
         """Persist from now on the series matched by any of these selectors (replaces the set)."""
@@ -174,37 +159,46 @@ class History:
         upserts: list[tuple[int, float, float | None, int, float, float]] = []
         with self._lock:
             try:
-                with _transaction(self._conn):
+                # One transaction for the whole batch; executemany is one statement prepared
+                # once on SQLite and pipelined (no round trip per row) by psycopg.
+                with self._conn.transaction() as tx:
+                    ids = self._series_ids(tx, [labels for labels, _ in prepared])
                     for labels, rows in prepared:
-                        series_id = self._series_id(labels)
+                        series_id = ids[labels]
                         for ts, stored, lo, hi in rows:
                             deletes.append((series_id, lo, ts))
                             upserts.append((series_id, ts, stored, series_id, ts, hi))
-                    self._conn.executemany(_DELETE_OLDER_IN_BUCKET, deletes)
-                    self._conn.executemany(_UPSERT_UNLESS_NEWER, upserts)
+                    tx.executemany(_DELETE_OLDER_IN_BUCKET, deletes)
+                    tx.executemany(_UPSERT_UNLESS_NEWER, upserts)
             except BaseException:
                 # Ids handed out inside the rolled-back transaction no longer exist.
                 self._ids.clear()
                 raise
         return len(upserts)
 
-    def _series_id(self, labels: Labels) -> int:
-        """The id of a series, creating its row; call inside a write transaction."""
-        found = self._ids.get(labels)
-        if found is not None:
-            return found
-        name, labels_json = _encode(labels)
-        self._conn.execute(
-            "INSERT OR IGNORE INTO history_series (name, labels_json) VALUES (?, ?)",
-            (name, labels_json),
-        )
-        row = self._conn.execute(
-            "SELECT id FROM history_series WHERE name = ? AND labels_json = ?",
-            (name, labels_json),
-        ).fetchone()
-        series_id = int(row[0])
-        self._ids[labels] = series_id
-        return series_id
+    def _series_ids(self, tx: Tx, wanted: Sequence[Labels]) -> dict[Labels, int]:
+        """The ids of these series, creating their rows; call inside a write transaction."""
+        missing = {labels: _encode(labels) for labels in wanted if labels not in self._ids}
+        if missing:
+            tx.executemany(
+                "INSERT INTO history_series (name, labels_json) VALUES (?, ?) "
+                "ON CONFLICT DO NOTHING",
+                list(missing.values()),
+            )
+            if len(missing) <= _LOOKUP_ONE_BY_ONE:
+                for labels, key in missing.items():
+                    row = tx.one(
+                        "SELECT id FROM history_series WHERE name = ? AND labels_json = ?", key)
+                    assert row is not None  # inserted just above, in this transaction
+                    self._ids[labels] = int(row[0])
+            else:
+                by_key = {key: labels for labels, key in missing.items()}
+                for series_id, name, labels_json in tx.query(
+                        "SELECT id, name, labels_json FROM history_series"):
+                    found = by_key.get((name, labels_json))
+                    if found is not None:
+                        self._ids[found] = int(series_id)
+        return {labels: self._ids[labels] for labels in wanted}
 
     def expire(self, now: float) -> int:
         """Delete points older than the retention, then series left without points.
@@ -212,20 +206,18 @@ class History:
         Returns how many points were deleted.
         """
         horizon = now - self.retention
-        with self._lock, _transaction(self._conn):
+        with self._lock, self._conn.transaction() as tx:
             # Per series, so each delete is a range seek on the primary key instead of a
             # scan of every point for the timestamp.
-            ids = [row[0] for row in self._conn.execute("SELECT id FROM history_series")]
-            before = self._conn.total_changes
-            self._conn.executemany(
+            ids = [row[0] for row in tx.query("SELECT id FROM history_series")]
+            deleted = tx.executemany(
                 "DELETE FROM history_points WHERE series_id = ? AND ts < ?",
                 [(series_id, horizon) for series_id in ids],
-            )
-            deleted = self._conn.total_changes - before
-            gone = self._conn.execute(
+            ) if ids else 0
+            gone = tx.execute(
                 "DELETE FROM history_series WHERE NOT EXISTS "
                 "(SELECT 1 FROM history_points WHERE series_id = history_series.id)"
-            ).rowcount
+            )
             if gone:
                 self._ids.clear()
         return deleted
@@ -237,39 +229,39 @@ class History:
         name = next(
             (m.value for m in matchers if m.name == "__name__" and m.op is MatchOp.EQUAL), None
         )
-        with self._read_lock:
-            if name is None:
-                rows = self._reader.execute("SELECT id, name, labels_json FROM history_series")
-            else:
-                rows = self._reader.execute(
-                    "SELECT id, name, labels_json FROM history_series WHERE name = ?", (name,)
-                )
-            catalog = rows.fetchall()
+        if name is None:
+            catalog = self._reader.query("SELECT id, name, labels_json FROM history_series")
+        else:
+            catalog = self._reader.query(
+                "SELECT id, name, labels_json FROM history_series WHERE name = ?", (name,)
+            )
         found: list[Series] = []
         for series_id, series_name, labels_json in catalog:
             labels = _decode(series_name, labels_json)
             present = dict(labels)
             if not all(m.matches(present.get(m.name, "")) for m in matchers):
                 continue
-            # One series per lock hold, so evaluator threads selecting at once take turns.
-            with self._read_lock:
-                points = self._reader.execute(
-                    "SELECT ts, value FROM history_points "
-                    "WHERE series_id = ? AND ts >= ? AND ts <= ? ORDER BY ts",
-                    (series_id, start, end),
-                ).fetchall()
+            # One series per transaction, so evaluator threads selecting at once take turns.
+            points = self._reader.query(
+                "SELECT ts, value FROM history_points "
+                "WHERE series_id = ? AND ts >= ? AND ts <= ? ORDER BY ts",
+                (series_id, start, end),
+            )
             if points:
                 found.append(Series(
                     labels,
-                    [ts for ts, _ in points],
-                    [math.nan if value is None else value for _, value in points],
+                    [float(ts) for ts, _ in points],
+                    [math.nan if value is None else float(value) for _, value in points],
                 ))
         found.sort(key=lambda s: s.labels)
         return found
 
     def close(self) -> None:
-        """Close the connections; the file stays consistent whenever this is skipped."""
-        with self._read_lock:
+        """Close the connections; the state stays consistent whenever this is skipped.
+
+        A store passed in (rather than a path) is not closed: its owner closes it.
+        """
+        if self._reader is not self._conn:
             self._reader.close()
         with self._lock:
             self._conn.close()
@@ -336,19 +328,22 @@ class CombinedSource:
     def __init__(
         self,
         recent: SeriesSource,
-        history: History,
+        history: History | None,
         recent_window: Callable[[], float],
     ) -> None:
         self._recent = recent
-        self._history = history
+        # Swappable: None while there is no history open (a standby replica), and the
+        # select then answers from memory alone.
+        self.history: History | None = history
         self._recent_window = recent_window
 
     def select(self, matchers: Sequence[LabelMatcher], start: float, end: float) -> list[Series]:
         """Series matching every matcher, with their points in ``[start, end]``, oldest first."""
         recent = list(self._recent.select(matchers, start, end))
-        if self._memory_covers(recent, start, end):
+        history = self.history  # read once: another thread may swap it meanwhile
+        if history is None or self._memory_covers(recent, start, end, history.resolution):
             return recent
-        older = {s.labels: s for s in self._history.select(matchers, start, end)}
+        older = {s.labels: s for s in history.select(matchers, start, end)}
         combined: list[Series] = []
         for series in recent:
             past = older.pop(series.labels, None)
@@ -356,13 +351,13 @@ class CombinedSource:
         combined.extend(older[labels] for labels in sorted(older))
         return combined
 
-    def _memory_covers(self, recent: Sequence[Series], start: float, end: float) -> bool:
+    def _memory_covers(self, recent: Sequence[Series], start: float, end: float,
+                       slack: float) -> bool:
         # A series starting more than one history bucket after ``start`` may have older
         # points in the history (memory restarted, or the range reaches past its window);
         # asking the history then costs a little time and never changes a covered result.
         if start < end - self._recent_window() or not recent:
             return False
-        slack = self._history.resolution
         return all(s.timestamps and s.timestamps[0] - start <= slack for s in recent)
 
 
@@ -404,14 +399,3 @@ def _decode(name: str, labels_json: str) -> Labels:
         pairs["__name__"] = name
     return tuple(sorted(pairs.items()))
 
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` on error (autocommit connection)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
-from piggywatch.state import PostgresState, SchemaTooNew, StateStore
+from piggywatch.state import (
+    PostgresState,
+    SchemaTooNew,
+    SQLiteState,
+    StateStore,
+    state_from_url,
+)
 from piggywatch.state.migrations import LATEST, MIGRATIONS, ddl
 from tests.state_support import reopen
 
@@ -125,3 +132,15 @@ def test_postgres_tables_live_in_their_own_schema(state: StateStore) -> None:
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
     assert {"alert_state", "outbox_items", "history_points", "schema_migrations"} <= tables
     assert not tables & public
+
+
+def test_state_urls_name_their_backend(tmp_path: Path) -> None:
+    relative = state_from_url("sqlite:///./x.db", tmp_path)
+    assert isinstance(relative, SQLiteState) and relative.path == tmp_path / "x.db"
+    absolute = state_from_url("sqlite:///var/lib/x.db", tmp_path)
+    assert isinstance(absolute, SQLiteState) and str(absolute.path) == "/var/lib/x.db"
+    shared = state_from_url("postgresql://pw@127.0.0.1:5/db", tmp_path, schema="ha")
+    assert isinstance(shared, PostgresState) and shared.schema == "ha"
+    assert "pw" not in shared.describe()
+    with pytest.raises(ValueError, match="sqlite:/// or postgresql://"):
+        state_from_url("mysql://x", tmp_path)

@@ -1,0 +1,214 @@
+"""The outbox's tables, on both backends: pending items survive a restart, finished ids and
+receipts are remembered, and an incompatible outbox is refused."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from piggywatch.alerting.model import Action, AlertInfo, AlertStatus, Notification
+from piggywatch.alerting.outbox_store import (
+    SCHEMA_VERSION,
+    OutboxSchemaError,
+    OutboxStore,
+    StoredItem,
+    encode_notification,
+)
+from piggywatch.state import StateStore
+from tests.state_support import reopen
+
+T0 = 1_764_000_000.25
+
+
+def note(nid: str, *, receiver: str = "oncall", incident: str = "inc-1",
+         action: Action = Action.TRIGGER, created_at: float = T0) -> Notification:
+    alert = AlertInfo("fp1", AlertStatus.FIRING,
+                      {"alertname": "PostgresDown", "severity": "critical", "target": "main"},
+                      {"summary": "main is down"}, starts_at=created_at - 60, value="0")
+    return Notification(nid, receiver, action, incident, {"alertname": "PostgresDown"},
+                        (alert,), created_at)
+
+
+def restarted(state: StateStore) -> tuple[StateStore, OutboxStore]:
+    """The outbox as a restarted PiggyWatch (or another replica) opens it."""
+    again = reopen(state)
+    return again, OutboxStore(again)
+
+
+def test_add_returns_seqs_in_order_and_none_for_a_duplicate(state: StateStore) -> None:
+    store = OutboxStore(state)
+    seqs = store.add([note("a"), note("b", receiver="slack"), note("a")], T0)
+    assert seqs[2] is None
+    first, second = seqs[0], seqs[1]
+    assert first is not None and second is not None and first < second
+    assert store.add([note("a")], T0 + 1) == [None], "already pending"
+    [third] = store.add([note("c")], T0 + 2)
+    assert third is not None and third > second
+    store.close()
+
+
+def test_an_id_finished_recently_is_not_added_again(state: StateStore) -> None:
+    store = OutboxStore(state)
+    store.add([note("a")], T0)
+    [item] = store.load()
+    store.finish(item, T0 + 1)
+    assert store.load() == []
+    assert store.add([note("a"), note("b")], T0 + 2)[0] is None
+    assert [i.notification.id for i in store.load()] == ["b"]
+    store.close()
+
+
+def test_load_after_a_restart_returns_pending_items_oldest_first(state: StateStore) -> None:
+    store = OutboxStore(state)
+    notes = [note("n1", incident="inc-2"), note("n2"), note("n3", receiver="slack"),
+             replace(note("n4", action=Action.RESOLVE), acked_by="ana", acked_at=T0 + 1.5,
+                     level=3, external_url="https://pw.example.com")]
+    seqs = store.add(notes[:2], T0)
+    seqs += store.add(notes[2:], T0 + 10)
+    assert seqs[0] is not None
+    store.reschedule(seqs[0], 2, T0 + 30.125, "503 from the channel")
+    store.close()
+
+    again, store = restarted(state)
+    try:
+        items = store.load()
+        assert [i.seq for i in items] == seqs
+        assert [i.notification for i in items] == notes
+        assert items[0] == StoredItem(seqs[0], notes[0], 2, T0 + 30.125, "503 from the channel")
+        assert [(i.attempts, i.next_attempt_at, i.last_error) for i in items[1:]] == [
+            (0, T0, ""), (0, T0 + 10, ""), (0, T0 + 10, "")]
+        store.close()
+    finally:
+        again.close()
+
+
+def test_finish_deletes_remembers_the_id_and_merges_receipts(state: StateStore) -> None:
+    store = OutboxStore(state)
+    store.add([note("t"), note("a", action=Action.ACKNOWLEDGE), note("x", incident="inc-2")],
+              T0)
+    trigger, ack, other = store.load()
+    assert store.receipt("oncall", "inc-1") == {}
+    store.finish(trigger, T0 + 1, receipt={"dedup_key": "k1", "ts": "1"})
+    store.finish(ack, T0 + 2, receipt={"ts": "2"})
+    assert store.receipt("oncall", "inc-1") == {"dedup_key": "k1", "ts": "2"}
+    store.finish(other, T0 + 3)  # given up: no receipt recorded
+    assert store.receipt("oncall", "inc-2") == {}
+    assert store.load() == []
+    conn = state.connect()
+    assert conn.query("SELECT id, finished_at FROM outbox_done ORDER BY id") == [
+        ("a", T0 + 2), ("t", T0 + 1), ("x", T0 + 3)]
+    assert conn.query("SELECT receiver, incident, updated_at FROM outbox_receipts") == [
+        ("oncall", "inc-1", T0 + 2)]
+    # An empty receipt restarts the age of one already there, but creates none.
+    store.add([note("r", action=Action.RESOLVE), note("y", incident="inc-3")], T0 + 4)
+    resolve, y = store.load()
+    store.finish(resolve, T0 + 5, receipt={})
+    store.finish(y, T0 + 5, receipt={})
+    assert conn.query("SELECT incident, updated_at FROM outbox_receipts") == [
+        ("inc-1", T0 + 5)]
+    conn.close()
+    again, store2 = restarted(state)
+    try:
+        assert store2.receipt("oncall", "inc-1") == {"dedup_key": "k1", "ts": "2"}
+        store2.close()
+    finally:
+        again.close()
+    store.close()
+
+
+def test_finishing_an_id_twice_keeps_the_later_time(state: StateStore) -> None:
+    store = OutboxStore(state)
+    store.add([note("a")], T0)
+    [item] = store.load()
+    store.finish(item, T0 + 1)
+    store.finish(item, T0 + 7)
+    conn = state.connect()
+    assert conn.query("SELECT finished_at FROM outbox_done") == [(T0 + 7,)]
+    conn.close()
+    store.close()
+
+
+def test_reschedule_records_the_attempt(state: StateStore) -> None:
+    store = OutboxStore(state)
+    [seq] = store.add([note("a")], T0)
+    assert seq is not None
+    store.reschedule(seq, 1, T0 + 1.5, "429")
+    store.reschedule(seq, 2, T0 + 4.5, "timed out")
+    [item] = store.load()
+    assert (item.attempts, item.next_attempt_at, item.last_error) == (2, T0 + 4.5, "timed out")
+    store.close()
+
+
+def test_prune_forgets_old_ids_and_unused_receipts(state: StateStore) -> None:
+    store = OutboxStore(state)
+    store.add([note("old"), note("new", incident="inc-2"), note("busy", incident="inc-3")], T0)
+    old, new, busy = store.load()
+    store.finish(old, T0 + 1, receipt={"k": "1"})
+    store.finish(new, T0 + 100, receipt={"k": "2"})
+    store.finish(busy, T0 + 1, receipt={"k": "3"})
+    store.add([note("busy-2", incident="inc-3")], T0 + 2)  # inc-3 still has a pending item
+    store.prune(done_before=T0 + 50, receipts_before=T0 + 50)
+    conn = state.connect()
+    assert conn.query("SELECT id FROM outbox_done") == [("new",)]
+    assert conn.query("SELECT incident FROM outbox_receipts ORDER BY incident") == [
+        ("inc-2",), ("inc-3",)]
+    conn.close()
+    # A forgotten id may be enqueued again.
+    assert store.add([note("old")], T0 + 200)[0] is not None
+    store.close()
+
+
+def test_the_schema_version_is_written_once_and_an_incompatible_one_refused(
+        state: StateStore) -> None:
+    OutboxStore(state).close()
+    conn = state.connect()
+    assert conn.query("SELECT key, value FROM outbox_meta") == [
+        ("schema_version", str(SCHEMA_VERSION))]
+    OutboxStore(state).close()  # a matching version opens again
+    conn.execute("UPDATE outbox_meta SET value = ? WHERE key = 'schema_version'",
+                 (str(SCHEMA_VERSION + 1),))
+    conn.close()
+    again = reopen(state)
+    try:
+        with pytest.raises(OutboxSchemaError, match=f"schema version {SCHEMA_VERSION + 1}") as e:
+            OutboxStore(again)
+        assert state.describe() in str(e.value)
+    finally:
+        again.close()
+
+
+def test_a_row_that_cannot_be_decoded_is_logged_and_kept(
+        state: StateStore, caplog: pytest.LogCaptureFixture) -> None:
+    store = OutboxStore(state)
+    store.add([note("future"), note("today", incident="inc-2")], T0)
+    body = encode_notification(note("future")).replace('"level":1', '"level":1,"colour":"red"')
+    conn = state.connect()
+    conn.execute("UPDATE outbox_items SET body = ? WHERE id = 'future'", (body,))
+    store.close()
+    again, store = restarted(state)
+    try:
+        with caplog.at_level(logging.ERROR, logger="piggywatch.alerting.outbox_store"):
+            assert [i.notification.id for i in store.load()] == ["today"]
+        assert "future" in caplog.text and "colour" in caplog.text
+        assert state.describe() in caplog.text
+        [today] = store.load()
+        store.finish(today, T0 + 1)
+        assert conn.query("SELECT id FROM outbox_items") == [("future",)]
+        store.close()
+    finally:
+        again.close()
+        conn.close()
+
+
+def test_a_path_opens_a_sqlite_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+    store = OutboxStore(path)
+    store.add([note("a")], T0)
+    store.close()
+    store = OutboxStore(path)
+    assert store.where == path
+    assert [i.notification.id for i in store.load()] == ["a"]
+    store.close()
