@@ -6,16 +6,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from piggywatch.alerting.dispatcher import Dispatcher
 from piggywatch.alerting.silences import Silence
 from piggywatch.config_types import parse_duration
 from piggywatch.rules.manager import RuleManager
 from piggywatch.rules.templating import format_go_float
-from piggywatch.server import ApiError
+from piggywatch.server import ApiError, read_body
+
+if TYPE_CHECKING:
+    from piggywatch.leadership import Leadership
 
 NO_DELIVERY = "alert delivery is not configured (the configuration has no route)"
+# Marks a call a standby forwarded, so it is never forwarded twice (leadership changing).
+FORWARDED_HEADER = "X-PiggyWatch-Forwarded-By"
+FORWARD_TIMEOUT_SECONDS = 10.0
 
 
 class DaemonApi:
@@ -118,3 +124,40 @@ def _silence(silence: Silence, now: float) -> dict[str, Any]:
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
 
+
+
+class LeaderForward:
+    """On a standby replica, alerting API calls go to the leader, which holds the alerts,
+    acks and silences in force; the caller gets the leader's answer unchanged."""
+
+    def __init__(self, leadership: Leadership, instance: str, *, ca_file: str | None = None
+                 ) -> None:
+        self._leadership = leadership
+        self._instance = instance
+        self._verify: str | bool = ca_file or True
+
+    def __call__(self, method: str, path: str, environ: dict[str, Any]
+                 ) -> tuple[int, bytes] | None:
+        if self._leadership.is_leader():
+            return None
+        if environ.get("HTTP_" + FORWARDED_HEADER.upper().replace("-", "_")):
+            raise ApiError(503, "leadership is changing; retry in a few seconds")
+        url = self._leadership.leader_url()
+        if not url:
+            raise ApiError(503, "this replica is a standby and no leader is known yet; "
+                                "retry in a few seconds")
+        import httpx
+
+        headers = {FORWARDED_HEADER: self._instance,
+                   "Authorization": environ.get("HTTP_AUTHORIZATION", ""),
+                   "Content-Type": "application/json"}
+        query = environ.get("QUERY_STRING", "")
+        try:
+            response = httpx.request(method, url.rstrip("/") + path + (f"?{query}" if query
+                                                                        else ""),
+                                     content=read_body(environ), headers=headers,
+                                     timeout=FORWARD_TIMEOUT_SECONDS, verify=self._verify)
+        except httpx.HTTPError as exc:
+            raise ApiError(502, f"the leader at {url} did not answer: "
+                                f"{type(exc).__name__}") from None
+        return response.status_code, response.content

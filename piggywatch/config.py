@@ -15,6 +15,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Union
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -83,6 +84,16 @@ class ServerConfig(_Strict):
     metrics_basic_auth: BasicAuth | None = None
     # Unset: plain HTTP. Set: every endpoint is served over TLS only.
     tls: TlsConfig | None = None
+
+
+class HaConfig(_Strict):
+    """Several replicas on one PostgreSQL state database: one leads, the others stand by."""
+
+    # A standby takes over within this time once the leader is gone.
+    takeover_after: Duration = Field(default=15.0, ge=1.0, le=600.0)
+    # How the other replicas reach this one's API (they forward /api/v1 calls to the
+    # leader); empty: http(s)://<this host's name>:<listen port>.
+    advertise_url: str = Field(default="", pattern=r"^(|https?://\S+)$")
 
 
 class CollectorOptions(_Strict):
@@ -214,8 +225,15 @@ class Settings(_Strict):
     evaluation_interval: Duration = 15.0
     # Alert state and long-range history; a path relative to the config file's directory
     # is written sqlite:///./state.db.
+    # postgresql://… puts it in a schema of a PostgreSQL database instead, which several
+    # replicas can share (see `ha`).
     state: str = Field(default="sqlite:///var/lib/piggywatch/state.db",
-                       pattern=r"^sqlite:///.+")
+                       pattern=r"^(sqlite:///.+|postgres(ql)?://.+)")
+    # The schema that holds PiggyWatch's tables when `state` is a PostgreSQL URL; created
+    # and migrated by the daemon.
+    state_schema: str = Field(default="piggywatch", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    # Leader election between replicas sharing a PostgreSQL `state`.
+    ha: HaConfig = HaConfig()
     no_data: NoDataConfig = NoDataConfig()
     external_url: str = ""
     external_labels: dict[str, str] = {}
@@ -276,6 +294,7 @@ class Settings(_Strict):
     def secrets(self) -> list[str]:
         """Every secret value in the configuration, for log and error scrubbing."""
         found = [t.dsn.get_secret_value() for t in self.targets]
+        found.append(urlsplit(self.state).password or "")
         found.append(self.sentry.dsn.get_secret_value())
         found.append(self.server.api_token.get_secret_value())
         edge = self.sources.edge_functions

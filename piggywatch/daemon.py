@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from piggywatch import __version__
+from piggywatch import leadership as leadership_metrics
 from piggywatch.collectors.postgres.statements import StatementsCollector
 from piggywatch.collectors.postgres.target import PostgresTarget
 from piggywatch.config import Settings
@@ -21,8 +23,8 @@ from piggywatch.jobs import (
     CollectorJob,
     build_collectors,
     build_source_collectors,
-    state_file,
 )
+from piggywatch.leadership import AdvisoryLockLeadership, Leadership, SoleLeader
 from piggywatch.observability import redactor
 from piggywatch.rules.alerts import AlertEvent
 from piggywatch.rules.loader import expand_globs
@@ -30,6 +32,7 @@ from piggywatch.rules.manager import NoData, RuleManager
 from piggywatch.rules.state_db import AlertStateDB
 from piggywatch.selfmetrics import SelfMetrics
 from piggywatch.server import Access, Endpoints, HttpServer, split_listen
+from piggywatch.state import PostgresState, StateStore, state_from_url
 from piggywatch.store import MemoryStore
 from piggywatch.store.history import CombinedSource, History
 
@@ -63,6 +66,11 @@ class Daemon:
         redactor.add(settings.secrets())
         self.store = MemoryStore()
         self.self_metrics = SelfMetrics(self.store)
+        self.listen = listen or settings.server.listen
+        self.state = state_from_url(settings.state, self.base_dir, schema=settings.state_schema)
+        self.leadership = self._build_leadership()
+        self.leadership.on_change = self._publish_leadership
+        self.store.register(leadership_metrics.SPECS)
         self.targets: list[PostgresTarget] = []
         self.jobs: list[CollectorJob] = []
         self._statements: dict[str, StatementsCollector] = {}
@@ -79,22 +87,30 @@ class Daemon:
                     self._statements[target.name] = collector
         targets = {t.name: t for t in self.targets}
         for owner, bound, collector, interval in build_source_collectors(
-                settings, targets, self.base_dir):
+                settings, targets, self.state, self.leadership.is_leader):
             self.store.register(collector.specs())
             self.self_metrics.add_job(owner, collector.name)
             self.jobs.append(CollectorJob(owner, bound, collector, interval, self.store,
                                           self.self_metrics))
         self.self_metrics.publish(time.time())
+        # Opened while this replica leads (always, with SQLite state), closed when it stops.
         self.history: History | None = None
+        self.delivery: AlertDelivery | None = None
+        self._leader_lock = threading.Lock()
         self._history_expired_at = 0.0
-        self.delivery = self._build_delivery()
+        if settings.route is not None:
+            # Imported only when delivery is configured: the notifiers' libraries cost memory.
+            from piggywatch.delivery import register_delivery_metrics
+
+            register_delivery_metrics(self.store)
+        self._source = CombinedSource(self.store, None, lambda: MEMORY_WINDOW)
         self.rules = self._build_rules()
+        if self.rules is not None:
+            self.rules.suspend()  # until this replica is elected (at once, with SQLite)
         self._rule_files: dict[Path, float] = {}
         self._reload_requested = threading.Event()
-        # Set once the dispatcher runs: from then on a rule reload reconciles incidents.
-        self._delivering = False
-        self.listen = listen or settings.server.listen
         self.http: HttpServer | None = None
+        self._endpoints: Endpoints | None = None
         self._scheduler: Any = None
         self._stop = threading.Event()
 
@@ -118,31 +134,26 @@ class Daemon:
         for target in self.targets:
             target.close()
 
-    def state_path(self) -> Path:
-        """The state file (alert state, history, delivery), relative to the config's dir."""
-        return state_file(self.settings, self.base_dir)
+    def _build_leadership(self) -> Leadership:
+        if not isinstance(self.state, PostgresState):
+            return SoleLeader()
+        ha = self.settings.ha
+        return AdvisoryLockLeadership(self.state, takeover_after=ha.takeover_after,
+                                      advertise_url=ha.advertise_url or self._own_url())
 
-    def _build_delivery(self) -> AlertDelivery | None:
-        if self.settings.route is None:
-            return None
-        # Imported only when delivery is configured: the notifiers' libraries cost memory.
-        from piggywatch.delivery import AlertDelivery
-
-        delivery = AlertDelivery(self.settings, self.state_path())
-        delivery.register(self.store)
-        return delivery
+    def _own_url(self) -> str:
+        host, port = split_listen(self.listen)
+        if host in ("", "0.0.0.0", "::"):
+            host = socket.gethostname()
+        scheme = "https" if self.settings.server.tls else "http"
+        return f"{scheme}://{host}:{port}"
 
     def _build_rules(self) -> RuleManager | None:
         if not self.settings.rule_files:
             return None
-        state_path = self.state_path()
         no_data = self.settings.no_data
-        self.history = History(state_path)
-        source = CombinedSource(self.store, self.history, lambda: MEMORY_WINDOW)
-        sink = self.delivery.dispatcher.handle if self.delivery else log_alert_event
         return RuleManager(
-            self.store, source, sink,
-            state_db=AlertStateDB(state_path),
+            self.store, self._source, self._dispatch,
             default_interval=self.settings.evaluation_interval,
             no_data=NoData(no_data.default),
             no_data_groups={g: NoData(p) for g, p in no_data.groups.items()},
@@ -154,6 +165,67 @@ class Daemon:
         """The rule files the configured globs match now."""
         return expand_globs(self.settings.rule_files, self.base_dir)
 
+    def _dispatch(self, event: AlertEvent) -> None:
+        delivery = self.delivery
+        if delivery is not None:
+            delivery.dispatcher.handle(event)
+
+    # --- leadership -------------------------------------------------------------------
+
+    def _leader_state(self) -> StateStore:
+        """The state as the leader writes it: fenced by the leadership lock with PostgreSQL."""
+        if isinstance(self.leadership, AdvisoryLockLeadership):
+            return self.leadership.fenced()
+        return self.state
+
+    def _elected(self) -> None:
+        """This replica leads: open the alert state, history and delivery from the shared
+        store, where the last leader left them, and start evaluating and delivering."""
+        with self._leader_lock:
+            state = self._leader_state()
+            if self.rules is not None:
+                self.history = History(state)
+                self.history.keep(self.rules.long_range_selectors(MEMORY_WINDOW))
+                self._source.history = self.history
+                self.rules.resume(AlertStateDB(state))
+            if self.settings.route is not None:
+                from piggywatch.delivery import AlertDelivery, firing_events
+
+                self.delivery = AlertDelivery(self.settings, state,
+                                              may_send=self.leadership.confirm)
+                self.delivery.start(firing_events(self.rules))
+            if self._endpoints is not None:
+                from piggywatch.api import DaemonApi
+
+                self._endpoints.alerting = DaemonApi(
+                    self.rules, self.delivery.dispatcher if self.delivery else None)
+
+    def _deposed(self) -> None:
+        """This replica stops leading (or stops): no more evaluation nor delivery here."""
+        with self._leader_lock:
+            if self.rules is not None:
+                self.rules.suspend()
+            delivery, self.delivery = self.delivery, None
+            if self._endpoints is not None:
+                from piggywatch.api import DaemonApi
+
+                self._endpoints.alerting = DaemonApi(self.rules, None)
+            if delivery is not None:
+                from piggywatch.delivery import clear_delivery_metrics
+
+                # Stopping for good, what cannot go out in the grace time stays in the
+                # outbox for the next start (or the next leader); a replica that lost the
+                # lock sends nothing more (the outbox asks the leadership first).
+                delivery.stop(STOP_GRACE_SECONDS - 1.0 if self._stop.is_set() else 0.0)
+                clear_delivery_metrics(self.store)
+            history, self.history = self.history, None
+            self._source.history = None
+            if history is not None:
+                if self._stop.is_set():
+                    # Keep what memory holds, so long-range rules see it after a restart.
+                    self._record_history_into(history)
+                history.close()
+
     def reload_rules(self) -> bool:
         """(Re)load rule files; on a problem the running rules stay. Returns success."""
         if self.rules is None:
@@ -164,17 +236,19 @@ class Daemon:
         # Memory holds the last hour at full resolution; selectors of rules that look
         # further back (offset 7d, [6h]) are also kept, downsampled, in the durable history.
         self.store.set_retention(MEMORY_WINDOW)
-        if self.history is not None:
-            self.history.keep(self.rules.long_range_selectors(MEMORY_WINDOW))
+        history = self.history
+        if history is not None:
+            history.keep(self.rules.long_range_selectors(MEMORY_WINDOW))
         if self._scheduler is not None:
             self._schedule_rule_groups()
-            if not problems and self.delivery is not None and self._delivering:
+            delivery = self.delivery
+            if not problems and delivery is not None:
                 # Incidents of rules that were removed or renamed would otherwise stay open
                 # for ever, repeating and escalating: they resolve now.
                 from piggywatch.delivery import firing_events
 
                 firing = firing_events(self.rules)
-                self.delivery.dispatcher.reconcile(firing or [], time.time())
+                delivery.dispatcher.reconcile(firing or [], time.time())
         return not problems
 
     def _schedule_rule_groups(self) -> None:
@@ -190,13 +264,16 @@ class Daemon:
                 misfire_grace_time=max(1, int(interval / 2)))
 
     def _record_history(self) -> None:
-        if self.history is None:
-            return
+        history = self.history
+        if history is not None:
+            self._record_history_into(history)
+
+    def _record_history_into(self, history: History) -> None:
         now = time.time()
         try:
-            self.history.record(self.store, now)
+            history.record(self.store, now)
             if now - self._history_expired_at >= HISTORY_EXPIRE_SECONDS:
-                self.history.expire(now)
+                history.expire(now)
                 self._history_expired_at = now
         except Exception:
             log.exception("could not write the durable history")
@@ -212,16 +289,19 @@ class Daemon:
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.schedulers.background import BackgroundScheduler
 
-        from piggywatch.api import DaemonApi
+        from piggywatch.api import DaemonApi, LeaderForward
 
         host, port = split_listen(self.listen)
         server = self.settings.server
         access = Access.from_config(server)
         if not access.api_token:
             log.warning("server.api_token is empty: every /api/v1 call is refused (401)")
-        api = DaemonApi(self.rules, self.delivery.dispatcher if self.delivery else None)
         endpoints = Endpoints(build_registry(self.store), ready=self.readiness,
-                              statements=self.statements_report, alerting=api, access=access)
+                              statements=self.statements_report,
+                              alerting=DaemonApi(self.rules, None), access=access)
+        if isinstance(self.leadership, AdvisoryLockLeadership):
+            endpoints.forward = LeaderForward(self.leadership, self.leadership.instance)
+        self._endpoints = endpoints
         tls = (server.tls.cert_file, server.tls.key_file) if server.tls else None
         self.http = HttpServer(endpoints, host, port, tls=tls)
         self.http.start()
@@ -248,31 +328,39 @@ class Daemon:
             self._scheduler.add_job(self._record_history, "interval",
                                     seconds=HISTORY_RECORD_SECONDS, id="history",
                                     name="history", misfire_grace_time=60)
-        if self.delivery is not None:
-            from piggywatch.delivery import firing_events
-
-            self.delivery.start(firing_events(self.rules))
-            self._delivering = True
-            self._scheduler.add_job(self.delivery.publish, "interval", args=[self.store],
-                                    seconds=DELIVERY_METRICS_SECONDS, id="delivery-metrics",
-                                    name="delivery-metrics", next_run_time=_utc(start),
-                                    misfire_grace_time=5)
+        self._scheduler.add_job(self._publish_leader_metrics, "interval",
+                                seconds=DELIVERY_METRICS_SECONDS, id="delivery-metrics",
+                                name="delivery-metrics", next_run_time=_utc(start),
+                                misfire_grace_time=5)
+        self.leadership.start(self._elected, self._deposed)
+        self._publish_leader_metrics()
         self._scheduler.start()
         log.info("piggywatch %s listening on %s://%s/metrics with %d collectors on %d "
                  "targets", __version__, "https" if tls else "http",
                  f"{split_listen(self.listen)[0]}:{self.http.port}", len(self.jobs),
                  len(self.targets))
 
+    def _publish_leadership(self) -> None:
+        now = time.time()
+        self.store.publish(leadership_metrics.SOURCE, self.leadership.samples(now), now)
+
+    def _publish_leader_metrics(self) -> None:
+        self._publish_leadership()
+        delivery = self.delivery
+        if delivery is not None:
+            delivery.publish(self.store)
+
     def stop(self) -> None:
         """Stop scheduling, cancel running queries, close connections and the server."""
+        self._stop.set()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         for target in self.targets:
             target.cancel()
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        if self.delivery is not None:
-            # What cannot go out in the grace time stays in the outbox for the next start.
-            self.delivery.stop(STOP_GRACE_SECONDS - 1.0)
+        # Delivers for the grace time, records the history, then lets go of the lock so a
+        # standby takes over at once.
+        self.leadership.stop()
         while time.monotonic() < deadline and self.busy():
             time.sleep(0.05)
         for target in self.targets:
@@ -283,9 +371,7 @@ class Daemon:
                 close()
         if self.http is not None:
             self.http.stop()
-        if self.history is not None:
-            # Keep what memory holds, so long-range rules see it after a restart.
-            self._record_history()
+        self.state.close()
 
     def unreachable(self) -> dict[str, str]:
         """Targets whose database could not be reached, with the reason."""

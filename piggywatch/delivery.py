@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
-from pathlib import Path
+from collections.abc import Callable, Iterable
 
 from piggywatch.alerting import dispatcher as dispatch
 from piggywatch.alerting import outbox as outboxes
@@ -19,36 +18,33 @@ from piggywatch.alerting.settings import AlertingSettings
 from piggywatch.config import Settings
 from piggywatch.rules.alerts import AlertEvent, AlertState, EventKind
 from piggywatch.rules.manager import RuleManager
+from piggywatch.state import StateLike
 from piggywatch.store import MemoryStore
 
 
 class AlertDelivery:
     """The outbox (with one notifier per receiver) and the dispatcher that feeds it."""
 
-    def __init__(self, settings: Settings, state_path: Path) -> None:
+    def __init__(self, settings: Settings, state: StateLike, *,
+                 may_send: Callable[[], bool] = lambda: True) -> None:
         self._http_channels = any(r.pagerduty or r.webhook or r.alertmanager or
                                   (r.slack and r.slack.webhook_url) for r in settings.receivers)
         notifiers: dict[str, Notifier] = {
             r.name: build_notifier(r, external_url=settings.external_url)
             for r in settings.receivers}
-        self.outbox = Outbox(state_path, notifiers,
+        self.outbox = Outbox(state, notifiers,
                              throttles=default_throttles(settings.receivers),
-                             on_permanent_failure=self._failed)
+                             on_permanent_failure=self._failed, may_send=may_send)
         self.dispatcher = Dispatcher(
             AlertingSettings(receivers=settings.receivers, route=settings.route,
                              escalations=settings.escalations,
                              inhibit_rules=settings.inhibit_rules,
                              time_intervals=settings.time_intervals),
-            self.outbox, state_path, external_url=settings.external_url)
+            self.outbox, state, external_url=settings.external_url)
 
     def _failed(self, notification: Notification, delivery: Delivery) -> None:
         # Late-bound: the outbox exists before the dispatcher that hears its failures.
         self.dispatcher.on_permanent_failure(notification, delivery)
-
-    def register(self, store: MemoryStore) -> None:
-        """Declare the delivery metrics."""
-        store.register(dispatch.SPECS)
-        store.register(outboxes.SPECS)
 
     def start(self, firing: Iterable[AlertEvent] | None) -> None:
         """Start sending what the outbox holds, then dispatching (see Dispatcher.start)."""
@@ -71,6 +67,19 @@ class AlertDelivery:
         self.dispatcher.close()
         self.outbox.stop(grace)
         self.outbox.close()
+
+
+def register_delivery_metrics(store: MemoryStore) -> None:
+    """Declare the delivery metrics."""
+    store.register(dispatch.SPECS)
+    store.register(outboxes.SPECS)
+
+
+def clear_delivery_metrics(store: MemoryStore) -> None:
+    """Withdraw the delivery metrics (a standby delivers nothing; the leader exports them)."""
+    now = time.time()
+    store.publish(dispatch.SOURCE, [], now)
+    store.publish(outboxes.SOURCE, [], now)
 
 
 def firing_events(rules: RuleManager | None) -> list[AlertEvent] | None:

@@ -6,7 +6,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from piggywatch.collectors import Collector, CollectorError
 from piggywatch.collectors.postgres.connections import ConnectionsCollector
@@ -15,8 +14,8 @@ from piggywatch.collectors.postgres.statements import StatementsCollector
 from piggywatch.collectors.postgres.tables import TablesCollector
 from piggywatch.collectors.postgres.target import PostgresTarget
 from piggywatch.config import Settings, TargetConfig
-from piggywatch.rules.state_db import sqlite_path
 from piggywatch.selfmetrics import SelfMetrics
+from piggywatch.state import StateStore
 from piggywatch.store import MemoryStore, Sample, labels_of
 
 log = logging.getLogger("piggywatch.daemon")
@@ -129,7 +128,8 @@ SourceJob = tuple[str, PostgresTarget | None, Collector, float]
 
 
 def build_source_collectors(settings: Settings, targets: dict[str, PostgresTarget],
-                            base_dir: Path) -> list[SourceJob]:
+                            state: StateStore, may_write: Callable[[], bool] = lambda: True,
+                            ) -> list[SourceJob]:
     """Collectors of the app-telemetry sources: (owner, target or None, collector, interval).
 
     Each channel's module (and its library: redis-py, httpx) is imported only when used.
@@ -143,11 +143,12 @@ def build_source_collectors(settings: Settings, targets: dict[str, PostgresTarge
             build_edge_functions_collector,
         )
 
-        # The watermark lives in the state file, so a restart neither recounts nor skips.
-        state = EdgeStateDB(state_file(settings, base_dir))
+        # The watermark lives in the state, so a restart neither recounts nor skips.
+        # Only the leader writes the watermarks; a standby keeps its totals in memory.
+        edge_state = EdgeStateDB(state, may_write=may_write)
         bound = targets[edge.sql.target] if edge.sql is not None else None
         found.append((bound.name if bound else "edge_functions", bound,
-                      build_edge_functions_collector(edge, state, targets=targets),
+                      build_edge_functions_collector(edge, edge_state, targets=targets),
                       edge.interval))
     if sources.custom_sql:
         from piggywatch.collectors.custom_sql import CustomSqlCollector
@@ -187,9 +188,3 @@ def build_source_collectors(settings: Settings, targets: dict[str, PostgresTarge
         found.append(("system", None, SystemMemoryCollector(),
                       sources.system_memory.interval))
     return found
-
-
-def state_file(settings: Settings, base_dir: Path) -> Path:
-    """The SQLite state file, relative paths taken from the configuration's directory."""
-    path = sqlite_path(settings.state)
-    return path if path.is_absolute() else base_dir / path

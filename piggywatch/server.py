@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 StartResponse = Callable[..., Any]
+# (method, path, WSGI environ) → (status, JSON body) from the leader, or None.
+Forward = Callable[[str, str, dict[str, Any]], tuple[int, bytes] | None]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 # A request body larger than this is refused: acks and silences are a few hundred bytes.
@@ -128,7 +130,11 @@ class Endpoints:
         self._metrics = make_wsgi_app(registry)
         self._ready = ready
         self._statements = statements
-        self._alerting = alerting
+        # Swapped by the daemon when this replica becomes the leader or a standby.
+        self.alerting = alerting
+        # On a standby: sends an alerting call to the leader and returns its answer
+        # (status, JSON body), or None to answer here.
+        self.forward: Forward | None = None
         self._access = access
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -152,7 +158,12 @@ class Endpoints:
                              "send Authorization: Bearer <server.api_token>"},
                              [("WWW-Authenticate", 'Bearer realm="piggywatch"')])
             try:
-                data = self._api(environ.get("REQUEST_METHOD", "GET"), path, environ)
+                method = environ.get("REQUEST_METHOD", "GET")
+                if self.forward is not None and path != "/api/v1/statements":
+                    forwarded = self.forward(method, path, environ)
+                    if forwarded is not None:
+                        return _raw_json(start_response, *forwarded)
+                data = self._api(method, path, environ)
             except ApiError as exc:
                 return _json(start_response, exc.status, {"status": "error",
                                                           "error": exc.message})
@@ -168,7 +179,7 @@ class Endpoints:
             return self._statements()
         if path == "/api/v1/alerts":
             _allow(method, "GET")
-            return {"alerts": self._alerting.alerts()}
+            return {"alerts": self.alerting.alerts()}
         if match := _ACK.match(path):
             _allow(method, "POST")
             body = _body(environ)
@@ -177,15 +188,15 @@ class Endpoints:
                 raise ApiError(400, 'give "by": who acknowledges (1 to 200 characters)')
             if not isinstance(comment, str) or len(comment) > 2000:
                 raise ApiError(400, '"comment" must be text of at most 2000 characters')
-            return self._alerting.acknowledge(match.group(1), by.strip(), comment)
+            return self.alerting.acknowledge(match.group(1), by.strip(), comment)
         if path == "/api/v1/silences":
             if method == "POST":
-                return self._alerting.add_silence(_body(environ))
+                return self.alerting.add_silence(_body(environ))
             _allow(method, "GET")
-            return {"silences": self._alerting.silences()}
+            return {"silences": self.alerting.silences()}
         if match := _SILENCE.match(path):
             _allow(method, "DELETE")
-            return self._alerting.expire_silence(match.group(1))
+            return self.alerting.expire_silence(match.group(1))
         raise ApiError(404, f"no such endpoint: {path}")
 
 
@@ -194,14 +205,19 @@ def _allow(method: str, allowed: str) -> None:
         raise ApiError(405, f"use {allowed}")
 
 
-def _body(environ: dict[str, Any]) -> dict[str, Any]:
+def read_body(environ: dict[str, Any]) -> bytes:
+    """The request's body, refused beyond MAX_BODY_BYTES."""
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
         length = -1
     if length < 0 or length > MAX_BODY_BYTES:
         raise ApiError(400, f"the body must be JSON of at most {MAX_BODY_BYTES} bytes")
-    raw = environ["wsgi.input"].read(length) if length else b"{}"
+    return bytes(environ["wsgi.input"].read(length)) if length else b""
+
+
+def _body(environ: dict[str, Any]) -> dict[str, Any]:
+    raw = read_body(environ) or b"{}"
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -220,12 +236,18 @@ def _text(start_response: StartResponse, status: str, body: str,
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            405: "Method Not Allowed", 409: "Conflict", 503: "Service Unavailable"}
+            405: "Method Not Allowed", 409: "Conflict", 502: "Bad Gateway",
+            503: "Service Unavailable"}
 
 
 def _json(start_response: StartResponse, status: int, body: Any,
           headers: list[tuple[str, str]] | None = None) -> list[bytes]:
-    data = json.dumps(body, ensure_ascii=False).encode()
+    return _raw_json(start_response, status, json.dumps(body, ensure_ascii=False).encode(),
+                     headers)
+
+
+def _raw_json(start_response: StartResponse, status: int, data: bytes,
+              headers: list[tuple[str, str]] | None = None) -> list[bytes]:
     start_response(f"{status} {_REASONS.get(status, 'Error')}",
                    [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
                     *(headers or [])])

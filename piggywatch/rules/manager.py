@@ -121,7 +121,44 @@ class RuleManager:
         self._events: dict[str, int] = {"firing": 0, "resolved": 0}
         self._restored: dict[tuple[str, str], list[Alert]] = (
             state_db.load() if state_db is not None else {})
+        # False on a standby replica: the leader evaluates, this one keeps no alerts.
+        self._leading = True
         store.register(RULE_SPECS)
+
+    # --- leadership ---------------------------------------------------------------------
+
+    def resume(self, state_db: AlertStateDB | None) -> None:
+        """Evaluate from now on, starting from the alert state the last leader saved (the
+        `for` clocks of pending alerts, firing alerts firing) rather than from memory."""
+        saved = state_db.load() if state_db is not None else {}
+        with self._lock:
+            for run in self._runs.values():
+                for state in run.states.values():
+                    state.restore(saved.pop((run.group.name, state.name), []))
+            self._restored = saved
+            self._db = state_db
+            if state_db is not None and self._runs:
+                state_db.forget_except({(g, r) for g, run in self._runs.items()
+                                        for r in run.states})
+            self._leading = True
+
+    def suspend(self) -> None:
+        """Stop evaluating (this replica is a standby now) and drop the alerts from memory:
+        the leader owns them, and ALERTS is exported by the leader only."""
+        at = self._clock()
+        with self._lock:
+            self._leading = False
+            self._db = None
+            self._restored = {}
+            for run in self._runs.values():
+                for state in run.states.values():
+                    state.restore([])
+                self._publish_alerts(run, at)
+
+    @property
+    def leading(self) -> bool:
+        """Whether this manager evaluates (False on a standby)."""
+        return self._leading
 
     # --- loading ------------------------------------------------------------------------
 
@@ -207,7 +244,7 @@ class RuleManager:
         at = self._clock() if ts is None else ts
         with self._lock:
             run = self._runs.get(name)
-            if run is None:
+            if run is None or not self._leading:
                 return []
             started = time.monotonic()
             events: list[AlertEvent] = []

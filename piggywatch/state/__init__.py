@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "STATE_ERRORS",
     "Dialect",
+    "NotLeader",
     "PostgresState",
     "SQLiteState",
     "SchemaTooNew",
@@ -233,6 +234,7 @@ class SQLiteConn(StateConn):
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._lock = threading.RLock()
         self._durable: bool | None = None
+        self._read_only = False
         try:
             self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -240,6 +242,7 @@ class SQLiteConn(StateConn):
                 _migrate(tx, "sqlite", str(path))
             if read_only:
                 self._conn.execute("PRAGMA query_only=1")
+                self._read_only = True
         except BaseException:
             self._conn.close()
             raise
@@ -252,7 +255,8 @@ class SQLiteConn(StateConn):
                 # the process, and the next FULL commit syncs what came before, in order.
                 self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
                 self._durable = durable
-            self._conn.execute("BEGIN IMMEDIATE")
+            # A reader's deferred BEGIN takes no write lock, so it never waits for a writer.
+            self._conn.execute("BEGIN" if self._read_only else "BEGIN IMMEDIATE")
             try:
                 yield _SQLiteTx(self._conn)
             except BaseException:
@@ -308,18 +312,35 @@ class _PostgresTx(Tx):
             return cursor.rowcount
 
 
+class NotLeader(psycopg.Error):
+    """A fenced transaction ran on a replica that does not hold the leadership lock."""
+
+
+Fence = Callable[[Tx], None]
+
+
 class PostgresConn(StateConn):
-    """A view on the store's pool: each transaction borrows a connection."""
+    """A view on the store's pool: each transaction borrows a connection.
+
+    With a ``fence``, every transaction first runs it (in the same transaction), and the
+    fence raises ``NotLeader`` unless this replica's lock session still holds the
+    leadership lock: a replica that lost leadership cannot write the leader's state, even
+    in the moment before it notices.
+    """
 
     dialect: Dialect = "postgresql"
 
-    def __init__(self, state: PostgresState) -> None:
+    def __init__(self, state: PostgresState, fence: Fence | None = None) -> None:
         self._state = state
+        self._fence = fence
 
     @contextmanager
     def transaction(self, *, durable: bool = False) -> Iterator[Tx]:
         with self._state.pool().connection() as conn, conn.transaction():
-            yield _PostgresTx(conn)
+            tx = _PostgresTx(conn)
+            if self._fence is not None:
+                self._fence(tx)
+            yield tx
 
 
 class PostgresState(StateStore):
@@ -351,7 +372,8 @@ class PostgresState(StateStore):
 
     def lock_key(self, name: str) -> tuple[int, int]:
         """The (class, object) pair of a PiggyWatch advisory lock in this schema."""
-        objid = zlib.crc32(f"{self.schema}:{name}".encode()) - 2**31
+        # Both halves below 2**31: pg_locks shows them as (unsigned) oids.
+        objid = zlib.crc32(f"{self.schema}:{name}".encode()) & 0x7FFFFFFF
         return _LOCK_CLASS, objid
 
     def pool(self) -> ConnectionPool:
@@ -391,6 +413,10 @@ class PostgresState(StateStore):
         self.pool()
         return PostgresConn(self)
 
+    def fenced(self, fence: Fence) -> StateStore:
+        """This store, but every transaction of its connections runs ``fence`` first."""
+        return _FencedPostgresState(self, fence)
+
     def describe(self) -> str:
         from psycopg.conninfo import conninfo_to_dict
 
@@ -403,3 +429,18 @@ class PostgresState(StateStore):
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
+
+
+class _FencedPostgresState(StateStore):
+    dialect: Dialect = "postgresql"
+
+    def __init__(self, state: PostgresState, fence: Fence) -> None:
+        self._state = state
+        self._fence = fence
+
+    def connect(self, *, read_only: bool = False) -> StateConn:
+        self._state.pool()
+        return PostgresConn(self._state, self._fence)
+
+    def describe(self) -> str:
+        return self._state.describe()

@@ -141,6 +141,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             PRIMARY KEY (source, function, series)
         ) WITHOUT ROWID""",
     )),
+    Migration(2, "the elected leader's address, for standbys forwarding API calls", (
+        """CREATE TABLE IF NOT EXISTS ha_leader (
+            id       INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+            instance TEXT NOT NULL,
+            url      TEXT NOT NULL,
+            since    REAL NOT NULL
+        )""",
+    )),
 )
 
 LATEST = MIGRATIONS[-1].version
