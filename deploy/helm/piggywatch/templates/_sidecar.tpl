@@ -13,6 +13,11 @@ only the ConfigMaps are created), add to the app's pod template:
     {{- include "piggywatch.volumes" (dict "Values" .Values.piggywatch "Release" .Release) | nindent 4 }}
 
 The app's Service can then expose port 9790 for Prometheus. See examples/.
+
+High availability works the same way in sidecar mode: each of the app's replicas runs one
+PiggyWatch, and with a postgresql:// `state` they share one state database, elect one leader
+(the others stand by, serve /metrics and forward API calls to it at its pod IP, see
+PIGGYWATCH_HA__ADVERTISE_URL below). With a SQLite state, keep the app at one replica.
 */}}
 {{- define "piggywatch.sidecar" -}}
 - name: piggywatch
@@ -24,6 +29,17 @@ The app's Service can then expose port 9790 for Prometheus. See examples/.
       containerPort: {{ .Values.containerPort }}
       protocol: TCP
   env:
+    # With several replicas (or app pods, for a sidecar), the standbys forward API calls to
+    # the leader at the URL it advertises: its pod IP. POD_IP comes first, so that
+    # $(POD_IP) expands in what follows.
+    - name: POD_IP
+      valueFrom:
+        fieldRef:
+          fieldPath: status.podIP
+    {{- if not (include "piggywatch.advertiseUrlGiven" .) }}
+    - name: PIGGYWATCH_HA__ADVERTISE_URL
+      value: {{ include "piggywatch.advertiseUrl" . | quote }}
+    {{- end }}
     {{- range $ref := .Values.secretEnv }}
     - name: {{ $ref.name }}
       valueFrom:
