@@ -34,7 +34,7 @@ from piggywatch.alerting.model import (
 from piggywatch.alerting.outbox import SOURCE, SPECS, Outbox, default_throttles
 from piggywatch.alerting.outbox_store import decode_notification, encode_notification
 from piggywatch.alerting.settings import Receiver
-from piggywatch.state import PostgresState, SQLiteState, StateStore
+from piggywatch.state import NotLeader, PostgresState, SQLiteState, StateStore, Tx
 from piggywatch.store import MemoryStore
 from tests.state_support import reopen
 
@@ -580,7 +580,7 @@ def test_stop_drains_within_the_grace_period_and_keeps_the_rest(
     assert sorted(channel.ids + rest.ids) == sorted(f"n{i}" for i in range(100))
 
 
-def test_a_send_still_hanging_at_the_deadline_leaves_its_notification_pending(
+def test_a_send_still_hanging_at_the_deadline_stays_pending_until_its_answer_is_recorded(
         state_file: Path, running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture,
 ) -> None:
     channel = BlockingNotifier()
@@ -592,9 +592,12 @@ def test_a_send_still_hanging_at_the_deadline_leaves_its_notification_pending(
     assert time.monotonic() - began < 1.0
     assert "outbox-oncall still waited for their channel" in caplog.text
     outbox.close()
-    channel.release.set()  # the request completes after the outbox was closed
-    time.sleep(0.1)
     assert rows(state_file, "SELECT id FROM outbox_items") == [("n1",)]
+    # The request completes after the outbox was closed: the channel has it, so the outcome
+    # is still recorded (a next start, or the next leader, must not send it again).
+    channel.release.set()
+    wait_until(lambda: not rows(state_file, "SELECT id FROM outbox_items"))
+    assert rows(state_file, "SELECT id FROM outbox_done") == [("n1",)]
 
 
 def test_stop_returns_at_once_when_nothing_can_be_sent(
@@ -690,3 +693,170 @@ def test_a_resolved_notification_keeps_every_field(
         outbox.enqueue(n)
     with Outbox(restarts(), {}) as outbox:
         assert outbox.pending() == [n]
+
+
+# -- several replicas: one attempt at a time, handed over without a second send
+
+GRACE = 30.0
+
+
+def handle(state: StateStore, sql: str, params: tuple[object, ...] = ()) -> object:
+    conn = state.connect()
+    try:
+        row = conn.one(sql, params)
+        return None if row is None else row[0]
+    finally:
+        conn.close()
+
+
+def test_a_new_leader_waits_for_the_old_leaders_attempt_and_drops_what_it_finished(
+        state: StateStore, restarts: Callable[[], StateStore],
+        running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    channel_a = BlockingNotifier()
+    a = running(Outbox(state, {"oncall": channel_a}, clock=clock, in_flight_grace=GRACE))
+    a.enqueue(note("x"))
+    assert channel_a.entered.wait(5)  # A's request is out
+    assert handle(state, "SELECT sending_since FROM outbox_items WHERE id = 'x'") == T0
+
+    caplog.set_level(logging.INFO, logger="piggywatch.alerting.outbox")
+    channel_b = ScriptedNotifier()
+    b = running(Outbox(restarts(), {"oncall": channel_b}, clock=clock, in_flight_grace=GRACE))
+    b.enqueue(note("y", incident="inc-2"))  # another incident is not held up
+    wait_until(lambda: channel_b.ids == ["y"])
+    clock.advance(GRACE - 1)
+    b.wake()
+    time.sleep(0.1)
+    assert channel_b.ids == ["y"], "x is in flight at A: B waits"
+    assert "is being sent by another replica" in caplog.text
+
+    channel_a.release.set()  # A's send succeeds and A records it
+    wait_until(lambda: a.pending() == [])
+    clock.advance(1)
+    b.wake()
+    wait_until(lambda: b.pending() == [])
+    time.sleep(0.05)
+    assert channel_b.ids == ["y"], "B must not send x again"
+    assert "x (trigger, incident inc-1) to receiver oncall was finished by another replica" \
+        in caplog.text
+    assert counts(b) == {"accepted": 1, "retried": 0, "failed": 0}
+
+
+def test_an_item_finished_by_another_handle_is_dropped_without_sending(
+        state: StateStore, restarts: Callable[[], StateStore],
+        running: Callable[[Outbox], Outbox]) -> None:
+    channel = ScriptedNotifier()
+    outbox = Outbox(state, {"oncall": channel}, in_flight_grace=GRACE)
+    outbox.enqueue(note("x"))
+    outbox.enqueue(note("x-ack", action=Action.ACKNOWLEDGE))
+    other = Outbox(restarts(), {"oncall": ScriptedNotifier()}, in_flight_grace=GRACE)
+    running(other)
+    wait_until(lambda: not rows(state, "SELECT id FROM outbox_items"))
+    other.close()
+    running(outbox)
+    wait_until(lambda: outbox.pending() == [])
+    time.sleep(0.05)
+    assert channel.ids == []
+    assert rows(state, "SELECT id FROM outbox_done ORDER BY id") == [("x",), ("x-ack",)]
+
+
+def test_a_claim_older_than_the_grace_is_taken_over_and_a_fresh_one_blocks_its_incident(
+        state: StateStore, running: Callable[[Outbox], Outbox]) -> None:
+    clock = FakeClock()
+    with Outbox(state, {}, clock=clock) as before:
+        before.enqueue(note("stale", incident="inc-1"))
+        before.enqueue(note("fresh", incident="inc-2"))
+        before.enqueue(note("fresh-resolve", incident="inc-2", action=Action.RESOLVE))
+        before.enqueue(note("free", incident="inc-3"))
+    # Claims left by another replica: one long ago (it died), one just now (still sending).
+    write(state, "UPDATE outbox_items SET sending_since = ? WHERE id = 'stale'", (T0 - GRACE,))
+    write(state, "UPDATE outbox_items SET sending_since = ? WHERE id = 'fresh'", (T0 - 1,))
+    channel = ScriptedNotifier()
+    outbox = running(Outbox(state, {"oncall": channel}, clock=clock, in_flight_grace=GRACE))
+    wait_until(lambda: sorted(channel.ids) == ["free", "stale"])
+    clock.advance(GRACE - 1.5)
+    outbox.wake()
+    time.sleep(0.1)
+    assert sorted(channel.ids) == ["free", "stale"], "the resolve waits behind its trigger"
+    clock.advance(0.5)
+    outbox.wake()
+    wait_until(lambda: channel.ids[2:] == ["fresh", "fresh-resolve"])
+    assert rows(state, "SELECT id FROM outbox_items") == []
+
+
+def test_with_no_grace_an_item_left_claimed_by_a_kill_9_is_retried_at_once(
+        state: StateStore, restarts: Callable[[], StateStore],
+        running: Callable[[Outbox], Outbox]) -> None:
+    script = textwrap.dedent(f"""
+        import threading
+        from piggywatch.alerting.outbox import Outbox
+        from tests.test_outbox import note
+
+        class Hangs:
+            def send(self, notification, receipt):
+                print("sending", flush=True)
+                threading.Event().wait()
+
+        outbox = Outbox({state_source(state)}, {{"oncall": Hangs()}})
+        outbox.start()
+        outbox.enqueue(note("x"))
+        threading.Event().wait()
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE,
+                             text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "sending"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    # The row stays claimed by an attempt that will never record anything.
+    [(claimed_at,)] = rows(state, "SELECT sending_since FROM outbox_items")
+    assert isinstance(claimed_at, float)
+    channel = ScriptedNotifier()
+    began = time.monotonic()
+    running(Outbox(restarts(), {"oncall": channel}))
+    wait_until(lambda: channel.ids == ["x"])
+    assert time.monotonic() - began < 1.0
+    wait_until(lambda: not rows(state, "SELECT id FROM outbox_items"))
+
+
+def test_a_fenced_outbox_sends_nothing_once_deposed_but_records_what_it_sent(
+        state: StateStore, restarts: Callable[[], StateStore],
+        running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture) -> None:
+    if not isinstance(state, PostgresState):
+        pytest.skip("fencing is a PostgreSQL notion")
+    deposed = threading.Event()
+
+    def fence(tx: Tx) -> None:
+        tx.one("SELECT 1")  # runs in the transaction, as the leadership's fence does
+        if deposed.is_set():
+            raise NotLeader("this replica does not hold the leadership lock")
+
+    caplog.set_level(logging.INFO, logger="piggywatch.alerting.outbox")
+    channel = BlockingNotifier()
+    leader = running(Outbox(state.fenced(fence), {"oncall": channel},
+                            completion_state=state, in_flight_grace=GRACE))
+    leader.enqueue(note("x"))
+    assert channel.entered.wait(5)
+    leader.enqueue(note("y", incident="inc-2"))
+    deposed.set()  # the lock is lost while x's request is out
+    with pytest.raises(NotLeader):
+        leader.enqueue(note("z", incident="inc-3"))
+    channel.release.set()
+    # x went out, so its outcome is recorded through the unfenced store...
+    wait_until(lambda: rows(state, "SELECT id FROM outbox_done") == [("x",)])
+    assert rows(state, "SELECT id, sending_since FROM outbox_items") == [("y", None)]
+    # ...and y, whose claim the fence refuses, is not sent.
+    time.sleep(0.3)
+    assert [n.id for n in leader.pending()] == ["y"]
+    assert "not sending notification y to oncall" in caplog.text
+    assert counts(leader) == {"accepted": 1, "retried": 0, "failed": 0}
+    leader.housekeep()  # gives nothing up, forgets nothing
+    leader.close()
+
+    # The next leader sends y only.
+    successor = ScriptedNotifier()
+    running(Outbox(restarts(), {"oncall": successor}, in_flight_grace=GRACE))
+    wait_until(lambda: successor.ids == ["y"])
+    wait_until(lambda: rows(state, "SELECT id FROM outbox_items") == [])

@@ -9,6 +9,15 @@ SMTP server hanging for its whole timeout never delays a page. Within a lane, th
 one incident go strictly in the order they were enqueued (an acknowledge or a resolve never
 overtakes its trigger, even while the trigger is being retried); the items of different
 incidents go oldest first, and one that is being retried holds up no other incident.
+
+Replicas (high availability) hand the outbox over from one leader to the next without
+sending anything twice: before each attempt the sender claims the item in the state
+database, on the leader's fenced store (a replica that lost the lock claims nothing, so it
+sends nothing). An item the claim finds finished elsewhere is dropped; one whose attempt by
+another replica is presumed still in flight (``in_flight_grace``) waits for it, holding up
+the rest of its incident like an item being retried. The outcome of an attempt made is
+always recorded, through an unfenced store, even by a replica that lost the lock
+meanwhile: that is how the next leader learns the item was sent.
 """
 
 from __future__ import annotations
@@ -23,9 +32,9 @@ from types import TracebackType
 from piggywatch.alerting.model import Delivery, Notification, Notifier, Outcome
 from piggywatch.alerting.outbox_lane import Lane, PendingItem
 from piggywatch.alerting.outbox_metrics import SOURCE, SPECS, OutboxMetrics
-from piggywatch.alerting.outbox_store import OutboxStore
+from piggywatch.alerting.outbox_store import Claim, OutboxStore
 from piggywatch.alerting.settings import Receiver
-from piggywatch.state import StateLike
+from piggywatch.state import STATE_ERRORS, NotLeader, StateLike
 from piggywatch.store.samples import Sample
 
 __all__ = ["DEFAULT_THROTTLES", "SOURCE", "SPECS", "Outbox", "default_throttles"]
@@ -61,7 +70,14 @@ class Outbox:
     ``state`` is the state database (a store, or the path of a SQLite file). ``throttles``
     holds, per receiver, the minimum seconds from the end of one request to the start of
     the next (see ``default_throttles``). ``may_send`` is asked before every attempt, so a
-    replica that lost leadership stops at once. ``on_permanent_failure`` hears
+    replica that lost leadership stops at once; then the attempt is claimed in ``state``,
+    whose transactions fail on such a replica when it is the leader's fenced store.
+    ``completion_state`` (default: ``state``) records the outcomes of attempts made: an
+    unfenced store, so that they are recorded even after leadership was lost.
+    ``in_flight_grace``: for how many seconds after its claim another process's attempt is
+    presumed still in flight (waited for rather than repeated); longer than any request to a
+    channel takes, plus the clocks' skew between replicas. 0 (one replica) retries at once
+    an item left claimed by a crash. ``on_permanent_failure`` hears
     of every notification given up: refused for good, or still undelivered ``max_age``
     seconds after its creation. A failed attempt is retried after the channel's Retry-After,
     else after an exponential backoff with full jitter (``backoff_base`` doubling up to
@@ -82,8 +98,20 @@ class Outbox:
         backoff_cap: float = 300.0,
         receipt_retention: float = 7 * 86400.0,
         rng: random.Random | None = None,
+        completion_state: StateLike | None = None,
+        in_flight_grace: float = 0.0,
     ) -> None:
+        # Claims, new items, expiry and pruning: the leader's (possibly fenced) store.
         self._store = OutboxStore(state)
+        # The outcomes of attempts made: a store that records them whoever leads.
+        self._done = self._store
+        if completion_state is not None and completion_state is not state:
+            try:
+                self._done = OutboxStore(completion_state, lock=self._store.lock)
+            except BaseException:
+                self._store.close()
+                raise
+        self._grace = max(0.0, float(in_flight_grace))
         self._clock = clock
         self._on_permanent_failure = on_permanent_failure
         self._may_send = may_send
@@ -103,6 +131,12 @@ class Outbox:
         self._drain_deadline: float | None = None  # monotonic; set by stop()
         self._stopped = threading.Event()
         self._closed = False
+        # Attempts between their claim and their recorded outcome: close() leaves the
+        # completion store open for them, and the last one closes it.
+        self._attempting = 0
+        # seq -> this process's claim (its sending_since) on items whose attempt's outcome
+        # is not recorded yet; only the item's lane's sender thread touches its entry.
+        self._claims: dict[int, float] = {}
         self._housekeeper: threading.Thread | None = None
         self.reconfigure(notifiers, throttles)
         stored = self._store.load()
@@ -190,7 +224,8 @@ class Outbox:
 
     def stop(self, grace: float) -> None:
         """Keep delivering for up to ``grace`` seconds, until nothing more can go out in that
-        time, then stop. What is left stays in the state database for the next start."""
+        time, then stop. What is left stays in the state database for the next start (a
+        send still in flight records its outcome when it returns)."""
         deadline = time.monotonic() + max(0.0, grace)
         with self._lock:
             self._drain_deadline = deadline
@@ -207,14 +242,24 @@ class Outbox:
         stuck = [t.name for t in senders if t.is_alive()]
         if stuck:
             log.warning("outbox stopped while %s still waited for their channel; those "
-                        "notifications stay pending", ", ".join(stuck))
+                        "notifications stay pending unless the channel answers, whose answer "
+                        "is still recorded", ", ".join(stuck))
 
     def close(self) -> None:
-        """Stop at once (if running) and close the connection to the state database."""
+        """Stop at once (if running) and close the connections to the state database. A
+        send still in flight has its outcome recorded when it returns (the completion
+        store closes after it)."""
         if self._started and not self._stopped.is_set():
             self.stop(0.0)
-        self._closed = True
-        self._store.close()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            idle = self._attempting == 0
+        if self._done is not self._store:
+            self._store.close()
+        if idle:
+            self._done.close()
 
     def __enter__(self) -> Outbox:
         return self
@@ -234,22 +279,44 @@ class Outbox:
 
     def housekeep(self) -> None:
         """Give up items older than ``max_age``, forget old finished ids and unused receipts,
-        and log receivers that have items but no configuration. Runs every minute."""
+        and log receivers that have items but no configuration. Runs every minute; a replica
+        that may not send (see ``may_send``) gives nothing up and forgets nothing."""
         now = self._clock()
-        expired: list[tuple[Lane, PendingItem]] = []
-        with self._lock:
-            for lane in self._lanes.values():
-                # Taken out of the lane at once, so its sender cannot pick them meanwhile.
-                expired.extend((lane, item) for item in lane.take_expired(now - self._max_age))
-        for lane, item in expired:
-            self._give_up(lane, item, self._expiry(item, now), now, removed=True)
-        self._store.prune(done_before=now - self._max_age,
-                          receipts_before=now - self._receipt_retention)
+        if self._allowed():
+            try:
+                self._expire_and_prune(now)
+            except NotLeader as exc:
+                # Items taken out for expiry stay in the database, for the leader.
+                log.info("outbox: housekeeping gives nothing up: %s", exc)
         with self._lock:
             for name in [n for n, lane in self._lanes.items()
                          if lane.size == 0 and lane.notifier is None]:
                 del self._lanes[name]
         self._log_unknown_receivers(now, every=_UNKNOWN_LOG_EVERY)
+
+    def _expire_and_prune(self, now: float) -> None:
+        expired: list[PendingItem] = []
+        with self._lock:
+            for lane in self._lanes.values():
+                # Taken out of the lane at once, so its sender cannot pick them meanwhile.
+                expired.extend(lane.take_expired(now - self._max_age))
+        for item in expired:
+            n = item.notification
+            found = self._store.expire(item.stored(), now, claimed_before=now - self._grace)
+            if found == "expired":
+                with self._lock:
+                    self._metrics.count(n.receiver, "failed")
+                self._report_failure(n, self._expiry(item, now))
+            elif found == "gone":
+                log.info("notification %s (%s, incident %s) to receiver %s was finished by "
+                         "another replica", n.id, n.action.value, n.incident, n.receiver)
+            else:
+                # Its sender records the outcome; a retry is given up by whoever loads it next.
+                log.info("notification %s (%s, incident %s) to receiver %s expired while "
+                         "another replica is sending it; that replica records the outcome",
+                         n.id, n.action.value, n.incident, n.receiver)
+        self._store.prune(done_before=now - self._max_age,
+                          receipts_before=now - self._receipt_retention)
 
     def _housekeep_loop(self) -> None:
         while not self._stopped.wait(_HOUSEKEEPING_EVERY):
@@ -320,18 +387,28 @@ class Outbox:
                 lane.wakeup.wait(min(wait, _IDLE_WAIT))
                 continue
             try:
-                self._attempt(lane, item, notifier, now)
+                went_on = self._attempt(lane, item, notifier, now)
             except Exception:
                 if self._closed:
+                    log.warning("outbox %s: the outcome of the attempt at notification %s "
+                                "was not recorded after the outbox closed; it stays pending",
+                                self._done.where, item.notification.id, exc_info=True)
                     return
                 # Typically the state database (disk full, I/O error, a lost server): its
                 # transactions are atomic, so the row still says pending and a later attempt
                 # resends it.
                 log.exception("outbox %s: the attempt at notification %s was not recorded; "
-                              "it stays pending and goes out again", self._store.where,
+                              "it stays pending and goes out again", self._done.where,
                               item.notification.id)
                 with self._lock:
                     lane.retry_later(item, self._clock() + self._backoff(item.attempts + 1))
+                continue
+            if not went_on:
+                # Like may_send() false: this replica may not send now (or the state
+                # database is unreachable); look again later.
+                if self._drain_deadline is not None:
+                    return
+                lane.wakeup.wait(_IDLE_WAIT)
 
     def _allowed(self) -> bool:
         try:
@@ -340,14 +417,73 @@ class Outbox:
             log.exception("outbox: may_send() raised; not sending until it answers")
             return False
 
-    def _attempt(self, lane: Lane, item: PendingItem, notifier: Notifier, now: float) -> None:
+    def _attempt(self, lane: Lane, item: PendingItem, notifier: Notifier, now: float) -> bool:
+        """Claim the item, then send it or give it up, and record the outcome; False when
+        the claim could not be made (the item is due again, the lane should pause)."""
+        with self._lock:
+            if self._closed:
+                lane.retry_later(item, item.next_at)
+                return False
+            self._attempting += 1
+        try:
+            claim = self._claim(lane, item, now)
+            if claim is None:
+                return False
+            if claim.status == "claimed":
+                self._send(lane, item, notifier, now, claim)
+            return True
+        finally:
+            with self._lock:
+                self._attempting -= 1
+                close = self._closed and self._attempting == 0
+            if close:
+                self._done.close()
+
+    def _claim(self, lane: Lane, item: PendingItem, now: float) -> Claim | None:
+        """Claim the picked item; None (the item put back, due) when this replica may not.
+        An item finished elsewhere leaves the lane; one another process is sending waits."""
+        n = item.notification
+        try:
+            claim = self._store.claim(item.stored(), now, self._grace,
+                                      mine=self._claims.get(item.seq))
+        except STATE_ERRORS as exc:
+            with self._lock:
+                lane.retry_later(item, item.next_at)
+            if isinstance(exc, NotLeader):
+                log.info("outbox: not sending notification %s to %s: %s", n.id, n.receiver,
+                         exc)
+            else:
+                log.warning("outbox %s: cannot claim notification %s for an attempt (%s); "
+                            "not sending it until the claim succeeds", self._store.where,
+                            n.id, exc)
+            return None
+        if claim.status == "gone":
+            self._claims.pop(item.seq, None)
+            with self._lock:
+                lane.remove(item)
+            log.info("notification %s (%s, incident %s) to receiver %s was finished by "
+                     "another replica; not sending it", n.id, n.action.value, n.incident,
+                     n.receiver)
+        elif claim.status == "busy":
+            since = claim.sending_since if claim.sending_since is not None else now
+            until = max(since + self._grace, now)
+            with self._lock:
+                lane.retry_later(item, until)  # in memory only: the row is not ours
+            log.info("notification %s (%s, incident %s) to receiver %s is being sent by "
+                     "another replica since %.3f; looking again in %.1f s", n.id,
+                     n.action.value, n.incident, n.receiver, since, until - now)
+        else:
+            self._claims[item.seq] = now
+        return claim
+
+    def _send(self, lane: Lane, item: PendingItem, notifier: Notifier, now: float,
+              claim: Claim) -> None:
         n = item.notification
         if now - n.created_at > self._max_age:
             self._give_up(lane, item, self._expiry(item, now), now)
             return
-        receipt = self._store.receipt(n.receiver, n.incident)
         try:
-            delivery = notifier.send(n, receipt)
+            delivery = notifier.send(n, claim.receipt)
             if not isinstance(delivery, Delivery):
                 raise TypeError(f"send() returned {type(delivery).__name__}, not a Delivery")
         except Exception as exc:
@@ -359,10 +495,11 @@ class Outbox:
             # Counted from the end of the request: the spacing the channel sees is then at
             # least the throttle, however long our side took to start the next one.
             lane.ready_at = max(lane.ready_at, done + lane.throttle)
-        if self._closed:
-            return  # stop() gave up waiting for this send: the item stays pending
+        # Recorded even when stop() gave up waiting for this send, or when this replica lost
+        # leadership meanwhile: the next leader must not send an accepted item again.
         if delivery.outcome is Outcome.ACCEPTED:
-            self._store.finish(item.stored(), done, receipt=delivery.receipt)
+            self._done.finish(item.stored(), done, receipt=delivery.receipt)
+            self._claims.pop(item.seq, None)
             with self._lock:
                 lane.remove(item)
                 self._metrics.accepted(n.receiver, done - n.created_at)
@@ -380,7 +517,9 @@ class Outbox:
             delay = max(0.0, delivery.retry_after)
         else:
             delay = self._backoff(attempts)
-        self._store.reschedule(item.seq, attempts, now + delay, delivery.detail)
+        self._done.reschedule(item.seq, attempts, now + delay, delivery.detail,
+                              claim=self._claims.get(item.seq))
+        self._claims.pop(item.seq, None)
         with self._lock:
             item.attempts = attempts
             item.last_error = delivery.detail
@@ -405,17 +544,20 @@ class Outbox:
                         f"{item.attempts} attempts made (last error: "
                         f"{item.last_error or 'none'})")
 
-    def _give_up(self, lane: Lane, item: PendingItem, delivery: Delivery, now: float, *,
-                 removed: bool = False) -> None:
+    def _give_up(self, lane: Lane, item: PendingItem, delivery: Delivery, now: float) -> None:
+        """Record that the claimed item is given up, and report it."""
         n = item.notification
-        self._store.finish(item.stored(), now)
+        self._done.finish(item.stored(), now)
+        self._claims.pop(item.seq, None)
         with self._lock:
-            if not removed:
-                lane.remove(item)
+            lane.remove(item)
             self._metrics.count(n.receiver, "failed")
+        self._report_failure(n, delivery)
+
+    def _report_failure(self, n: Notification, delivery: Delivery) -> None:
         log.error("notification %s (%s, incident %s) to receiver %s failed permanently: %s",
                   n.id, n.action.value, n.incident, n.receiver, delivery.detail or "no detail")
-        if self._on_permanent_failure is not None:
+        if self._on_permanent_failure is not None and not self._closed:
             try:
                 self._on_permanent_failure(n, delivery)
             except Exception:

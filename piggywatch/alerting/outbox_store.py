@@ -4,6 +4,12 @@ Tables are prefixed ``outbox_`` because the same state database holds other part
 the migrations in ``piggywatch.state.migrations`` create them. Every change is one
 transaction. A new notification's is durable: acknowledged to the dispatcher, it must
 survive a power cut, not only a crash.
+
+Replicas sharing a PostgreSQL state database hand the outbox over from one leader to the
+next. Before each attempt the sender *claims* the item (``claim``): a compare-and-set on the
+row's ``sending_since``, so a new leader sees that the old one still has an attempt in
+flight (and waits for it) or has finished the item (and drops it) instead of sending it a
+second time.
 """
 
 from __future__ import annotations
@@ -15,15 +21,16 @@ import logging
 import threading
 import types
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from piggywatch.alerting.model import Notification
 from piggywatch.state import StateLike, StateStore, open_state
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Claim",
     "OutboxSchemaError",
     "OutboxStore",
     "StoredItem",
@@ -51,6 +58,20 @@ class StoredItem:
     last_error: str
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What claiming an item for an attempt found.
+
+    ``claimed``: the attempt is ours, and ``receipt`` is the incident's receipt to send
+    with. ``gone``: the item is no longer pending (another replica finished it). ``busy``:
+    another attempt, recorded at ``sending_since``, is presumed still in flight.
+    """
+
+    status: Literal["claimed", "gone", "busy"]
+    sending_since: float | None = None
+    receipt: dict[str, str] = field(default_factory=dict)
+
+
 class OutboxStore:
     """The outbox tables behind one connection, safe to share between threads.
 
@@ -58,9 +79,12 @@ class OutboxStore:
     deletion or a retry count sends a notification again, which its dedup key makes
     harmless, so those commits skip the fsync; the next durable commit syncs them too, in
     order.
+
+    ``lock`` serializes this process's writes; two stores on one database (the leader's
+    fenced one and an unfenced one, say) share one.
     """
 
-    def __init__(self, state: StateLike) -> None:
+    def __init__(self, state: StateLike, *, lock: threading.Lock | None = None) -> None:
         store = open_state(state)
         # A store made here from a path is ours to close; a store handed in is the caller's.
         self._owned: StateStore | None = None if isinstance(state, StateStore) else store
@@ -68,7 +92,8 @@ class OutboxStore:
         self._conn = store.connect()
         # Serializes this process's writes: a notification re-enqueued while it is being
         # finished, or two receipts of one incident merged at once, cannot interleave.
-        self._lock = threading.Lock()
+        self.lock = lock or threading.Lock()
+        self._lock = self.lock
         try:
             self._check_schema()
         except BaseException:
@@ -129,6 +154,51 @@ class OutboxStore:
             (receiver, incident))
         return {} if row is None else dict(json.loads(row[0]))
 
+    def claim(self, item: StoredItem, now: float, grace: float, *,
+              mine: float | None = None) -> Claim:
+        """Claim the item for an attempt starting at ``now``, in a transaction of its own.
+
+        The claim takes an item that nobody is sending, one whose recorded attempt began
+        ``grace`` seconds ago or more (presumed over: its sender died), or one whose recorded
+        attempt is ``mine`` (this process's own earlier claim, whose outcome could not be
+        recorded). A claimed item comes with its incident's receipt, read in the same
+        transaction.
+        """
+        n = item.notification
+        with self._lock, self._conn.transaction(durable=False) as tx:
+            row = tx.one(
+                "UPDATE outbox_items SET sending_since = ? WHERE seq = ? AND "
+                "(sending_since IS NULL OR sending_since <= ? OR sending_since = ?) "
+                "RETURNING seq", (now, item.seq, now - grace, mine))
+            if row is None:
+                current = tx.one("SELECT sending_since FROM outbox_items WHERE seq = ?",
+                                 (item.seq,))
+                if current is None:
+                    return Claim("gone")
+                return Claim("busy", None if current[0] is None else float(current[0]))
+            found = tx.one(
+                "SELECT receipt FROM outbox_receipts WHERE receiver = ? AND incident = ?",
+                (n.receiver, n.incident))
+        return Claim("claimed", now, {} if found is None else dict(json.loads(found[0])))
+
+    def expire(self, item: StoredItem, now: float, *,
+               claimed_before: float) -> Literal["expired", "gone", "busy"]:
+        """Give an item up without an attempt (it is too old): delete it and remember its id;
+        but not while an attempt recorded after ``claimed_before`` may still be in flight
+        (``busy``: its sender records the outcome), nor once it is no longer pending
+        (``gone``)."""
+        with self._lock, self._conn.transaction(durable=False) as tx:
+            deleted = tx.execute(
+                "DELETE FROM outbox_items WHERE seq = ? AND "
+                "(sending_since IS NULL OR sending_since <= ?)", (item.seq, claimed_before))
+            if not deleted:
+                exists = tx.one("SELECT 1 FROM outbox_items WHERE seq = ?", (item.seq,))
+                return "gone" if exists is None else "busy"
+            tx.execute("INSERT INTO outbox_done (id, finished_at) VALUES (?, ?) "
+                       "ON CONFLICT (id) DO UPDATE SET finished_at = excluded.finished_at",
+                       (item.notification.id, now))
+        return "expired"
+
     def finish(self, item: StoredItem, now: float, *,
                receipt: Mapping[str, str] | None = None) -> None:
         """Delete a finished item and remember its id; ``receipt`` (accepted items only) is
@@ -154,12 +224,18 @@ class OutboxStore:
                 "receipt = excluded.receipt, updated_at = excluded.updated_at",
                 (n.receiver, n.incident, json.dumps(merged, sort_keys=True), now))
 
-    def reschedule(self, seq: int, attempts: int, next_attempt_at: float, error: str) -> None:
-        """Record a failed attempt and when to try again."""
+    def reschedule(self, seq: int, attempts: int, next_attempt_at: float, error: str, *,
+                   claim: float | None = None) -> None:
+        """Record a failed attempt, when to try again, and that the attempt is over: the
+        item's ``sending_since`` goes back to NULL (unless ``claim``, the attempt's claim, is
+        given and another attempt has claimed the item since)."""
         with self._lock:
             self._conn.execute(
-                "UPDATE outbox_items SET attempts = ?, next_attempt_at = ?, last_error = ? "
-                "WHERE seq = ?", (attempts, next_attempt_at, error, seq), durable=False)
+                "UPDATE outbox_items SET attempts = ?, next_attempt_at = ?, last_error = ?, "
+                "sending_since = CASE WHEN sending_since = ? THEN NULL "
+                "WHEN ? THEN sending_since ELSE NULL END WHERE seq = ?",
+                (attempts, next_attempt_at, error, claim, claim is not None, seq),
+                durable=False)
 
     def prune(self, done_before: float, receipts_before: float) -> None:
         """Forget finished ids and unused receipts of incidents with nothing pending."""

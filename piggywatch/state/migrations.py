@@ -149,6 +149,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             since    REAL NOT NULL
         )""",
     )),
+    Migration(3, "when an attempt at an outbox item began, so one replica claims each attempt", (
+        # NULL: nobody is sending the item. Written by the compare-and-set claim before each
+        # attempt, cleared when the attempt's outcome is recorded (alerting/outbox_store.py).
+        "ALTER TABLE outbox_items ADD COLUMN sending_since REAL",
+    )),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -12,6 +12,7 @@ import pytest
 from piggywatch.alerting.model import Action, AlertInfo, AlertStatus, Notification
 from piggywatch.alerting.outbox_store import (
     SCHEMA_VERSION,
+    Claim,
     OutboxSchemaError,
     OutboxStore,
     StoredItem,
@@ -211,4 +212,118 @@ def test_a_path_opens_a_sqlite_file(tmp_path: Path) -> None:
     store = OutboxStore(path)
     assert store.where == path
     assert [i.notification.id for i in store.load()] == ["a"]
+    store.close()
+
+
+# -- claims: one attempt at a time across replicas
+
+def sending_since(state: StateStore, seq: int) -> object:
+    conn = state.connect()
+    try:
+        row = conn.one("SELECT sending_since FROM outbox_items WHERE seq = ?", (seq,))
+        assert row is not None
+        return row[0]
+    finally:
+        conn.close()
+
+
+def test_a_claim_succeeds_once_and_a_second_claimant_waits_out_the_grace(
+        state: StateStore) -> None:
+    store = OutboxStore(state)
+    store.add([note("a")], T0)
+    store.finish(StoredItem(0, note("earlier"), 0, T0, ""), T0, receipt={"dedup_key": "k"})
+    [item] = store.load()
+    assert sending_since(state, item.seq) is None
+    again, other = restarted(state)
+    try:
+        claim = store.claim(item, T0 + 1.125, grace=30.0)
+        assert claim == Claim("claimed", T0 + 1.125, {"dedup_key": "k"})
+        assert sending_since(state, item.seq) == T0 + 1.125  # full precision on both
+        [seen] = other.load()  # another replica still loads it, and must ask first
+        assert other.claim(seen, T0 + 2, grace=30.0) == Claim("busy", T0 + 1.125)
+        assert other.claim(seen, T0 + 31.124, grace=30.0).status == "busy"
+        # The first claimant's own claim, whose outcome it could not record, is its own.
+        assert store.claim(item, T0 + 5, grace=30.0, mine=T0 + 1.125).status == "claimed"
+        assert other.claim(seen, T0 + 20, grace=30.0, mine=T0 + 1.125) == Claim("busy", T0 + 5)
+        # A claim older than the grace is presumed dead: its sender crashed.
+        assert other.claim(seen, T0 + 35, grace=30.0).status == "claimed"
+        assert store.claim(item, T0 + 36, grace=30.0) == Claim("busy", T0 + 35)
+        other.close()
+    finally:
+        again.close()
+    store.close()
+
+
+def test_a_claim_on_an_item_finished_elsewhere_finds_it_gone(state: StateStore) -> None:
+    store = OutboxStore(state)
+    store.add([note("a")], T0)
+    [item] = store.load()
+    again, other = restarted(state)
+    try:
+        [seen] = other.load()
+        assert other.claim(seen, T0 + 1, grace=30.0).status == "claimed"
+        other.finish(seen, T0 + 2, receipt={"ts": "1"})
+        other.close()
+    finally:
+        again.close()
+    assert store.claim(item, T0 + 3, grace=30.0) == Claim("gone")
+    assert store.load() == []
+    store.close()
+
+
+def test_with_no_grace_a_claim_left_by_a_crashed_process_is_taken_at_once(
+        state: StateStore) -> None:
+    store = OutboxStore(state)
+    store.add([note("a")], T0)
+    [item] = store.load()
+    assert store.claim(item, T0 + 1, grace=0.0).status == "claimed"
+    store.close()  # "kill -9": the claim stays
+    again, store = restarted(state)
+    try:
+        [item] = store.load()
+        assert sending_since(state, item.seq) == T0 + 1
+        assert store.claim(item, T0 + 1, grace=0.0).status == "claimed"
+        store.close()
+    finally:
+        again.close()
+
+
+def test_reschedule_ends_the_attempts_claim_but_not_a_later_one(state: StateStore) -> None:
+    store = OutboxStore(state)
+    [seq] = store.add([note("a")], T0)
+    assert seq is not None
+    [item] = store.load()
+    store.claim(item, T0 + 1, grace=30.0)
+    store.reschedule(seq, 1, T0 + 5, "503", claim=T0 + 1)
+    assert sending_since(state, seq) is None
+    store.claim(item, T0 + 6, grace=30.0)
+    store.reschedule(seq, 2, T0 + 9, "503")  # no claim given: cleared whoever claimed
+    assert sending_since(state, seq) is None
+    store.claim(item, T0 + 10, grace=0.0)
+    store.claim(item, T0 + 11, grace=0.0)  # another replica took a stale claim over
+    store.reschedule(seq, 3, T0 + 20, "timed out", claim=T0 + 10)
+    assert sending_since(state, seq) == T0 + 11
+    [row] = store.load()
+    assert (row.attempts, row.next_attempt_at, row.last_error) == (3, T0 + 20, "timed out")
+    store.close()
+
+
+def test_expiry_spares_an_item_another_attempt_may_still_be_sending(state: StateStore) -> None:
+    store = OutboxStore(state)
+    store.add([note("busy"), note("idle", incident="inc-2"), note("done", incident="inc-3")],
+              T0)
+    busy, idle, done = store.load()
+    store.claim(busy, T0 + 10, grace=30.0)
+    store.claim(done, T0 + 10, grace=30.0)
+    store.finish(done, T0 + 11)
+    assert store.expire(busy, T0 + 20, claimed_before=T0 - 10) == "busy"
+    assert store.expire(idle, T0 + 20, claimed_before=T0 - 10) == "expired"
+    assert store.expire(done, T0 + 20, claimed_before=T0 - 10) == "gone"
+    assert [i.notification.id for i in store.load()] == ["busy"]
+    assert store.expire(busy, T0 + 50, claimed_before=T0 + 20) == "expired"
+    assert store.load() == []
+    conn = state.connect()
+    assert conn.query("SELECT id FROM outbox_done ORDER BY id") == [
+        ("busy",), ("done",), ("idle",)]
+    conn.close()
     store.close()
