@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import signal
 import socket
 import statistics
@@ -167,6 +168,8 @@ logging: {{level: INFO, format: json}}
             leader = next(r for r in replicas if r.leads())
             wait(lambda: stamps.after(time.monotonic() - 1.5) is not None, 10,
                  "notifications flowing")
+            # At a random moment of the standby's polling cycle, not always the same one.
+            time.sleep(random.uniform(0.0, 1.0))
             leader.kill()
             killed = time.monotonic()
             wait(lambda at=killed: stamps.after(at) is not None, 3 * takeover + 30,

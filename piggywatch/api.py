@@ -28,14 +28,17 @@ class DaemonApi:
     """The daemon's AlertingApi: reads the rules' alerts, acts through the dispatcher."""
 
     def __init__(self, rules: RuleManager | None, dispatcher: Dispatcher | None, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, unavailable: str = "") -> None:
         self._rules = rules
         self._dispatcher = dispatcher
         self._clock = clock
+        # Set while leadership changes: every call answers 503 (clients retry).
+        self._unavailable = unavailable
 
     def alerts(self) -> list[dict[str, Any]]:
         """Pending and firing alerts, shaped like Prometheus's /api/v1/alerts, plus their
         delivery state when delivery is configured."""
+        self._check_available()
         if self._rules is None:
             return []
         active = self._rules.active_alerts()
@@ -109,7 +112,12 @@ class DaemonApi:
             raise ApiError(404, f"no silence with id {silence_id}") from None
         return {"silence": _silence(silence, now)}
 
+    def _check_available(self) -> None:
+        if self._unavailable:
+            raise ApiError(503, self._unavailable)
+
     def _delivery(self) -> Dispatcher:
+        self._check_available()
         if self._dispatcher is None:
             raise ApiError(409, NO_DELIVERY)
         return self._dispatcher

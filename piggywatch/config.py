@@ -94,6 +94,9 @@ class HaConfig(_Strict):
     # How the other replicas reach this one's API (they forward /api/v1 calls to the
     # leader); empty: http(s)://<this host's name>:<listen port>.
     advertise_url: str = Field(default="", pattern=r"^(|https?://\S+)$")
+    # With `server.tls`: the CA bundle that signed the other replicas' certificates, to
+    # verify them when forwarding; empty: the system's CAs.
+    ca_file: str = ""
 
 
 class CollectorOptions(_Strict):

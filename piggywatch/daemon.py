@@ -52,6 +52,8 @@ MEMORY_WINDOW = 3600.0 + 60.0
 HISTORY_RECORD_SECONDS = 300.0
 # Expiry rewrites pages too; once an hour keeps the state file's disk writes down.
 HISTORY_EXPIRE_SECONDS = 3600.0
+# What the alerting API answers while this replica starts or stops leading.
+CHANGING = "leadership is changing; retry in a few seconds"
 # How often the delivery metrics (incidents, outbox depth) are refreshed.
 DELIVERY_METRICS_SECONDS = 5.0
 
@@ -67,7 +69,8 @@ class Daemon:
         self.store = MemoryStore()
         self.self_metrics = SelfMetrics(self.store)
         self.listen = listen or settings.server.listen
-        self.state = state_from_url(settings.state, self.base_dir, schema=settings.state_schema)
+        self.state = state_from_url(settings.state, self.base_dir, schema=settings.state_schema,
+                                    takeover_after=settings.ha.takeover_after)
         self.leadership = self._build_leadership()
         self.leadership.on_change = self._publish_leadership
         self.store.register(leadership_metrics.SPECS)
@@ -138,7 +141,7 @@ class Daemon:
         if not isinstance(self.state, PostgresState):
             return SoleLeader()
         ha = self.settings.ha
-        return AdvisoryLockLeadership(self.state, takeover_after=ha.takeover_after,
+        return AdvisoryLockLeadership(self.state,
                                       advertise_url=ha.advertise_url or self._own_url())
 
     def _own_url(self) -> str:
@@ -182,34 +185,45 @@ class Daemon:
         """This replica leads: open the alert state, history and delivery from the shared
         store, where the last leader left them, and start evaluating and delivering."""
         with self._leader_lock:
+            self._set_api(CHANGING)
             state = self._leader_state()
             if self.rules is not None:
-                self.history = History(state)
-                self.history.keep(self.rules.long_range_selectors(MEMORY_WINDOW))
-                self._source.history = self.history
+                history = History(state)
+                history.keep(self.rules.long_range_selectors(MEMORY_WINDOW))
+                self._source.history = self.history = history
                 self.rules.resume(AlertStateDB(state))
             if self.settings.route is not None:
                 from piggywatch.delivery import AlertDelivery, firing_events
 
-                self.delivery = AlertDelivery(self.settings, state,
-                                              may_send=self.leadership.confirm)
-                self.delivery.start(firing_events(self.rules))
-            if self._endpoints is not None:
-                from piggywatch.api import DaemonApi
+                delivery = AlertDelivery(self.settings, state,
+                                         may_send=self.leadership.confirm,
+                                         completion_state=self.state,
+                                         in_flight_grace=self._in_flight_grace())
+                delivery.start(firing_events(self.rules))
+                # Only now: a rule reload on another thread reconciles a started dispatcher.
+                self.delivery = delivery
+            self._set_api()
 
-                self._endpoints.alerting = DaemonApi(
-                    self.rules, self.delivery.dispatcher if self.delivery else None)
+    def _in_flight_grace(self) -> float:
+        """How long a notification another replica claimed is presumed in flight (0 with a
+        single replica: a claim left by a crashed process is retried at once)."""
+        if not isinstance(self.leadership, AdvisoryLockLeadership):
+            return 0.0
+        timeouts = [float(getattr(channel, "timeout", 0.0))
+                    for r in self.settings.receivers
+                    for channel in (r.pagerduty, r.slack, r.email, r.webhook, r.alertmanager)
+                    if channel is not None]
+        # A channel's timeout bounds each phase of a request (connect, send, read), not
+        # the whole; three of them, and a margin for clocks and the claim's commit.
+        return 3 * max(timeouts, default=10.0) + 5.0
 
     def _deposed(self) -> None:
         """This replica stops leading (or stops): no more evaluation nor delivery here."""
         with self._leader_lock:
+            self._set_api(CHANGING)
             if self.rules is not None:
                 self.rules.suspend()
             delivery, self.delivery = self.delivery, None
-            if self._endpoints is not None:
-                from piggywatch.api import DaemonApi
-
-                self._endpoints.alerting = DaemonApi(self.rules, None)
             if delivery is not None:
                 from piggywatch.delivery import clear_delivery_metrics
 
@@ -225,6 +239,18 @@ class Daemon:
                     # Keep what memory holds, so long-range rules see it after a restart.
                     self._record_history_into(history)
                 history.close()
+            self._set_api()
+
+    def _set_api(self, unavailable: str = "") -> None:
+        """Point the alerting API at what runs now (or answer 503 while it changes)."""
+        if self._endpoints is None:
+            return
+        from piggywatch.api import DaemonApi
+
+        delivery = self.delivery
+        self._endpoints.alerting = DaemonApi(
+            self.rules, delivery.dispatcher if delivery else None,
+            unavailable=unavailable if self.settings.route is not None else "")
 
     def reload_rules(self) -> bool:
         """(Re)load rule files; on a problem the running rules stay. Returns success."""
@@ -300,7 +326,8 @@ class Daemon:
                               statements=self.statements_report,
                               alerting=DaemonApi(self.rules, None), access=access)
         if isinstance(self.leadership, AdvisoryLockLeadership):
-            endpoints.forward = LeaderForward(self.leadership, self.leadership.instance)
+            endpoints.forward = LeaderForward(self.leadership, self.leadership.instance,
+                                              ca_file=self.settings.ha.ca_file or None)
         self._endpoints = endpoints
         tls = (server.tls.cert_file, server.tls.key_file) if server.tls else None
         self.http = HttpServer(endpoints, host, port, tls=tls)
@@ -346,9 +373,10 @@ class Daemon:
 
     def _publish_leader_metrics(self) -> None:
         self._publish_leadership()
-        delivery = self.delivery
-        if delivery is not None:
-            delivery.publish(self.store)
+        with self._leader_lock:  # never republishes a stopped delivery's figures
+            delivery = self.delivery
+            if delivery is not None:
+                delivery.publish(self.store)
 
     def stop(self) -> None:
         """Stop scheduling, cancel running queries, close connections and the server."""

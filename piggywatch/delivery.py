@@ -26,7 +26,9 @@ class AlertDelivery:
     """The outbox (with one notifier per receiver) and the dispatcher that feeds it."""
 
     def __init__(self, settings: Settings, state: StateLike, *,
-                 may_send: Callable[[], bool] = lambda: True) -> None:
+                 may_send: Callable[[], bool] = lambda: True,
+                 completion_state: StateLike | None = None,
+                 in_flight_grace: float = 0.0) -> None:
         self._http_channels = any(r.pagerduty or r.webhook or r.alertmanager or
                                   (r.slack and r.slack.webhook_url) for r in settings.receivers)
         notifiers: dict[str, Notifier] = {
@@ -34,7 +36,9 @@ class AlertDelivery:
             for r in settings.receivers}
         self.outbox = Outbox(state, notifiers,
                              throttles=default_throttles(settings.receivers),
-                             on_permanent_failure=self._failed, may_send=may_send)
+                             on_permanent_failure=self._failed, may_send=may_send,
+                             completion_state=completion_state,
+                             in_flight_grace=in_flight_grace)
         self.dispatcher = Dispatcher(
             AlertingSettings(receivers=settings.receivers, route=settings.route,
                              escalations=settings.escalations,

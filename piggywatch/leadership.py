@@ -7,17 +7,27 @@ collects, serves /metrics, and tries the lock again every ``poll`` seconds.
 
 Timing, with T = ``takeover_after`` (15 s by default):
 
-- A standby tries the lock every T/5, so once the lock is free it leads within T/5 plus
-  the time to open the state and start delivering.
-- The leader runs a query on its lock session every T/5. If one fails (the backend was
-  terminated, the server restarted) it stops at once. If none has succeeded for T/2 (the
-  network is gone and the query hangs), it stops delivering too: ``is_leader`` is false.
-- The lock session tells the *server* to drop it when its peer is gone for about 0.6 T
-  (TCP keepalives after 0.3 T idle, three probes 0.1 T apart; unacknowledged data for
-  0.6 T). So a leader whose node died loses the lock within ~0.6 T, and a leader cut off
-  from the database has stopped delivering (at 0.5 T) before anyone else can start.
-- Before each delivery batch the outbox calls ``confirm``, a round trip on the lock
-  session: a leader whose session is gone learns it before it sends, not after.
+- A standby tries the lock every ``poll`` = min(1 s, T/5) (one cheap query), so once the
+  lock is free it leads within ``poll`` plus the time to open the state and start
+  delivering (well under a second; see bench/failover_bench.py).
+- The lock is free at once when the leader's process dies (its socket closes). When its
+  host dies or the network goes, the server notices through TCP keepalives and
+  ``tcp_user_timeout``, both set from T on every state connection (about 0.7 T for
+  T ≥ 10 s; never under 4 s, so below ~6 s only process deaths are taken over within T).
+- The leader runs a query on its lock session every ``poll``. If one fails (the backend was
+  terminated, the server restarted) it stops leading at once; if none succeeded for T/2
+  (the query hangs), ``is_leader`` is false from then on, so nothing more is evaluated or
+  sent. A replica that lost the lock waits T before competing again, so a standby takes
+  over rather than the replica whose session just failed.
+- Fencing: every transaction that writes the leader's state (``fenced``) takes a shared
+  transaction-level advisory lock and checks, inside the transaction, that this replica's
+  lock session holds the leadership lock; a newly elected leader takes the same lock
+  exclusively before it loads anything, so a deposed leader's transaction either committed
+  before the new leader read the state or fails with ``NotLeader``. The outbox claims each
+  notification with such a transaction right before sending it.
+- ``on_elected`` / ``on_deposed`` run on the leadership thread only (or on the caller of
+  ``start``/``stop``): a sender thread that notices the lost lock only revokes (every gate
+  closes at once) and wakes that thread, which deposes.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ from typing import Any
 
 import psycopg
 
-from piggywatch.state import NotLeader, PostgresState, StateStore, Tx
+from piggywatch.state import NotLeader, PostgresState, SchemaTooNew, StateStore, Tx
 from piggywatch.store import MetricKind, MetricSpec, Sample, labels_of
 
 log = logging.getLogger(__name__)
@@ -45,6 +55,9 @@ SPECS = (
     MetricSpec("piggywatch_leadership_changes_total", MetricKind.COUNTER,
                "Times this replica became the leader (to=leader) or stopped being it "
                "(to=standby)"),
+    MetricSpec("piggywatch_state_database_up", MetricKind.GAUGE,
+               "Whether the shared PostgreSQL state database answered the last leadership "
+               "check (1) or not (0); absent with SQLite state"),
 )
 
 Callback = Callable[[], None]
@@ -56,7 +69,8 @@ class Leadership:
     def __init__(self) -> None:
         self._on_elected: Callback = _nothing
         self._on_deposed: Callback = _nothing
-        self._leading = False
+        self._leading = False  # the gate: evaluation, delivery and the fence check it
+        self._serving = False  # on_elected ran and on_deposed has not yet
         self._changes = {"leader": 0, "standby": 0}
         # Called after every change (the daemon republishes piggywatch_leader at once).
         self.on_change: Callback = _nothing
@@ -66,7 +80,7 @@ class Leadership:
         self._on_elected, self._on_deposed = on_elected, on_deposed
 
     def stop(self) -> None:
-        """Give up leadership (deposing first) and stop competing."""
+        """Give up leadership (deposing first, while still holding it) and stop competing."""
 
     def is_leader(self) -> bool:
         """Whether this replica leads now (no round trip)."""
@@ -88,8 +102,8 @@ class Leadership:
                 for to, n in self._changes.items()]
         return out
 
-    def _become_leader(self) -> bool:
-        """Run the election callback; False (and standby) if it failed."""
+    def _elect(self) -> bool:
+        """Run the election callback; False (and a standby again) if it failed."""
         self._leading = True  # before the callback: what it opens checks the fence
         try:
             self._on_elected()
@@ -101,16 +115,18 @@ class Leadership:
             except Exception:
                 log.exception("cleaning up after the failed takeover failed too")
             return False
+        self._serving = True
         self._changes["leader"] += 1
         self.on_change()
         return True
 
-    def _become_standby(self, why: str, *, graceful: bool = False) -> None:
+    def _depose(self, why: str, *, graceful: bool = False) -> None:
         """Stop leading. ``graceful`` (stopping while the lock is still held): the callback
         runs as leader, so it may deliver what is due and record the history first."""
-        if not self._leading:
+        if not self._serving:
+            self._leading = False
             return
-        if graceful:
+        if graceful and self._leading:
             log.info("stepping down as leader (%s)", why)
         else:
             self._leading = False
@@ -122,6 +138,7 @@ class Leadership:
             log.exception("stopping rule evaluation and delivery failed")
         finally:
             self._leading = False
+            self._serving = False
             self._changes["standby"] += 1
             self.on_change()
 
@@ -133,33 +150,38 @@ class SoleLeader(Leadership):
         super().start(on_elected, on_deposed)
         self._leading = True
         self._on_elected()
+        self._serving = True
         self._changes["leader"] += 1
         self.on_change()
 
     def stop(self) -> None:
-        self._become_standby("stopping", graceful=True)
+        self._depose("stopping", graceful=True)
 
 
 class AdvisoryLockLeadership(Leadership):
     """Leadership held as a PostgreSQL session-level advisory lock on the state database."""
 
-    def __init__(self, state: PostgresState, *, takeover_after: float = 15.0,
-                 advertise_url: str = "", instance: str | None = None) -> None:
+    def __init__(self, state: PostgresState, *, advertise_url: str = "",
+                 instance: str | None = None) -> None:
         super().__init__()
         self._state = state
-        self.takeover_after = float(takeover_after)
-        self.poll = max(0.1, self.takeover_after / 5)
+        self.takeover_after = state.takeover_after
+        self.poll = max(0.1, min(1.0, self.takeover_after / 5))
         self.lease = self.takeover_after / 2
         self.advertise_url = advertise_url
         self.instance = instance or socket.gethostname()
         self._key = state.lock_key("leader")
+        self._fence_key = state.lock_key("fence")
         self._conn: psycopg.Connection[Any] | None = None
         self._conn_lock = threading.Lock()
         self._last_ok = 0.0  # monotonic time of the last successful round trip as leader
         self._pid = 0  # the lock session's backend
         self._rejoin_at = 0.0  # after losing the lock, give a standby the first chance
+        self._revoked = ""  # why another thread revoked leadership, for the log
+        self._reachable: bool | None = None  # the state database, as last seen
         self._leader_url: str | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self, on_elected: Callback, on_deposed: Callback) -> None:
@@ -169,9 +191,10 @@ class AdvisoryLockLeadership(Leadership):
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout=self.poll + 5)
-        self._become_standby("stopping", graceful=True)
+            self._thread.join(timeout=self.takeover_after + 5)
+        self._depose("stopping", graceful=True)
         # Closing the session releases the lock at once: a standby takes over at its next
         # try instead of waiting for the server to notice.
         self._close()
@@ -185,7 +208,7 @@ class AdvisoryLockLeadership(Leadership):
         try:
             self._round_trip()
         except psycopg.Error as exc:
-            self._lost(f"the lock session failed: {_reason(exc)}")
+            self._revoke(f"the lock session failed: {_reason(exc)}")
             return False
         return True
 
@@ -193,18 +216,29 @@ class AdvisoryLockLeadership(Leadership):
         return None if self._leading else self._leader_url
 
     def fence(self, tx: Tx) -> None:
-        """Raise ``NotLeader`` unless this replica's lock session holds the lock now; run
-        inside every transaction that writes the leader's state (see ``fenced``)."""
+        """Raise ``NotLeader`` unless this replica's lock session holds the lock now; runs
+        first in every transaction that writes the leader's state (see ``fenced``)."""
+        if not self._leading:
+            raise NotLeader("this replica is not the leader")
+        # Shared: a new leader takes it exclusively before loading the state, so this
+        # transaction is either over by then or checks after the lock moved.
+        tx.one("SELECT pg_advisory_xact_lock_shared(?, ?)", self._fence_key)
         classid, objid = self._key
-        if not self._leading or tx.one(
-                "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = ? AND "
-                "objid = ? AND objsubid = 2 AND pid = ? AND granted",
-                (classid, objid, self._pid)) is None:
-            raise NotLeader("this replica does not hold the leadership lock")
+        if tx.one("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = ? AND "
+                  "objid = ? AND objsubid = 2 AND pid = ? AND granted",
+                  (classid, objid, self._pid)) is None:
+            raise NotLeader("this replica's session no longer holds the leadership lock")
 
     def fenced(self) -> StateStore:
         """The state store whose transactions only commit while this replica leads."""
         return self._state.fenced(self.fence)
+
+    def samples(self, now: float) -> list[Sample]:
+        out = super().samples(now)
+        if self._reachable is not None:
+            out.append(Sample("piggywatch_state_database_up", labels_of(),
+                              1.0 if self._reachable else 0.0, now))
+        return out
 
     # --- the thread -----------------------------------------------------------------
 
@@ -214,45 +248,69 @@ class AdvisoryLockLeadership(Leadership):
                 self._step()
             except Exception:
                 log.exception("leadership check failed")
-            self._stop.wait(self.poll)
+            self._wake.wait(self.poll)
+            self._wake.clear()
 
     def _step(self) -> None:
-        if self._leading:
-            try:
-                self._round_trip()
-            except psycopg.Error as exc:
-                self._lost(f"the lock session failed: {_reason(exc)}")
-            else:
-                return
-            if not self._leading:
-                return
-        if self._leading and not self.is_leader():
-            self._lost(f"no answer from the state database for {self.lease:g} s")
+        if self._serving:
+            if self._leading:
+                try:
+                    self._round_trip()
+                    return
+                except psycopg.Error as exc:
+                    self._revoke(f"the lock session failed: {_reason(exc)}")
+            self._depose(self._revoked or "leadership revoked")
+            self._revoked = ""
+            self._rejoin_at = time.monotonic() + self.takeover_after
             return
-        if time.monotonic() < self._rejoin_at:
+        if self._stop.is_set() or time.monotonic() < self._rejoin_at:
             return
         try:
             conn = self._session()
             with self._conn_lock:
                 got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
                                    self._key).fetchone()
+            self._seen(True)
             if not (got and got[0]):
                 self._leader_url = self._read_leader_url(conn)
                 return
-            with self._conn_lock:
+            with self._conn_lock, conn.transaction():
+                # Wait for the last leader's fenced transactions still in flight; later
+                # ones fail their check (the lock is ours now).
+                conn.execute(f"SET LOCAL lock_timeout = {round(self.takeover_after * 1000)}")
+                conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", self._fence_key)
                 conn.execute(
                     "INSERT INTO ha_leader (id, instance, url, since) VALUES (1, %s, %s, %s) "
                     "ON CONFLICT (id) DO UPDATE SET instance = excluded.instance, "
                     "url = excluded.url, since = excluded.since",
                     (self.instance, self.advertise_url, time.time()))
-        except psycopg.Error as exc:
-            log.warning("cannot reach the state database for leadership: %s", _reason(exc))
+        except (psycopg.Error, SchemaTooNew) as exc:
+            if self._reachable is not False:
+                log.warning("cannot use the state database for leadership (retrying every "
+                            "%g s): %s", self.poll, _reason(exc))
+            self._seen(False)
+            self._close()
+            return
+        if self._stop.is_set():
             self._close()
             return
         self._last_ok = time.monotonic()
         log.info("elected leader (instance %s): evaluating rules and delivering", self.instance)
-        if not self._become_leader():
+        if not self._elect():
             self._close()  # releases the lock for another replica
+
+    def _seen(self, reachable: bool) -> None:
+        if reachable != self._reachable:
+            self._reachable = reachable
+            self.on_change()
+
+    def _revoke(self, why: str) -> None:
+        """Close every gate now (any thread); the leadership thread deposes."""
+        if self._leading:
+            self._revoked = self._revoked or why
+        self._leading = False
+        self._close()
+        self._wake.set()
 
     def _round_trip(self) -> None:
         with self._conn_lock:
@@ -262,33 +320,18 @@ class AdvisoryLockLeadership(Leadership):
             conn.execute("SELECT 1")
         self._last_ok = time.monotonic()
 
-    def _lost(self, why: str) -> None:
-        if self._leading:
-            self._rejoin_at = time.monotonic() + self.takeover_after
-        self._become_standby(why)
-        self._close()
-
     def _session(self) -> psycopg.Connection[Any]:
         with self._conn_lock:
             if self._conn is not None and not self._conn.closed:
                 return self._conn
-        self._state.pool()  # the schema exists before the session looks for ha_leader
-        t = self.takeover_after
-        conn = psycopg.connect(
-            self._state.url, autocommit=True,
-            **self._state.connection_kwargs("piggywatch-leader"),
-            keepalives=1, keepalives_idle=max(1, round(0.3 * t)),
-            keepalives_interval=max(1, round(0.1 * t)), keepalives_count=3,
-            tcp_user_timeout=max(1000, round(600 * t)))
-        # The server's side of the same: it drops the session (and the lock) when this
-        # process's host is gone, within ~0.6 T.
-        conn.execute(
-            "SELECT set_config('tcp_keepalives_idle', %s, false), "
-            "set_config('tcp_keepalives_interval', %s, false), "
-            "set_config('tcp_keepalives_count', '3', false), "
-            "set_config('tcp_user_timeout', %s, false)",
-            (str(max(1, round(0.3 * t))), str(max(1, round(0.1 * t))),
-             str(max(1000, round(600 * t)))))
+        conn = psycopg.connect(self._state.url, autocommit=True,
+                               **self._state.connection_kwargs("piggywatch-leader"))
+        try:
+            # The schema exists before the session looks for ha_leader.
+            self._state.migrate_on(conn)
+        except BaseException:
+            conn.close()
+            raise
         with self._conn_lock:
             self._conn = conn
             self._pid = conn.info.backend_pid

@@ -23,6 +23,8 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from piggywatch.state import STATE_ERRORS
+
 if TYPE_CHECKING:
     from piggywatch.config import ServerConfig
 
@@ -167,6 +169,11 @@ class Endpoints:
             except ApiError as exc:
                 return _json(start_response, exc.status, {"status": "error",
                                                           "error": exc.message})
+            except STATE_ERRORS as exc:
+                log.warning("%s %s: the state database failed: %s", method, path, exc)
+                return _json(start_response, 503, {
+                    "status": "error", "error": "the state database is unavailable "
+                    f"({type(exc).__name__}); retry in a few seconds"})
             return _json(start_response, 200, {"status": "success", "data": data})
         if path == "/":
             return _text(start_response, "200 OK", "PiggyWatch: /metrics /healthz /readyz "

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from piggywatch.demo.cluster import ThrowawayCluster
-from tests.daemon_process import DaemonProcess, Values, value
+from tests.daemon_process import DaemonProcess, Values, fast_rules_config, value
 from tests.servers.pagerduty import PagerDutyServer
 from tests.test_delivery_e2e import Channels, actions, load, setup, wait_for
 
@@ -204,6 +204,46 @@ def test_a_leader_cut_from_the_state_database_steps_down_and_rejoins_as_standby(
             for daemon in (first, second):
                 code, _ = daemon.terminate()
                 assert code == 0
+        for daemon in (first, second):
+            assert "Traceback" not in daemon.stderr()
     finally:
         for conn in connections:
             conn.close()
+
+
+def test_a_state_database_that_is_down_leaves_a_ready_standby_until_it_returns(
+        pg_cluster: ThrowawayCluster, tmp_path: Path) -> None:
+    state = ThrowawayCluster(max_connections=30)
+    state.start()
+    try:
+        dsn = state.dsn()
+        state.stop()
+        config = tmp_path / "piggywatch.yaml"
+        (tmp_path / "rules.yaml").write_text(
+            "groups: [{name: g, rules: [{alert: A, expr: vector(1)}]}]\n")
+        config.write_text(
+            fast_rules_config(pg_cluster.dsn(dbname="piggybong"))
+            .replace("state: sqlite:///./state.db\n",
+                     f"state: {dsn}\nha: {{takeover_after: {TAKEOVER}s}}\n"))
+        with DaemonProcess(config, tmp_path) as daemon:
+            values = daemon.wait_for_metric(
+                lambda v: value(v, "piggywatch_state_database_up") == 0.0, 10,
+                "piggywatch_state_database_up 0")
+            assert value(values, "piggywatch_leader") == 0.0
+            assert value(values, "pg_up", target="main") == 1.0
+            assert daemon.get("/readyz").status_code == 200
+            answer = daemon.api("GET", "/api/v1/alerts")
+            assert answer.status_code == 503 and "no leader" in answer.text
+            state.start()
+            values = daemon.wait_for_metric(is_leader, 3 * TAKEOVER + 10, "leadership")
+            assert value(values, "piggywatch_state_database_up") == 1.0
+            daemon.wait_until(
+                lambda: daemon.api("GET", "/api/v1/alerts").status_code == 200, 10,
+                "the alerting API answering")
+            code, _ = daemon.terminate()
+            assert code == 0
+        logs = daemon.stderr()
+        assert "Traceback" not in logs
+        assert logs.count("cannot use the state database") == 1
+    finally:
+        state.destroy()

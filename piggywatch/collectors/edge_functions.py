@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from piggywatch.collectors.base import CollectorError
 from piggywatch.collectors.postgres.target import PostgresTarget
 from piggywatch.config_types import Duration
-from piggywatch.state import STATE_ERRORS, StateLike, connect
+from piggywatch.state import STATE_ERRORS, StateConn, StateLike, connect
 from piggywatch.store import MetricKind, MetricSpec, Sample, labels_of
 
 if TYPE_CHECKING:
@@ -203,8 +203,17 @@ class EdgeStateDB:
 
     def __init__(self, state: StateLike, *,
                  may_write: Callable[[], bool] = lambda: True) -> None:
-        self._conn = connect(state)
+        self._state = state
+        self._connection: StateConn | None = None
         self._may_write = may_write
+
+    @property
+    def _conn(self) -> StateConn:
+        # Connected on first use, so a state database that is down at start makes a failed
+        # collection (retried), not a daemon that cannot start.
+        if self._connection is None:
+            self._connection = connect(self._state)
+        return self._connection
 
     def load(self, source: str, buckets: Sequence[float]) -> tuple[datetime | None, Totals]:
         """The watermark and settled totals; histogram totals are dropped if buckets changed."""
@@ -262,7 +271,8 @@ class EdgeStateDB:
 
     def close(self) -> None:
         """Close the connection."""
-        self._conn.close()
+        if self._connection is not None:
+            self._connection.close()
 
 
 # --- the SQL source ------------------------------------------------------------------
@@ -419,7 +429,9 @@ class EdgeFunctionsCollector:
         self._state = state
         self._buckets = list(buckets)
         self._top_n = top_n
-        self._since, self._settled = state.load(source.key, self._buckets)
+        self._since: datetime | None = None
+        self._settled: Totals = {}
+        self._loaded = False
 
     def specs(self) -> Sequence[MetricSpec]:
         """The metric families of this collector."""
@@ -433,6 +445,12 @@ class EdgeFunctionsCollector:
 
     def collect(self, now: float) -> list[Sample]:
         """Read the tail since the watermark, settle what is past the lateness, export."""
+        if not self._loaded:
+            try:
+                self._since, self._settled = self._state.load(self._source.key, self._buckets)
+            except STATE_ERRORS as exc:
+                raise CollectorError("state", f"cannot read the edge watermark: {exc}") from exc
+            self._loaded = True
         reading = self._source.read(self._since, now, self._rank)
         try:
             reading = self._save(reading, now)

@@ -33,6 +33,7 @@ from piggywatch.rules.promql.nodes import VectorSelector
 from piggywatch.rules.promql.parse import lookback_window, walk
 from piggywatch.rules.state_db import AlertStateDB
 from piggywatch.rules.templating import QuerySample, render_or_error
+from piggywatch.state import STATE_ERRORS, NotLeader
 from piggywatch.store import MemoryStore, MetricKind, MetricSpec, Sample, labels_of
 from piggywatch.store.series import LabelMatcher, SeriesSource
 
@@ -266,8 +267,19 @@ class RuleManager:
             run.last_at = at
             self._publish_alerts(run, at)
             if self._db is not None:
-                for state in run.states.values():
-                    self._db.save(name, state.name, state.active.values())
+                try:
+                    for state in run.states.values():
+                        self._db.save(name, state.name, state.active.values())
+                except NotLeader:
+                    # Deposed since the evaluation began: the new leader evaluates and
+                    # notifies from the state it loaded; these events are not ours to send.
+                    log.info("group %r evaluated after losing leadership; events dropped",
+                             name)
+                    return []
+                except STATE_ERRORS as exc:
+                    # Kept in memory and saved at the next evaluation (a save writes what
+                    # changed since the last successful one); notifying must not wait.
+                    log.warning("could not save the alert state of group %r: %s", name, exc)
         for event in events:
             self._events[event.kind.value] += 1
             log.info("alert %s %s %s", event.rule, event.kind.value,

@@ -159,10 +159,11 @@ def connect(state: StateLike, *, read_only: bool = False) -> StateConn:
     return open_state(state).connect(read_only=read_only)
 
 
-def state_from_url(url: str, base_dir: Path, *, schema: str = DEFAULT_SCHEMA) -> StateStore:
+def state_from_url(url: str, base_dir: Path, *, schema: str = DEFAULT_SCHEMA,
+                   takeover_after: float = 15.0) -> StateStore:
     """The store a ``state:`` URL names; a relative SQLite path is taken from ``base_dir``."""
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresState(url, schema=schema)
+        return PostgresState(url, schema=schema, takeover_after=takeover_after)
     path = sqlite_path(url)
     return SQLiteState(path if path.is_absolute() else base_dir / path)
 
@@ -352,23 +353,39 @@ class PostgresState(StateStore):
 
     dialect: Dialect = "postgresql"
 
-    def __init__(self, url: str, *, schema: str = DEFAULT_SCHEMA, max_connections: int = 4,
-                 connect_timeout: float = 5.0) -> None:
+    def __init__(self, url: str, *, schema: str = DEFAULT_SCHEMA, max_connections: int = 8,
+                 connect_timeout: float = 5.0, takeover_after: float = 15.0) -> None:
         if not _IDENTIFIER.match(schema):
             raise ValueError(f"state schema {schema!r} must be a lower-case SQL identifier")
         self.url = url
         self.schema = schema
         self.connect_timeout = connect_timeout
+        self.takeover_after = float(takeover_after)
         self._max_connections = max_connections
         self._pool: ConnectionPool | None = None
+        self._closed = False
         self._migrated = False
         self._lock = threading.Lock()
 
     def connection_kwargs(self, application_name: str) -> dict[str, Any]:
-        """What every connection to the state database is opened with."""
-        return {"options": f"-c search_path={self.schema}",
+        """What every connection to the state database is opened with.
+
+        Both ends give up on a peer that is gone (host down, network cut) within about
+        0.7 ``takeover_after``: the server, so a dead leader's lock and transactions are
+        released in time for a standby to take over; the client, so a query on a dead
+        connection fails instead of hanging.
+        """
+        t = self.takeover_after
+        idle, interval, count = max(1, int(0.3 * t)), max(1, int(0.1 * t)), 3
+        user_timeout = max(1000, int(700 * t))
+        return {"options": f"-c search_path={self.schema} -c tcp_keepalives_idle={idle} "
+                           f"-c tcp_keepalives_interval={interval} "
+                           f"-c tcp_keepalives_count={count} "
+                           f"-c tcp_user_timeout={user_timeout}",
                 "application_name": application_name,
-                "connect_timeout": max(1, round(self.connect_timeout))}
+                "connect_timeout": max(1, round(self.connect_timeout)),
+                "keepalives": 1, "keepalives_idle": idle, "keepalives_interval": interval,
+                "keepalives_count": count, "tcp_user_timeout": user_timeout}
 
     def lock_key(self, name: str) -> tuple[int, int]:
         """The (class, object) pair of a PiggyWatch advisory lock in this schema."""
@@ -379,6 +396,8 @@ class PostgresState(StateStore):
     def pool(self) -> ConnectionPool:
         """The shared pool, opened (and the schema migrated) on first use."""
         with self._lock:
+            if self._closed:
+                raise psycopg.OperationalError(f"{self.describe()}: the state store is closed")
             if self._pool is None:
                 from psycopg_pool import ConnectionPool
 
@@ -396,10 +415,16 @@ class PostgresState(StateStore):
 
     def migrate(self, pool: ConnectionPool | None = None) -> list[int]:
         """Create the schema and apply missing migrations; the versions applied."""
-        pool = pool or self.pool()
+        with (pool or self.pool()).connection() as conn:
+            return self.migrate_on(conn)
+
+    def migrate_on(self, conn: psycopg.Connection[Any]) -> list[int]:
+        """``migrate`` on a given connection (the leadership session uses its own)."""
+        if self._migrated:
+            return []
         from psycopg import sql
 
-        with pool.connection() as conn, conn.transaction():
+        with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", self.lock_key("migrate"))
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
                 sql.Identifier(self.schema)))
@@ -427,6 +452,7 @@ class PostgresState(StateStore):
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
+            self._closed = True
         if pool is not None:
             pool.close()
 
