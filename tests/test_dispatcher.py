@@ -20,6 +20,7 @@ from piggywatch.alerting.model import Action, Delivery, Notification, Outcome
 from piggywatch.alerting.outbox import Outbox
 from piggywatch.alerting.settings import AlertingSettings
 from piggywatch.rules.alerts import Alert, AlertEvent, AlertState, EventKind
+from piggywatch.state import StateLike
 
 LONDON = ZoneInfo("Europe/London")
 T0 = datetime(2026, 3, 4, 10, 0, tzinfo=LONDON).timestamp()  # a Wednesday, 10:00
@@ -72,13 +73,13 @@ class Accepting:
 
 
 class Pipeline:
-    """A dispatcher and its (unstarted) outbox on one state file."""
+    """A dispatcher and its (unstarted) outbox on one state file (or store)."""
 
-    def __init__(self, path: Path, config: str = CONFIG) -> None:
-        self.path = path
+    def __init__(self, state: StateLike, config: str = CONFIG) -> None:
+        self.state = state
         self.settings = AlertingSettings.model_validate(yaml.safe_load(config))
-        self.outbox = Outbox(path, {name: Accepting() for name in RECEIVERS})
-        self.dispatcher = Dispatcher(self.settings, self.outbox, path, clock=lambda: T0)
+        self.outbox = Outbox(state, {name: Accepting() for name in RECEIVERS})
+        self.dispatcher = Dispatcher(self.settings, self.outbox, state, clock=lambda: T0)
         self.seen = 0
 
     def new(self) -> list[tuple[str, str, int]]:

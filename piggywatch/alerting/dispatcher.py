@@ -13,6 +13,17 @@ climb, and the outbox delivers.
 
 The groups, escalations and acks are durable in the state file, so a restart neither
 re-pages an incident nor forgets one half-way up its chain.
+
+A pass (or an acknowledgement) changes memory first and commits at its end: the
+notifications to the outbox, then the escalations and groups in one transaction. If the
+state database fails on the way, the work stays pending, exactly as computed, and is
+committed again before anything else: the outbox drops what it already took (same ids),
+so nothing is lost and nothing is sent twice. A leader that dies in between leaves the
+escalations as they were before the pass: its successor redoes the step (a page may go
+out twice, never not at all). An ack recorded whose escalation is not marked acknowledged
+is an ack not yet carried out: the next pass (a new leader's first) carries it out, with
+notification ids derived from the ack, so the outbox drops those the dead leader had
+already committed.
 """
 
 from __future__ import annotations
@@ -37,7 +48,7 @@ from piggywatch.alerting.settings import AlertingSettings
 from piggywatch.alerting.silences import Silences
 from piggywatch.alerting.time_intervals import TimeIntervals
 from piggywatch.rules.alerts import AlertEvent, EventKind
-from piggywatch.state import StateLike
+from piggywatch.state import STATE_ERRORS, NotLeader, StateLike
 from piggywatch.store.samples import MetricKind, MetricSpec, Sample, labels_of
 
 __all__ = ["FAILING_ALERT", "SOURCE", "SPECS", "Dispatcher", "Sender"]
@@ -82,11 +93,26 @@ class AckResult:
 
 @dataclass
 class _Pass:
-    """What one pass produced, committed together at its end."""
+    """What one pass (or acknowledgement) produced, committed together at its end."""
 
     notifications: list[Notification] = field(default_factory=list)
     changed: dict[str, Escalation] = field(default_factory=dict)
     ended: list[str] = field(default_factory=list)
+    stale_acks: list[str] = field(default_factory=list)  # acks of no running escalation
+    save_groups: bool = False  # the groups changed: save the dispatcher's state too
+    enqueued: set[str] = field(default_factory=set)  # ids the outbox took already
+
+    def empty(self) -> bool:
+        """Nothing to commit."""
+        return not (self.notifications or self.changed or self.ended or self.stale_acks
+                    or self.save_groups)
+
+
+def _ack_notification_id(ack: Ack, receiver: str) -> str:
+    """The id of the acknowledge notification of ``ack`` for ``receiver``: the same
+    whoever carries the ack out, so the outbox takes it once."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, "piggywatch:acknowledge:" + json.dumps(
+        [ack.incident, ack.by, ack.at, receiver])).hex
 
 
 class Dispatcher:
@@ -120,6 +146,8 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
         self._created: dict[str, int] = {a.value: 0 for a in Action}
         self._muted = (0, 0)
+        # A pass or acknowledgement whose commit failed: committed before anything else.
+        self._unsaved: _Pass | None = None
 
     # --- input --------------------------------------------------------------------------
 
@@ -173,13 +201,29 @@ class Dispatcher:
         self._wakeup.set()
 
     def _loop(self) -> None:
+        failing = ""  # the state error the passes fail with, logged once
         while not self._stopping.is_set():
             self._wakeup.clear()
             try:
                 self.run_pass()
+            except NotLeader:
+                # Fenced out: another replica leads now, and this one is being deposed.
+                log.info("alert dispatch stops: this replica is no longer the leader")
+                return
+            except STATE_ERRORS as exc:
+                error = f"{type(exc).__name__}: {exc}".strip()
+                if error != failing:
+                    log.warning("alert dispatch pass failed on the state database (%s); "
+                                "its notifications are kept and retried every second", error)
+                    failing = error
+                self._stopping.wait(TICK_SECONDS)
             except Exception:
                 log.exception("alert dispatch pass failed; trying again in a second")
                 self._stopping.wait(TICK_SECONDS)
+            else:
+                if failing:
+                    log.info("alert dispatch: the state database works again")
+                    failing = ""
             self._wakeup.wait(self._sleep())
 
     def _sleep(self) -> float:
@@ -196,8 +240,10 @@ class Dispatcher:
         notifications to the outbox and save the state; return the notifications."""
         at = self._clock() if now is None else now
         with self._lock:
+            self._commit_unsaved()
             events, self._queue = self._queue, []
             work = _Pass()
+            self._pending_acks(at, work)
             for event in events:
                 self._take(event, at)
             for event in self._failing.recovered(at):
@@ -214,20 +260,67 @@ class Dispatcher:
                     if page is not None:
                         work.changed[esc.incident] = esc
                         work.notifications += self._page(esc, page, at)
-            for notification in work.notifications:
-                self._sender.enqueue(notification)
-                self._created[notification.action.value] += 1
-            if events or work.changed or work.ended or work.notifications:
-                state = json.dumps({"grouper": self._grouper.to_dict(),
-                                    "failing": self._failing.last_failure})
-                self._escalations.save(work.changed.values(), work.ended, state)
-                self._acks.forget(work.ended)
+            work.save_groups = bool(events or work.changed or work.ended or
+                                    work.notifications)
+            self._commit(work)
             silenced = sum(1 for labels in self._firing.values()
                            if self.silences.is_silenced(labels, at))
             inhibited = sum(1 for labels in self._firing.values()
                             if self._inhibitor.is_inhibited(labels))
             self._muted = (silenced, inhibited)
         return work.notifications
+
+    def _commit(self, work: _Pass) -> None:
+        """Hand the notifications to the outbox, then save the escalations (and the groups)
+        and forget the acks of ended incidents. On a failure the work stays pending, for
+        ``_commit_unsaved``."""
+        if work.empty():
+            return
+        self._unsaved = work
+        for notification in work.notifications:
+            if notification.id not in work.enqueued:
+                self._sender.enqueue(notification)
+                work.enqueued.add(notification.id)
+                self._created[notification.action.value] += 1
+        if work.changed or work.ended or work.save_groups:
+            # The groups as they are now: never behind what the notifications announced.
+            state = json.dumps({"grouper": self._grouper.to_dict(),
+                                "failing": self._failing.last_failure}) \
+                if work.save_groups else None
+            self._escalations.save(work.changed.values(), work.ended, state)
+        self._acks.forget([*work.ended, *work.stale_acks])
+        self._unsaved = None
+
+    def _commit_unsaved(self) -> None:
+        """Commit the work a failed commit left pending (raises while it still fails)."""
+        if self._unsaved is not None:
+            self._commit(self._unsaved)
+
+    def _pending_acks(self, now: float, work: _Pass) -> None:
+        """Carry out acks recorded whose escalation is not acknowledged (the leader that
+        recorded one died before it was carried out), and drop acks whose incident ended
+        (recorded, but not forgotten, by a leader that died)."""
+        acks = self._acks.all()
+        running = set()
+        for esc in self._escalations.all():
+            running.add(esc.incident)
+            ack = acks.get(esc.incident)
+            if ack is not None and not esc.acked:
+                log.info("incident %s: carrying out the acknowledgement by %s recorded "
+                         "before", esc.incident, ack.by)
+                self._carry_out(ack, esc, now, work)
+        work.stale_acks += [incident for incident in acks if incident not in running]
+
+    def _carry_out(self, ack: Ack, esc: Escalation, now: float, work: _Pass) -> None:
+        """Stop the escalation and tell the receivers notified so far who took it."""
+        esc.acknowledge()
+        work.changed[esc.incident] = esc
+        targets = self._targets(esc.notified, esc.alerts)
+        work.notifications += [
+            replace(n, id=_ack_notification_id(ack, n.receiver))
+            for n in acknowledge_notifications(ack, targets, group_labels=esc.group_labels,
+                                               alerts=esc.alerts, level=esc.level, now=now,
+                                               external_url=self._external_url)]
 
     def _take(self, event: AlertEvent, now: float) -> None:
         labels = dict(event.alert.labels)
@@ -337,28 +430,27 @@ class Dispatcher:
         """
         at = self._clock() if now is None else now
         with self._lock:
+            self._commit_unsaved()
             incidents = [e for e in self._escalations.all() if e.incident == key
                          or any(a.fingerprint == key for a in e.alerts)]
             if not incidents:
                 return None
-            results: list[tuple[Ack, bool]] = []
-            changed = []
-            for esc in incidents:
-                through = None if esc.incident == key else key
-                ack, new = self._acks.record(Ack(esc.incident, by, at, comment, through))
-                results.append((ack, new))
-                if not new:
-                    continue
-                esc.acknowledge()
-                changed.append(esc)
-                log.info("incident %s acknowledged by %s", esc.incident, by)
-                targets = self._targets(esc.notified, esc.alerts)
-                for n in acknowledge_notifications(ack, targets, group_labels=esc.group_labels,
-                                                   alerts=esc.alerts, level=esc.level, now=at,
-                                                   external_url=self._external_url):
-                    self._sender.enqueue(n)
-                    self._created[n.action.value] += 1
-            self._escalations.save(changed)
+            # Recorded first: should a later step fail, the ack is recorded but not carried
+            # out, and the next pass (or a retried acknowledge) carries it out.
+            results = [self._acks.record(Ack(esc.incident, by, at, comment,
+                                             None if esc.incident == key else key))
+                       for esc in incidents]
+            work = _Pass()
+            for esc, (ack, new) in zip(incidents, results, strict=True):
+                if esc.acked:
+                    continue  # carried out already
+                if new:
+                    log.info("incident %s acknowledged by %s", esc.incident, by)
+                else:
+                    log.info("incident %s: carrying out the acknowledgement by %s recorded "
+                             "before", esc.incident, ack.by)
+                self._carry_out(ack, esc, at, work)
+            self._commit(work)
         return AckResult(key, tuple(results))
 
     def status(self, alerts: Iterable[tuple[str, Mapping[str, str]]],
