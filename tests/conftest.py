@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -68,3 +68,20 @@ def state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore
     yield store
     store.close()
 
+
+
+@pytest.fixture
+def restart(state: StateStore) -> Iterator[Callable[[], StateStore]]:
+    """Opens ``state`` again, as a restarted daemon (or another replica) would; every
+    handle it opened is closed at the end."""
+    from tests.state_support import reopen
+
+    opened: list[StateStore] = []
+
+    def open_again() -> StateStore:
+        opened.append(reopen(state))
+        return opened[-1]
+
+    yield open_again
+    for store in opened:
+        store.close()

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
-import pytest
+from collections.abc import Callable
 
 from piggywatch.alerting.acks import Ack, Acks
 from piggywatch.state import StateStore
-from tests.state_support import reopen
 
 T0 = 1_764_000_000.25
 
-
-@pytest.fixture
-def restart(state: StateStore) -> Iterator[Callable[[], StateStore]]:
-    """Opens ``state`` again as a restarted daemon would; every handle closed at the end."""
-    opened: list[StateStore] = []
-
-    def open_again() -> StateStore:
-        opened.append(reopen(state))
-        return opened[-1]
-
-    yield open_again
-    for store in opened:
-        store.close()
 
 
 def test_every_field_round_trips_across_a_restart(

@@ -3,30 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-
-import pytest
+from collections.abc import Callable
 
 from piggywatch.rules.alerts import Alert, AlertState
 from piggywatch.rules.state_db import AlertStateDB
 from piggywatch.state import StateStore
-from tests.state_support import reopen
 
 T0 = 1_764_000_000.123456
 
-
-@pytest.fixture
-def restart(state: StateStore) -> Iterator[Callable[[], StateStore]]:
-    """Opens ``state`` again as a restarted daemon would; every handle closed at the end."""
-    opened: list[StateStore] = []
-
-    def open_again() -> StateStore:
-        opened.append(reopen(state))
-        return opened[-1]
-
-    yield open_again
-    for store in opened:
-        store.close()
 
 
 def firing(target: str = "main", value: float = 0.87) -> Alert:

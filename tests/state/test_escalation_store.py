@@ -3,14 +3,11 @@ restart."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
-import pytest
+from collections.abc import Callable
 
 from piggywatch.alerting.escalation import Escalation, EscalationPolicy, EscalationStore, Step
 from piggywatch.alerting.model import AlertInfo, AlertStatus
 from piggywatch.state import StateStore
-from tests.state_support import reopen
 
 T0 = 1_764_000_000.75
 HOUR = 3600.0
@@ -19,19 +16,6 @@ POLICY = EscalationPolicy("degradation", (
     Step(("leads-email",), wait=900.0, repeat=2),
 ))
 
-
-@pytest.fixture
-def restart(state: StateStore) -> Iterator[Callable[[], StateStore]]:
-    """Opens ``state`` again as a restarted daemon would; every handle closed at the end."""
-    opened: list[StateStore] = []
-
-    def open_again() -> StateStore:
-        opened.append(reopen(state))
-        return opened[-1]
-
-    yield open_again
-    for store in opened:
-        store.close()
 
 
 def escalation(incident: str, started: float = T0) -> Escalation:

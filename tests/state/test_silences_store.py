@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from piggywatch.alerting.silences import RETENTION, Silence, SilenceError, Silences, SilenceState
 from piggywatch.state import StateStore
-from tests.state_support import reopen
 
 NOW = 1_764_000_000.5
 HOUR = 3600.0
 MAIN = {"alertname": "ConnectionsHigh", "target": "main", "severity": "high"}
 
-
-@pytest.fixture
-def restart(state: StateStore) -> Iterator[Callable[[], StateStore]]:
-    """Opens ``state`` again as a restarted daemon would; every handle closed at the end."""
-    opened: list[StateStore] = []
-
-    def open_again() -> StateStore:
-        opened.append(reopen(state))
-        return opened[-1]
-
-    yield open_again
-    for store in opened:
-        store.close()
 
 
 def test_every_field_round_trips_across_a_restart(
