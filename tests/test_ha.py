@@ -7,7 +7,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import psycopg
@@ -40,6 +40,45 @@ def ha_config(tmp_path: Path, channels: Channels, target: ThrowawayCluster,
     return config
 
 
+@contextmanager
+def two_replicas(tmp_path: Path, channels: Channels, target: ThrowawayCluster,
+                 state: ThrowawayCluster, *, wait: str
+                 ) -> Iterator[tuple[DaemonProcess, DaemonProcess]]:
+    """Two daemons on one configuration (and one state schema), each in its own dir."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    config = ha_config(tmp_path / "a", channels, target, state, wait=wait)
+    with DaemonProcess(config, tmp_path / "a") as a, DaemonProcess(config, tmp_path / "b") as b:
+        yield a, b
+
+
+@pytest.fixture
+def busy() -> Iterator[list[psycopg.Connection]]:
+    """Connections a test opens to push utilisation up; closed at the end."""
+    held: list[psycopg.Connection] = []
+    yield held
+    release(held)
+
+
+def release(held: list[psycopg.Connection]) -> None:
+    for conn in held:
+        conn.close()
+    held.clear()
+
+
+def posts(channels: Channels) -> list[object]:
+    """Slack messages posted (thread replies and updates aside)."""
+    return [m for m in channels.slack.messages if m.thread_ts is None]
+
+
+def stop_cleanly(*daemons: DaemonProcess) -> None:
+    """SIGTERM each: exit 0, and no traceback in its log."""
+    for daemon in daemons:
+        code, _ = daemon.terminate()
+        assert code == 0
+        assert "Traceback" not in daemon.stderr()
+
+
 def is_leader(values: Values) -> bool:
     return value(values, "piggywatch_leader") == 1.0
 
@@ -65,150 +104,108 @@ def triggers(pd: PagerDutyServer) -> list[str]:
 
 def test_two_replicas_page_once_and_a_standby_answers_the_api(
         pg_cluster: ThrowawayCluster, state_cluster: ThrowawayCluster, channels: Channels,
-        tmp_path: Path) -> None:
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    config = ha_config(tmp_path / "a", channels, pg_cluster, state_cluster, wait="1h")
+        busy: list[psycopg.Connection], tmp_path: Path) -> None:
     pd, slack = channels.pagerduty, channels.slack
-    connections: list[psycopg.Connection] = []
-    try:
-        with DaemonProcess(config, tmp_path / "a") as a, \
-                DaemonProcess(config, tmp_path / "b") as b:
-            leader, standby = leader_of(a, b)
-            # Both collect and serve /metrics, both are ready; only one leads.
-            assert standby.get("/readyz").status_code == 200
-            assert value(standby.metrics(), "pg_up", target="main") == 1.0
-            connections = load(pg_cluster)
-            wait_for(lambda: len(pd.events) >= 1 and len(slack.messages) >= 1, 20,
-                     "PagerDuty trigger and Slack post")
-            time.sleep(3 * TAKEOVER)  # time enough for a second replica's duplicate
-            assert len(triggers(pd)) == 1
-            assert len([m for m in slack.messages if m.thread_ts is None]) == 1
-            # The standby forwards API calls to the leader, which holds the alerts.
-            answer = standby.api("GET", "/api/v1/alerts")
-            assert answer.status_code == 200, answer.text
-            [alert] = answer.json()["data"]["alerts"]
-            assert alert["state"] == "firing" and alert["level"] == 1
-            ack = standby.api("POST", f"/api/v1/alerts/{alert['fingerprint']}/ack",
-                              {"by": "alice", "comment": "via the standby"})
-            assert ack.status_code == 200, ack.text
-            [dedup_key] = triggers(pd)
-            wait_for(lambda: pd.alert_status(dedup_key) == "acknowledged", 10, "PD ack")
-            assert leader.api("GET", "/api/v1/alerts").json()["data"]["alerts"][0]["ack"][
-                "by"] == "alice"
-            standby_metrics = standby.metrics()
-            assert value(standby_metrics, "piggywatch_leader") == 0.0
-            assert value(standby_metrics, "ALERTS", alertname="PostgresConnectionsHigh",
-                         alertstate="firing", severity="high", target="main") is None
-            assert value(leader.metrics(), "ALERTS", alertname="PostgresConnectionsHigh",
-                         alertstate="firing", severity="high", target="main") == 1.0
-            for daemon in (a, b):
-                code, _ = daemon.terminate()
-                assert code == 0
-        for daemon in (a, b):
-            assert "Traceback" not in daemon.stderr()
-    finally:
-        for conn in connections:
-            conn.close()
+    with two_replicas(tmp_path, channels, pg_cluster, state_cluster, wait="1h") as (a, b):
+        leader, standby = leader_of(a, b)
+        # Both collect and serve /metrics, both are ready; only one leads.
+        assert standby.get("/readyz").status_code == 200
+        assert value(standby.metrics(), "pg_up", target="main") == 1.0
+        busy += load(pg_cluster)
+        wait_for(lambda: len(pd.events) >= 1 and len(slack.messages) >= 1, 20,
+                 "PagerDuty trigger and Slack post")
+        time.sleep(3 * TAKEOVER)  # time enough for a second replica's duplicate
+        assert len(triggers(pd)) == 1
+        assert len(posts(channels)) == 1
+        # The standby forwards API calls to the leader, which holds the alerts.
+        answer = standby.api("GET", "/api/v1/alerts")
+        assert answer.status_code == 200, answer.text
+        [alert] = answer.json()["data"]["alerts"]
+        assert alert["state"] == "firing" and alert["level"] == 1
+        ack = standby.api("POST", f"/api/v1/alerts/{alert['fingerprint']}/ack",
+                          {"by": "alice", "comment": "via the standby"})
+        assert ack.status_code == 200, ack.text
+        [dedup_key] = triggers(pd)
+        wait_for(lambda: pd.alert_status(dedup_key) == "acknowledged", 10, "PD ack")
+        [alert] = leader.api("GET", "/api/v1/alerts").json()["data"]["alerts"]
+        assert alert["ack"]["by"] == "alice"
+        firing = {"alertname": "PostgresConnectionsHigh", "alertstate": "firing",
+                  "severity": "high", "target": "main"}
+        assert value(standby.metrics(), "piggywatch_leader") == 0.0
+        assert value(standby.metrics(), "ALERTS", **firing) is None
+        assert value(leader.metrics(), "ALERTS", **firing) == 1.0
+        stop_cleanly(a, b)
 
 
 def test_sigkill_of_the_leader_with_an_escalation_due_fires_the_step_once(
         pg_cluster: ThrowawayCluster, state_cluster: ThrowawayCluster, channels: Channels,
-        tmp_path: Path) -> None:
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    config = ha_config(tmp_path / "a", channels, pg_cluster, state_cluster, wait="4s")
-    pd, slack, smtp = channels.pagerduty, channels.slack, channels.smtp
-    connections: list[psycopg.Connection] = []
-    try:
-        with DaemonProcess(config, tmp_path / "a") as a, \
-                DaemonProcess(config, tmp_path / "b") as b:
-            leader, standby = leader_of(a, b)
-            connections = load(pg_cluster)
-            wait_for(lambda: len(pd.events) >= 1, 20, "PagerDuty trigger")
-            # The Level 2 step falls due 4 s after the page; the leader dies before that.
-            time.sleep(1.0)
-            assert smtp.mails == []
-            assert leader.proc is not None
-            leader.proc.send_signal(signal.SIGKILL)
-            killed = time.monotonic()
-            leader.proc.wait()
-            standby.wait_for_metric(is_leader, TAKEOVER + 5, "the standby takes over")
-            took_over = time.monotonic() - killed
-            assert took_over <= TAKEOVER + 1.0, f"takeover took {took_over:.1f} s"
-            wait_for(lambda: len(smtp.mails) >= 1, 15, "the Level 2 mail from the new leader")
-            time.sleep(2 * TAKEOVER)
-            assert len(smtp.mails) == 1, "the escalation step fired once"
-            assert len(triggers(pd)) == 1, "no second trigger after the takeover"
-            assert len({key for _, key in actions(pd)}) == 1
-            assert len([m for m in slack.messages if m.thread_ts is None]) == 1
-            changes = value(standby.metrics(), "piggywatch_leadership_changes_total",
-                            to="leader")
-            assert changes == 1.0
-            code, _ = standby.terminate()
-            assert code == 0
-        assert "Traceback" not in standby.stderr()
-    finally:
-        for conn in connections:
-            conn.close()
+        busy: list[psycopg.Connection], tmp_path: Path) -> None:
+    pd, smtp = channels.pagerduty, channels.smtp
+    with two_replicas(tmp_path, channels, pg_cluster, state_cluster, wait="4s") as (a, b):
+        leader, standby = leader_of(a, b)
+        busy += load(pg_cluster)
+        wait_for(lambda: len(pd.events) >= 1, 20, "PagerDuty trigger")
+        # The Level 2 step falls due 4 s after the page; the leader dies before that.
+        time.sleep(1.0)
+        assert smtp.mails == []
+        assert leader.proc is not None
+        leader.proc.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        leader.proc.wait()
+        standby.wait_for_metric(is_leader, TAKEOVER + 5, "the standby takes over")
+        took_over = time.monotonic() - killed
+        assert took_over <= TAKEOVER + 1.0, f"takeover took {took_over:.1f} s"
+        wait_for(lambda: len(smtp.mails) >= 1, 15, "the Level 2 mail from the new leader")
+        time.sleep(2 * TAKEOVER)
+        assert len(smtp.mails) == 1, "the escalation step fired once"
+        assert len(triggers(pd)) == 1, "no second trigger after the takeover"
+        assert len({key for _, key in actions(pd)}) == 1
+        assert len(posts(channels)) == 1
+        assert value(standby.metrics(), "piggywatch_leadership_changes_total",
+                     to="leader") == 1.0
+        stop_cleanly(standby)
 
 
 def test_a_leader_cut_from_the_state_database_steps_down_and_rejoins_as_standby(
         pg_cluster: ThrowawayCluster, state_cluster: ThrowawayCluster, channels: Channels,
-        tmp_path: Path) -> None:
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    config = ha_config(tmp_path / "a", channels, pg_cluster, state_cluster, wait="1h")
+        busy: list[psycopg.Connection], tmp_path: Path) -> None:
     pd, slack = channels.pagerduty, channels.slack
-    connections: list[psycopg.Connection] = []
-    try:
-        with DaemonProcess(config, tmp_path / "a") as a, \
-                DaemonProcess(config, tmp_path / "b") as b:
-            first, second = leader_of(a, b)
-            connections = load(pg_cluster)
-            wait_for(lambda: len(pd.events) >= 1 and len(slack.messages) >= 1, 20,
-                     "PagerDuty trigger and Slack post")
-            [dedup_key] = triggers(pd)
-            # Terminate the backend of the session that holds the leadership lock.
-            with psycopg.connect(state_cluster.dsn(), autocommit=True) as admin:
-                [(pid,)] = admin.execute(
-                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                    "AND objsubid = 2 AND pid IN (SELECT pid FROM pg_stat_activity WHERE "
-                    "application_name = 'piggywatch-leader')").fetchall()
-                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-            cut = time.monotonic()
-            second.wait_for_metric(is_leader, TAKEOVER + 5, "the other replica takes over")
-            assert time.monotonic() - cut <= TAKEOVER + 1.0
-            first.wait_for_metric(lambda v: not is_leader(v), 5, "the cut leader steps down")
-            # The incident resolves now: the new leader sends it, once.
-            for conn in connections:
-                conn.close()
-            connections = []
-            wait_for(lambda: pd.alert_status(dedup_key) == "resolved", 20, "PD resolve")
-            # The first replica reconnects and waits as a standby.
-            with psycopg.connect(state_cluster.dsn(), autocommit=True) as admin:
-                wait_for(lambda: admin.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
-                    "'piggywatch-leader'").fetchone() == (2,), 3 * TAKEOVER + 5,
-                    "the first replica's new lock session")
-            time.sleep(TAKEOVER)
-            assert not is_leader(first.metrics()) and is_leader(second.metrics())
-            first_metrics = first.metrics()
-            assert value(first_metrics, "piggywatch_leadership_changes_total",
-                         to="standby") == 1.0
-            assert value(second.metrics(), "piggywatch_notifications_total",
-                         receiver="oncall-pagerduty", result="accepted") == 1.0
-            assert [a for a, _ in actions(pd)] == ["trigger", "resolve"]
-            assert len([m for m in slack.messages if m.thread_ts is None]) == 1
-            assert "no longer the leader" in first.stderr()
-            for daemon in (first, second):
-                code, _ = daemon.terminate()
-                assert code == 0
-        for daemon in (first, second):
-            assert "Traceback" not in daemon.stderr()
-    finally:
-        for conn in connections:
-            conn.close()
+    with two_replicas(tmp_path, channels, pg_cluster, state_cluster, wait="1h") as (a, b):
+        first, second = leader_of(a, b)
+        busy += load(pg_cluster)
+        wait_for(lambda: len(pd.events) >= 1 and len(slack.messages) >= 1, 20,
+                 "PagerDuty trigger and Slack post")
+        [dedup_key] = triggers(pd)
+        # Terminate the backend of the session that holds the leadership lock.
+        with psycopg.connect(state_cluster.dsn(), autocommit=True) as admin:
+            [(pid,)] = admin.execute(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND objsubid = 2 AND pid IN (SELECT pid FROM pg_stat_activity WHERE "
+                "application_name = 'piggywatch-leader')").fetchall()
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        cut = time.monotonic()
+        second.wait_for_metric(is_leader, TAKEOVER + 5, "the other replica takes over")
+        assert time.monotonic() - cut <= TAKEOVER + 1.0
+        first.wait_for_metric(lambda v: not is_leader(v), 5, "the cut leader steps down")
+        # The incident resolves now: the new leader sends it, once.
+        release(busy)
+        wait_for(lambda: pd.alert_status(dedup_key) == "resolved", 20, "PD resolve")
+        # The first replica reconnects and waits as a standby.
+        with psycopg.connect(state_cluster.dsn(), autocommit=True) as admin:
+            wait_for(lambda: admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                "'piggywatch-leader'").fetchone() == (2,), 3 * TAKEOVER + 5,
+                "the first replica's new lock session")
+        time.sleep(TAKEOVER)
+        assert not is_leader(first.metrics()) and is_leader(second.metrics())
+        assert value(first.metrics(), "piggywatch_leadership_changes_total",
+                     to="standby") == 1.0
+        assert value(second.metrics(), "piggywatch_notifications_total",
+                     receiver="oncall-pagerduty", result="accepted") == 1.0
+        assert [action for action, _ in actions(pd)] == ["trigger", "resolve"]
+        assert len(posts(channels)) == 1
+        assert "no longer the leader" in first.stderr()
+        stop_cleanly(first, second)
 
 
 def test_a_state_database_that_is_down_leaves_a_ready_standby_until_it_returns(
