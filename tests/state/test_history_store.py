@@ -13,6 +13,7 @@ from piggywatch.store.history import SCHEMA_VERSION, CombinedSource, History, Hi
 from piggywatch.store.samples import Labels
 from piggywatch.store.series import STALE_NAN, LabelMatcher, Series, is_stale
 from tests.state_support import reopen
+from tests.test_history import ListSource
 
 M = LabelMatcher.of
 DAY = 86400.0
@@ -25,24 +26,6 @@ def labels(name: str, **extra: str) -> Labels:
 
 SIZE = labels("pg_database_size_bytes", datname="piggybong", target="main")
 CALLS = labels("pg_stat_statements_calls_total", queryid="42", target="main")
-
-
-class ListSource:
-    """A SeriesSource over fixed series, as the in-memory store would answer."""
-
-    def __init__(self, *series: Series) -> None:
-        self.series = list(series)
-
-    def select(
-            self, matchers: Sequence[LabelMatcher], start: float, end: float) -> Iterator[Series]:
-        for s in self.series:
-            present = dict(s.labels)
-            if not all(m.matches(present.get(m.name, "")) for m in matchers):
-                continue
-            points = [(t, v) for t, v in zip(s.timestamps, s.values, strict=True)
-                      if start <= t <= end]
-            if points:
-                yield Series(s.labels, [t for t, _ in points], [v for _, v in points])
 
 
 def series(series_labels: Labels, points: Sequence[tuple[float, float]]) -> Series:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from piggywatch.alerting.model import Action, AlertInfo, AlertStatus, Notification
+from piggywatch.alerting.model import Action
 from piggywatch.alerting.outbox_store import (
     SCHEMA_VERSION,
     Claim,
@@ -20,17 +20,9 @@ from piggywatch.alerting.outbox_store import (
 )
 from piggywatch.state import StateStore
 from tests.state_support import reopen
+from tests.test_outbox import note
 
 T0 = 1_764_000_000.25
-
-
-def note(nid: str, *, receiver: str = "oncall", incident: str = "inc-1",
-         action: Action = Action.TRIGGER, created_at: float = T0) -> Notification:
-    alert = AlertInfo("fp1", AlertStatus.FIRING,
-                      {"alertname": "PostgresDown", "severity": "critical", "target": "main"},
-                      {"summary": "main is down"}, starts_at=created_at - 60, value="0")
-    return Notification(nid, receiver, action, incident, {"alertname": "PostgresDown"},
-                        (alert,), created_at)
 
 
 def restarted(state: StateStore) -> tuple[StateStore, OutboxStore]:
