@@ -19,11 +19,26 @@ notifications to the outbox, then the escalations and groups in one transaction.
 state database fails on the way, the work stays pending, exactly as computed, and is
 committed again before anything else: the outbox drops what it already took (same ids),
 so nothing is lost and nothing is sent twice. A leader that dies in between leaves the
-escalations as they were before the pass: its successor redoes the step (a page may go
-out twice, never not at all). An ack recorded whose escalation is not marked acknowledged
-is an ack not yet carried out: the next pass (a new leader's first) carries it out, with
-notification ids derived from the ack, so the outbox drops those the dead leader had
-already committed.
+escalations and groups as they were before the pass: its successor redoes the step, and
+because every notification id is derived from what it announces (never random), the redone
+step has the ids the dead leader committed and the outbox drops them. An ack recorded whose
+escalation is not marked acknowledged is an ack not yet carried out: the next pass (a new
+leader's first) carries it out, with notification ids derived from the ack.
+
+What an id is derived from (``_notification_id``): the incident key, the occurrence of
+that key (a counter of the key's incidents, and when the occurrence's earliest alert began
+firing), the receiver, and what the notification is:
+
+- an escalation page: its level and the last step's repeat count (``Escalation.repeats``);
+- a group notification (alerts joined or resolved, or repeat_interval passed): a counter
+  of the occurrence's group notifications, the kind, and the alerts announced;
+- the resolve: one per occurrence.
+
+The counters (``_Occurrences``) are saved with the groups, in the transaction that saves
+the step, so a redone step counts from where the dead leader's last saved step left off;
+a key's counters are kept for ``_OCCURRENCES_KEPT`` after its last notification, well
+beyond the outbox's memory of finished ids, so that a new occurrence never reuses an id
+the outbox would still refuse.
 """
 
 from __future__ import annotations
@@ -43,6 +58,7 @@ from piggywatch.alerting.failing import FAILING_ALERT, FailingChannels, without_
 from piggywatch.alerting.grouping import DueGroup, DueKind, Grouper
 from piggywatch.alerting.inhibit import Inhibitor
 from piggywatch.alerting.model import Action, AlertInfo, AlertStatus, Delivery, Notification
+from piggywatch.alerting.outbox import MAX_AGE
 from piggywatch.alerting.routing import RoutePlan, Router
 from piggywatch.alerting.settings import AlertingSettings
 from piggywatch.alerting.silences import Silences
@@ -58,6 +74,10 @@ log = logging.getLogger(__name__)
 SOURCE = "piggywatch/alerting"
 # The longest the thread sleeps when nothing is due: timers are checked at least this often.
 TICK_SECONDS = 1.0
+# How long the occurrence counters of an incident key are kept once it has neither a group
+# nor an escalation: an outbox item may wait MAX_AGE and its id is remembered MAX_AGE
+# after it finished, so a new occurrence counted from scratch can never meet one of them.
+_OCCURRENCES_KEPT = 3 * MAX_AGE
 
 SPECS = (
     MetricSpec("piggywatch_alert_incidents", MetricKind.GAUGE,
@@ -115,6 +135,73 @@ def _ack_notification_id(ack: Ack, receiver: str) -> str:
         [ack.incident, ack.by, ack.at, receiver])).hex
 
 
+def _notification_id(incident: str, occurrence: _Occurrence, receiver: str,
+                     *what: object) -> str:
+    """The id of a trigger or resolve notification: derived from what it announces, so a
+    step redone after a crash (by this leader or the next) gives the ids it gave before."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, "piggywatch:notification:" + json.dumps(
+        [incident, occurrence.number, occurrence.since, receiver, *what])).hex
+
+
+@dataclass
+class _Occurrence:
+    """The current occurrence of an incident key, as notification ids name it."""
+
+    number: int  # the key's occurrences so far, this one included (0: before counting)
+    since: float  # when the occurrence's earliest alert began firing
+    updates: int = 0  # its group notifications (alerts joined or resolved, repeats) so far
+    last: float = 0.0  # when it last notified
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"number": self.number, "since": self.since, "updates": self.updates,
+                "last": self.last}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> _Occurrence:
+        return cls(int(data["number"]), float(data["since"]), int(data.get("updates", 0)),
+                   float(data.get("last", 0.0)))
+
+
+class _Occurrences:
+    """The counters notification ids are derived from, by incident key; saved with the
+    groups (the dispatcher's state), in the same transaction as the step that moved them."""
+
+    def __init__(self, saved: Mapping[str, Any]) -> None:
+        self._by_key: dict[str, _Occurrence] = {}
+        for key, data in saved.items():
+            try:
+                self._by_key[str(key)] = _Occurrence.from_dict(data)
+            except (KeyError, TypeError, ValueError):
+                log.warning("incident %s: unreadable notification counters, dropped", key)
+
+    def open(self, incident: str, alerts: Sequence[AlertInfo], now: float) -> _Occurrence:
+        """A new occurrence of ``incident`` (its escalation starts, or a deferred incident
+        that ended before anyone heard is announced)."""
+        firing = [a.starts_at for a in alerts if a.status is AlertStatus.FIRING]
+        since = min(firing or [a.starts_at for a in alerts] or [now])
+        previous = self._by_key.get(incident)
+        found = _Occurrence((previous.number if previous else 0) + 1, since, last=now)
+        self._by_key[incident] = found
+        return found
+
+    def current(self, esc: Escalation, now: float) -> _Occurrence:
+        """The occurrence ``esc`` is the escalation of."""
+        found = self._by_key.get(esc.incident)
+        if found is None:  # started before occurrences were counted: its start is durable
+            found = self._by_key[esc.incident] = _Occurrence(0, esc.started_at)
+        found.last = now
+        return found
+
+    def forget(self, now: float, open_: Callable[[str], bool]) -> None:
+        """Drop the counters of keys with nothing open that last notified long ago."""
+        for key in [k for k, o in self._by_key.items()
+                    if o.last < now - _OCCURRENCES_KEPT and not open_(k)]:
+            del self._by_key[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: o.to_dict() for key, o in self._by_key.items()}
+
+
 class Dispatcher:
     """Takes alert events and turns them into notifications, on its own thread."""
 
@@ -138,6 +225,7 @@ class Dispatcher:
         saved = json.loads(self._escalations.state() or "{}")
         self._grouper = Grouper.from_dict(saved.get("grouper", {}), self._intervals)
         self._failing = FailingChannels(saved.get("failing", {}))
+        self._occurrences = _Occurrences(saved.get("occurrences", {}))
         self._firing = self._grouped_firing()
         self._lock = threading.RLock()
         self._queue: list[AlertEvent] = []
@@ -262,6 +350,8 @@ class Dispatcher:
                         work.notifications += self._page(esc, page, at)
             work.save_groups = bool(events or work.changed or work.ended or
                                     work.notifications)
+            self._occurrences.forget(at, lambda incident: incident in self._grouper or
+                                     self._escalations.get(incident) is not None)
             self._commit(work)
             silenced = sum(1 for labels in self._firing.values()
                            if self.silences.is_silenced(labels, at))
@@ -285,7 +375,8 @@ class Dispatcher:
         if work.changed or work.ended or work.save_groups:
             # The groups as they are now: never behind what the notifications announced.
             state = json.dumps({"grouper": self._grouper.to_dict(),
-                                "failing": self._failing.last_failure}) \
+                                "failing": self._failing.last_failure,
+                                "occurrences": self._occurrences.to_dict()}) \
                 if work.save_groups else None
             self._escalations.save(work.changed.values(), work.ended, state)
         self._acks.forget([*work.ended, *work.stale_acks])
@@ -348,24 +439,32 @@ class Dispatcher:
         if esc is None and due.kind is DueKind.RESOLVE:
             # Deferred and over before anyone heard: the first step learns what happened.
             first = self._policy(due.plan).steps[0].notify
+            occurrence = self._occurrences.open(due.incident, due.alerts, now)
             return self._notify(due.incident, due.group_labels, due.alerts, first, now,
-                                Action.RESOLVE, level=1)
+                                Action.RESOLVE, occurrence, ("resolve",), level=1)
         if esc is None:
             esc = Escalation(due.incident, due.plan.route_id, dict(due.group_labels),
                              self._policy(due.plan), now, alerts=due.alerts)
+            self._occurrences.open(due.incident, due.alerts, now)
             work.changed[esc.incident] = esc
             return self._page(esc, esc.start(now), now)
+        occurrence = self._occurrences.current(esc, now)
         if due.kind is DueKind.RESOLVE:
             work.ended.append(esc.incident)
             work.changed.pop(esc.incident, None)
             return self._notify(esc.incident, esc.group_labels, due.alerts, esc.notified, now,
-                                Action.RESOLVE, level=esc.level, ack=self._acks.get(esc.incident))
+                                Action.RESOLVE, occurrence, ("resolve",), level=esc.level,
+                                ack=self._acks.get(esc.incident))
         esc.alerts = due.alerts
         work.changed[esc.incident] = esc
         if esc.acked:
             return []  # an acknowledged incident is told only that it ended
+        occurrence.updates += 1
+        announced = [[a.fingerprint, a.status.value] for a in due.alerts]
         return self._notify(esc.incident, esc.group_labels, due.alerts, esc.notified, now,
-                            Action.TRIGGER, level=esc.level, resolved_news=due.resolve_only)
+                            Action.TRIGGER, occurrence,
+                            ("update", occurrence.updates, due.kind.value, announced),
+                            level=esc.level, resolved_news=due.resolve_only)
 
     def _may_climb(self, esc: Escalation, now: float,
                    muted: Callable[[Mapping[str, str]], bool]) -> bool:
@@ -385,17 +484,23 @@ class Dispatcher:
                        if a.status is AlertStatus.FIRING) or esc.alerts
         log.info("incident %s: level %d (%s) notifies %s", esc.incident, page.level,
                  page.reason, ", ".join(page.receivers))
+        # Level and repeat count name the step: each is paged once per occurrence.
         return self._notify(esc.incident, esc.group_labels, alerts, page.receivers, now,
-                            Action.TRIGGER, level=page.level)
+                            Action.TRIGGER, self._occurrences.current(esc, now),
+                            ("page", page.level, esc.repeats), level=page.level)
 
     def _notify(self, incident: str, group_labels: Mapping[str, str],
                 alerts: Sequence[AlertInfo], receivers: Iterable[str], now: float,
-                action: Action, *, level: int, ack: Ack | None = None,
+                action: Action, occurrence: _Occurrence, what: tuple[object, ...], *,
+                level: int, ack: Ack | None = None,
                 resolved_news: bool = False) -> list[Notification]:
+        """One notification per receiver, with ids derived from the incident's
+        ``occurrence`` and ``what`` (the step, distinct within the occurrence)."""
         targets = self._targets(receivers, alerts)
         if action is Action.RESOLVE or resolved_news:
             targets = [r for r in targets if self._receivers[r].send_resolved]
-        return [Notification(id=uuid.uuid4().hex, receiver=r, action=action, incident=incident,
+        return [Notification(id=_notification_id(incident, occurrence, r, *what),
+                             receiver=r, action=action, incident=incident,
                              group_labels=dict(group_labels), alerts=tuple(alerts),
                              created_at=now, level=level,
                              acked_by=ack.by if ack else None, acked_at=ack.at if ack else None,
