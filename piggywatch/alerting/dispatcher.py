@@ -34,11 +34,11 @@ firing), the receiver, and what the notification is:
   of the occurrence's group notifications, the kind, and the alerts announced;
 - the resolve: one per occurrence.
 
-The counters (``_Occurrences``) are saved with the groups, in the transaction that saves
+The counters (``Occurrences``) are saved with the groups, in the transaction that saves
 the step, so a redone step counts from where the dead leader's last saved step left off;
-a key's counters are kept for ``_OCCURRENCES_KEPT`` after its last notification, well
-beyond the outbox's memory of finished ids, so that a new occurrence never reuses an id
-the outbox would still refuse.
+a key's counters are kept for ``notification_ids.OCCURRENCES_KEPT`` after its last
+notification, well beyond the outbox's memory of finished ids, so that a new occurrence
+never reuses an id the outbox would still refuse.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -58,7 +57,12 @@ from piggywatch.alerting.failing import FAILING_ALERT, FailingChannels, without_
 from piggywatch.alerting.grouping import DueGroup, DueKind, Grouper
 from piggywatch.alerting.inhibit import Inhibitor
 from piggywatch.alerting.model import Action, AlertInfo, AlertStatus, Delivery, Notification
-from piggywatch.alerting.outbox import MAX_AGE
+from piggywatch.alerting.notification_ids import (
+    Occurrence,
+    Occurrences,
+    ack_notification_id,
+    notification_id,
+)
 from piggywatch.alerting.routing import RoutePlan, Router
 from piggywatch.alerting.settings import AlertingSettings
 from piggywatch.alerting.silences import Silences
@@ -74,10 +78,6 @@ log = logging.getLogger(__name__)
 SOURCE = "piggywatch/alerting"
 # The longest the thread sleeps when nothing is due: timers are checked at least this often.
 TICK_SECONDS = 1.0
-# How long the occurrence counters of an incident key are kept once it has neither a group
-# nor an escalation: an outbox item may wait MAX_AGE and its id is remembered MAX_AGE
-# after it finished, so a new occurrence counted from scratch can never meet one of them.
-_OCCURRENCES_KEPT = 3 * MAX_AGE
 
 SPECS = (
     MetricSpec("piggywatch_alert_incidents", MetricKind.GAUGE,
@@ -128,80 +128,6 @@ class _Pass:
                     or self.save_groups)
 
 
-def _ack_notification_id(ack: Ack, receiver: str) -> str:
-    """The id of the acknowledge notification of ``ack`` for ``receiver``: the same
-    whoever carries the ack out, so the outbox takes it once."""
-    return uuid.uuid5(uuid.NAMESPACE_URL, "piggywatch:acknowledge:" + json.dumps(
-        [ack.incident, ack.by, ack.at, receiver])).hex
-
-
-def _notification_id(incident: str, occurrence: _Occurrence, receiver: str,
-                     *what: object) -> str:
-    """The id of a trigger or resolve notification: derived from what it announces, so a
-    step redone after a crash (by this leader or the next) gives the ids it gave before."""
-    return uuid.uuid5(uuid.NAMESPACE_URL, "piggywatch:notification:" + json.dumps(
-        [incident, occurrence.number, occurrence.since, receiver, *what])).hex
-
-
-@dataclass
-class _Occurrence:
-    """The current occurrence of an incident key, as notification ids name it."""
-
-    number: int  # the key's occurrences so far, this one included (0: before counting)
-    since: float  # when the occurrence's earliest alert began firing
-    updates: int = 0  # its group notifications (alerts joined or resolved, repeats) so far
-    last: float = 0.0  # when it last notified
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"number": self.number, "since": self.since, "updates": self.updates,
-                "last": self.last}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> _Occurrence:
-        return cls(int(data["number"]), float(data["since"]), int(data.get("updates", 0)),
-                   float(data.get("last", 0.0)))
-
-
-class _Occurrences:
-    """The counters notification ids are derived from, by incident key; saved with the
-    groups (the dispatcher's state), in the same transaction as the step that moved them."""
-
-    def __init__(self, saved: Mapping[str, Any]) -> None:
-        self._by_key: dict[str, _Occurrence] = {}
-        for key, data in saved.items():
-            try:
-                self._by_key[str(key)] = _Occurrence.from_dict(data)
-            except (KeyError, TypeError, ValueError):
-                log.warning("incident %s: unreadable notification counters, dropped", key)
-
-    def open(self, incident: str, alerts: Sequence[AlertInfo], now: float) -> _Occurrence:
-        """A new occurrence of ``incident`` (its escalation starts, or a deferred incident
-        that ended before anyone heard is announced)."""
-        firing = [a.starts_at for a in alerts if a.status is AlertStatus.FIRING]
-        since = min(firing or [a.starts_at for a in alerts] or [now])
-        previous = self._by_key.get(incident)
-        found = _Occurrence((previous.number if previous else 0) + 1, since, last=now)
-        self._by_key[incident] = found
-        return found
-
-    def current(self, esc: Escalation, now: float) -> _Occurrence:
-        """The occurrence ``esc`` is the escalation of."""
-        found = self._by_key.get(esc.incident)
-        if found is None:  # started before occurrences were counted: its start is durable
-            found = self._by_key[esc.incident] = _Occurrence(0, esc.started_at)
-        found.last = now
-        return found
-
-    def forget(self, now: float, open_: Callable[[str], bool]) -> None:
-        """Drop the counters of keys with nothing open that last notified long ago."""
-        for key in [k for k, o in self._by_key.items()
-                    if o.last < now - _OCCURRENCES_KEPT and not open_(k)]:
-            del self._by_key[key]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {key: o.to_dict() for key, o in self._by_key.items()}
-
-
 class Dispatcher:
     """Takes alert events and turns them into notifications, on its own thread."""
 
@@ -225,7 +151,7 @@ class Dispatcher:
         saved = json.loads(self._escalations.state() or "{}")
         self._grouper = Grouper.from_dict(saved.get("grouper", {}), self._intervals)
         self._failing = FailingChannels(saved.get("failing", {}))
-        self._occurrences = _Occurrences(saved.get("occurrences", {}))
+        self._occurrences = Occurrences(saved.get("occurrences", {}))
         self._firing = self._grouped_firing()
         self._lock = threading.RLock()
         self._queue: list[AlertEvent] = []
@@ -408,7 +334,7 @@ class Dispatcher:
         work.changed[esc.incident] = esc
         targets = self._targets(esc.notified, esc.alerts)
         work.notifications += [
-            replace(n, id=_ack_notification_id(ack, n.receiver))
+            replace(n, id=ack_notification_id(ack, n.receiver))
             for n in acknowledge_notifications(ack, targets, group_labels=esc.group_labels,
                                                alerts=esc.alerts, level=esc.level, now=now,
                                                external_url=self._external_url)]
@@ -491,7 +417,7 @@ class Dispatcher:
 
     def _notify(self, incident: str, group_labels: Mapping[str, str],
                 alerts: Sequence[AlertInfo], receivers: Iterable[str], now: float,
-                action: Action, occurrence: _Occurrence, what: tuple[object, ...], *,
+                action: Action, occurrence: Occurrence, what: tuple[object, ...], *,
                 level: int, ack: Ack | None = None,
                 resolved_news: bool = False) -> list[Notification]:
         """One notification per receiver, with ids derived from the incident's
@@ -499,7 +425,7 @@ class Dispatcher:
         targets = self._targets(receivers, alerts)
         if action is Action.RESOLVE or resolved_news:
             targets = [r for r in targets if self._receivers[r].send_resolved]
-        return [Notification(id=_notification_id(incident, occurrence, r, *what),
+        return [Notification(id=notification_id(incident, occurrence, r, *what),
                              receiver=r, action=action, incident=incident,
                              group_labels=dict(group_labels), alerts=tuple(alerts),
                              created_at=now, level=level,
