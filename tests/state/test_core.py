@@ -144,3 +144,26 @@ def test_state_urls_name_their_backend(tmp_path: Path) -> None:
     assert "pw" not in shared.describe()
     with pytest.raises(ValueError, match="sqlite:/// or postgresql://"):
         state_from_url("mysql://x", tmp_path)
+
+
+def test_a_state_file_from_before_numbered_migrations_is_adopted(tmp_path: Path) -> None:
+    """PiggyWatch 0.1 created its tables itself; such a file keeps its rows and gains what
+    later migrations add."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.execute("""CREATE TABLE outbox_items (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+            receiver TEXT NOT NULL, incident TEXT NOT NULL, created_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL,
+            last_error TEXT NOT NULL DEFAULT '', body TEXT NOT NULL)""")
+        old.execute("INSERT INTO outbox_items (id, receiver, incident, created_at, "
+                    "next_attempt_at, body) VALUES ('n1', 'pd', 'inc', 1.0, 1.0, '{}')")
+    conn = SQLiteState(path).connect()
+    try:
+        assert conn.query("SELECT id, sending_since FROM outbox_items") == [("n1", None)]
+        assert [v for (v,) in conn.query("SELECT version FROM schema_migrations "
+                                         "ORDER BY version")] == [m.version for m in MIGRATIONS]
+    finally:
+        conn.close()
