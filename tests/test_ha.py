@@ -134,7 +134,11 @@ def test_two_replicas_page_once_and_a_standby_answers_the_api(
         assert value(standby.metrics(), "piggywatch_leader") == 0.0
         assert value(standby.metrics(), "ALERTS", **firing) is None
         assert value(leader.metrics(), "ALERTS", **firing) == 1.0
+        exposed = leader.get("/metrics").text + standby.get("/metrics").text
         stop_cleanly(a, b)
+        # The state database's password is in the configuration, and nowhere else.
+        secret = state_cluster.superuser_password
+        assert secret not in exposed + a.stderr() + b.stderr()
 
 
 def test_sigkill_of_the_leader_with_an_escalation_due_fires_the_step_once(
