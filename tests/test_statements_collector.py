@@ -29,6 +29,7 @@ from piggywatch.collectors.postgres.statements import (
     ROWS,
     SECONDS,
     StatementsCollector,
+    _int8_array,
 )
 from piggywatch.collectors.postgres.target import PostgresTarget
 from piggywatch.demo.cluster import ThrowawayCluster
@@ -255,6 +256,15 @@ def test_query_text_is_served_without_literals(pg_cluster: ThrowawayCluster, adm
         assert texts == [f"CREATE ROLE {role} PASSWORD ?"]
     finally:
         admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_queryids_for_text_fetch_survive_the_int8_array_cast(admin: Conn) -> None:
+    # queryids are signed 64-bit: both ends of the range, and the text param's cast.
+    ids = [-(2**63), -1, 0, 42, 2**63 - 1]
+    [(back,)] = admin.execute("SELECT %s::int8[]", (_int8_array(ids),)).fetchall()
+    assert back == ids
+    [(empty,)] = admin.execute("SELECT %s::int8[]", (_int8_array([]),)).fetchall()
+    assert empty == []
 
 
 # --- setup errors -----------------------------------------------------------------------

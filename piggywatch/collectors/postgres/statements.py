@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
@@ -308,7 +308,7 @@ class StatementsCollector:
         for group in heapq.nlargest(room, deltas, key=lambda g: deltas[g][1]):
             if group not in texts:
                 wanted.add(group)
-        rows = db.fetch(setup.texts, (list({g[2] for g in wanted}),))
+        rows = db.fetch(setup.texts, (_int8_array({g[2] for g in wanted}),))
         found = {}
         for dbid, userid, queryid, query in rows:
             group = (dbid, userid, queryid)
@@ -322,6 +322,16 @@ class StatementsCollector:
             for group in missing:
                 # Not found: gone since the snapshot; "" so as not to ask again every cycle.
                 texts.add(group, found.get(group, ""))
+
+
+def _int8_array(values: Iterable[int]) -> str:
+    """``values`` as an int8[] literal, for a ``%s::int8[]`` parameter.
+
+    psycopg adapts a list of ints element by element in Python (about 1.5 µs each, so
+    ~1 ms for the hundreds of queryids of a text fetch); joining their decimal forms costs
+    a tenth of that, and PostgreSQL's cast parses them just as well.
+    """
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 def _busyness(item: tuple[Group, Counters]) -> tuple[float, int]:
