@@ -8,10 +8,12 @@ alerts kept for 15 minutes so that their resolution can still be reported.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import struct
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from piggywatch.rules.templating import template_inputs
 from piggywatch.store import Labels
 
 # Prometheus keeps resolved alerts this long so notifiers can still be told they resolved.
@@ -101,6 +103,30 @@ class Result:
     value: float
 
 
+_float_bits = struct.Struct("<d").pack
+
+
+@dataclass(slots=True)
+class _Rendered:
+    """What one result series' templates rendered to at the last evaluation."""
+
+    value: bytes  # the bits of $value (so -0.0 and 0.0, and NaNs, are told apart)
+    labels: Labels
+    fingerprint: str
+    annotations: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class _RulePlan:
+    """Which of a rule's rendered templates may be reused, decided from their parse trees."""
+
+    templates: tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
+    context: Hashable
+    labels_cached: bool  # no label template reads live data
+    labels_use_value: bool  # some label template reads $value
+    annotations: tuple[tuple[str, str, bool, bool], ...]  # key, template, cached, uses value
+
+
 class AlertingRuleState:
     """The active alerts of one alerting rule and their transitions."""
 
@@ -113,29 +139,85 @@ class AlertingRuleState:
         self.labels = dict(labels)
         self.annotations = dict(annotations)
         self.active: dict[str, Alert] = {}
+        # Rendered templates by result series (only the series of the last evaluation).
+        self._rendered: dict[Labels, _Rendered] = {}
+        self._plan: _RulePlan | None = None
+
+    def _plan_for(self, context: Hashable) -> _RulePlan:
+        templates = (tuple(self.labels.items()), tuple(self.annotations.items()))
+        plan = self._plan
+        if plan is not None and plan.templates == templates and plan.context == context:
+            return plan
+        label_inputs = [template_inputs(t) for t in self.labels.values()]
+        annotations = []
+        for key, template in self.annotations.items():
+            inputs = template_inputs(template)
+            annotations.append((key, template, not inputs.live, inputs.uses_value))
+        plan = _RulePlan(templates, context,
+                         labels_cached=not any(i.live for i in label_inputs),
+                         labels_use_value=any(i.uses_value for i in label_inputs),
+                         annotations=tuple(annotations))
+        self._plan = plan
+        self._rendered = {}
+        return plan
 
     def evaluate(self, results: Sequence[Result], ts: float, expand: Expander,
-                 missing: MissingPolicy | None = None) -> list[AlertEvent]:
-        """Apply one evaluation's result at time ``ts``; return the transitions."""
+                 missing: MissingPolicy | None = None, *,
+                 cache_context: Hashable | None = None) -> list[AlertEvent]:
+        """Apply one evaluation's result at time ``ts``; return the transitions.
+
+        With a ``cache_context``, the caller promises that ``expand`` of a template that
+        reads no live data (see templating.template_inputs) is a function of the template,
+        the labels, the value and ``cache_context`` alone (the external labels and URL), so
+        a series' rendered labels and annotations are reused while those stay the same.
+        Only the series of this evaluation are remembered.
+        """
         events: list[AlertEvent] = []
         present: set[str] = set()
+        plan = self._plan_for(cache_context) if cache_context is not None else None
+        previous = self._rendered
+        rendered: dict[Labels, _Rendered] = {}
         for result in results:
-            template_labels = dict(result.labels)
-            built = {k: v for k, v in result.labels if k != "__name__"}
-            for key, template in self.labels.items():
-                value = expand(template, template_labels, result.value)
-                if value:
-                    built[key] = value
-                else:
-                    # An empty label is no label: Prometheus removes it (even the series' own).
-                    built.pop(key, None)
-            built["alertname"] = self.name
-            labels: Labels = tuple(sorted(built.items()))
-            annotations = {key: expand(template, template_labels, result.value)
-                           for key, template in self.annotations.items()}
-            fp = fingerprint(labels)
+            template_labels: dict[str, str] | None = None
+            entry = previous.get(result.labels) if plan is not None else None
+            bits = _float_bits(result.value) if plan is not None else b""
+            same_value = entry is not None and entry.value == bits
+            if entry is not None and plan is not None and plan.labels_cached and (
+                    same_value or not plan.labels_use_value):
+                labels = entry.labels
+                fp = entry.fingerprint
+            else:
+                template_labels = dict(result.labels)
+                built = {k: v for k, v in result.labels if k != "__name__"}
+                for key, template in self.labels.items():
+                    value = expand(template, template_labels, result.value)
+                    if value:
+                        built[key] = value
+                    else:
+                        # An empty label is no label: Prometheus removes it (even the
+                        # series' own).
+                        built.pop(key, None)
+                built["alertname"] = self.name
+                labels = tuple(sorted(built.items()))
+                fp = fingerprint(labels)
+            if plan is None:
+                if template_labels is None:
+                    template_labels = dict(result.labels)
+                annotations = {key: expand(template, template_labels, result.value)
+                               for key, template in self.annotations.items()}
+            else:
+                annotations = {}
+                for key, template, cached, uses_value in plan.annotations:
+                    if entry is not None and cached and (same_value or not uses_value):
+                        annotations[key] = entry.annotations[key]
+                    else:
+                        if template_labels is None:
+                            template_labels = dict(result.labels)
+                        annotations[key] = expand(template, template_labels, result.value)
+                rendered[result.labels] = _Rendered(bits, labels, fp, dict(annotations))
             if fp in present:
                 # Prometheus refuses the whole evaluation in this case, and so do we.
+                self._rendered = rendered
                 raise DuplicateAlertError(
                     f"rule {self.name!r}: two result series give the same alert labels "
                     f"{dict(labels)} (they differ only in labels the rule overwrites)")
@@ -178,7 +260,12 @@ class AlertingRuleState:
                 alert.state = AlertState.FIRING
                 alert.fired_at = ts
                 events.append(self._event(EventKind.FIRING, alert, ts))
+        self._rendered = rendered
         return events
+
+    def cached_series(self) -> int:
+        """How many result series' rendered templates are remembered (for tests)."""
+        return len(self._rendered)
 
     def restore(self, alerts: Iterable[Alert]) -> None:
         """Take back the alerts saved before a restart (no events: nothing changed)."""

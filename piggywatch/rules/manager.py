@@ -34,7 +34,7 @@ from piggywatch.rules.promql.parse import lookback_window, walk
 from piggywatch.rules.state_db import AlertStateDB
 from piggywatch.rules.templating import QuerySample, render_or_error
 from piggywatch.state import STATE_ERRORS, NotLeader
-from piggywatch.store import MemoryStore, MetricKind, MetricSpec, Sample, labels_of
+from piggywatch.store import Labels, MemoryStore, MetricKind, MetricSpec, Sample, labels_of
 from piggywatch.store.series import LabelMatcher, SeriesSource
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,10 @@ class _GroupRun:
     failures: int = 0
     last_duration: float = 0.0
     last_at: float = 0.0
+    # (alert labels, alert state) -> the ALERTS_FOR_STATE and ALERTS label sets, for the
+    # alerts of the last export only.
+    export_labels: dict[tuple[Labels, str], tuple[Labels, Labels]] = field(
+        default_factory=dict)
 
 
 class RuleManager:
@@ -114,6 +118,10 @@ class RuleManager:
         self._no_data_groups = dict(no_data_groups or {})
         self._external_labels = dict(external_labels or {})
         self._external_url = external_url
+        # Everything a template reads besides its text, $labels and $value (and live data,
+        # which templates calling `query` read and are never cached for): the key under
+        # which alert states reuse rendered templates.
+        self._template_context = (tuple(sorted(self._external_labels.items())), external_url)
         self._clock = clock
         self._lock = threading.RLock()
         self._runs: dict[str, _GroupRun] = {}
@@ -317,18 +325,21 @@ class RuleManager:
                 return Missing.RESOLVE
             return Missing.HOLD if policy is NoData.KEEP_LAST else Missing.PRESENT
 
-        return state.evaluate(results, at, self._expander(at), missing if down else None)
+        return state.evaluate(results, at, self._expander(at), missing if down else None,
+                              cache_context=self._template_context)
 
     def _alert_without_data(self, state: AlertingRuleState, at: float,
                             policy: NoData) -> list[AlertEvent]:
         if policy is NoData.KEEP_LAST:
             return []
+        context = self._template_context
         if policy is NoData.OK:
-            return state.evaluate([], at, self._expander(at))
+            return state.evaluate([], at, self._expander(at), cache_context=context)
         if state.alerts():
-            return state.evaluate([], at, self._expander(at), lambda a: Missing.PRESENT)
+            return state.evaluate([], at, self._expander(at), lambda a: Missing.PRESENT,
+                                  cache_context=context)
         return state.evaluate([Result((("no_data", "query_failed"),), math.nan)], at,
-                              self._expander(at))
+                              self._expander(at), cache_context=context)
 
     def _record(self, rule: RecordingRule, group: RuleGroup, at: float) -> None:
         value = self._evaluator.instant(rule.expr, at)
@@ -373,12 +384,21 @@ class RuleManager:
 
     def _publish_alerts(self, run: _GroupRun, at: float) -> None:
         out: list[Sample] = []
+        previous = run.export_labels
+        exported: dict[tuple[Labels, str], tuple[Labels, Labels]] = {}
         for state in run.states.values():
             for alert in state.alerts():
-                labels = dict(alert.labels)
-                out.append(Sample("ALERTS_FOR_STATE", labels_of(labels), alert.active_at, at))
-                labels["alertstate"] = alert.state.value
-                out.append(Sample("ALERTS", labels_of(labels), 1.0, at))
+                key = (alert.labels, alert.state.value)
+                found = previous.get(key)
+                if found is None:
+                    labels = dict(alert.labels)
+                    for_state = labels_of(labels)
+                    labels["alertstate"] = alert.state.value
+                    found = (for_state, labels_of(labels))
+                exported[key] = found
+                out.append(Sample("ALERTS_FOR_STATE", found[0], alert.active_at, at))
+                out.append(Sample("ALERTS", found[1], 1.0, at))
+        run.export_labels = exported
         self._store.publish(f"rules/{run.group.name}/ALERTS", out, at)
 
     def _publish_meta(self, at: float) -> None:

@@ -11,9 +11,11 @@ from ._alert import (
     QueryFunc,
     QuerySample,
     TemplateError,
+    TemplateInputs,
     check_template,
     render,
     render_or_error,
+    template_inputs,
 )
 from ._gofmt import format_go_float
 from ._prometheus import FUNCTION_NAMES
@@ -23,8 +25,10 @@ __all__ = [
     "QueryFunc",
     "QuerySample",
     "TemplateError",
+    "TemplateInputs",
     "check_template",
     "format_go_float",
     "render",
     "render_or_error",
+    "template_inputs",
 ]

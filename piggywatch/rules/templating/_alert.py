@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from . import _check, _exec, _parser, _prometheus
+from . import _check, _exec, _nodes, _parser, _prometheus
 from ._values import AlertData, string_map
 
 # Prometheus prepends these definitions to every label and annotation template.
@@ -54,6 +54,113 @@ def _parse(name: str, text: str) -> _parser.Tree | _parser.ParseError:
     except RecursionError:
         # Go has no such limit; thousands of nested parentheses are not a real template.
         return _parser.ParseError("template nesting too deep", pos=len(PREFIX), line=1)
+
+
+# Functions whose result is not a function of the template's inputs (the alert's labels and
+# value, the external labels and URL): they read live data. Prometheus has only `query`.
+LIVE_FUNCTIONS = frozenset({"query"})
+# Deeper templates are never cached: how deep Python can recurse while rendering depends
+# on the caller's stack, so their "nesting too deep" error is not a function of the inputs.
+_MAX_CACHED_DEPTH = 40
+
+
+@dataclass(frozen=True)
+class TemplateInputs:
+    """What one template's rendered text can depend on, decided from its parse tree.
+
+    live: it calls a function that reads live data (``query``) or cannot be analysed
+    safely; it must be rendered every time. Otherwise the text is a function of the
+    template, $labels, the external labels and URL, and -- if uses_value -- $value.
+    uses_value is conservative: any use of $value, $, dot or a field of dot counts.
+    """
+
+    live: bool
+    uses_value: bool
+
+
+class _Scan:
+    def __init__(self) -> None:
+        self.identifiers: set[str] = set()
+        self.variables: set[str] = set()
+        self.dot = False
+        self.template_call = False
+        self.too_deep = False
+
+    def visit(self, node: object, depth: int) -> None:
+        if depth > _MAX_CACHED_DEPTH:
+            self.too_deep = True
+            return
+        if isinstance(node, _nodes.IdentifierNode):
+            self.identifiers.add(node.ident)
+        elif isinstance(node, _nodes.VariableNode):
+            self.variables.add(node.ident[0])
+        elif isinstance(node, (_nodes.DotNode, _nodes.FieldNode)):
+            self.dot = True
+        elif isinstance(node, _nodes.ChainNode):
+            self.visit(node.node, depth + 1)
+        elif isinstance(node, _nodes.CommandNode):
+            for arg in node.args:
+                self.visit(arg, depth + 1)
+        elif isinstance(node, _nodes.PipeNode):
+            for var in node.decl:
+                self.visit(var, depth + 1)
+            for cmd in node.cmds:
+                self.visit(cmd, depth + 1)
+        elif isinstance(node, _nodes.ListNode):
+            for child in node.nodes:
+                self.visit(child, depth + 1)
+        elif isinstance(node, _nodes.ActionNode):
+            self.visit(node.pipe, depth + 1)
+        elif isinstance(node, _nodes.BranchNode):
+            self.visit(node.pipe, depth + 1)
+            self.visit(node.body, depth + 1)
+            if node.else_body is not None:
+                self.visit(node.else_body, depth + 1)
+        elif isinstance(node, _nodes.TemplateNode):
+            self.template_call = True
+            if node.pipe is not None:
+                self.visit(node.pipe, depth + 1)
+        elif not isinstance(node, (_nodes.TextNode, _nodes.NilNode, _nodes.BoolNode,
+                                   _nodes.NumberNode, _nodes.StringNode,
+                                   _nodes.BreakNode, _nodes.ContinueNode)):
+            # A node kind this analysis does not know: assume the worst.
+            self.identifiers.update(LIVE_FUNCTIONS)
+
+
+@functools.lru_cache(maxsize=1024)
+def template_inputs(template: str) -> TemplateInputs:
+    """What ``template``'s rendered text depends on (see TemplateInputs)."""
+    tree = _parse("__alert_", template)
+    if isinstance(tree, _parser.ParseError):
+        # The text is the parse error, which depends on the template alone.
+        return TemplateInputs(live=False, uses_value=False)
+    scan = _Scan()
+    for node in tree.root.nodes[_PREFIX_NODES:]:
+        scan.visit(node, 1)
+    for body in tree.templates.values():
+        if body is not tree.root:
+            scan.visit(body, 1)
+    live = bool(scan.identifiers & LIVE_FUNCTIONS) or scan.too_deep or scan.template_call
+    uses_value = scan.dot or bool(scan.variables & {"$", "$value"})
+    return TemplateInputs(live=live, uses_value=uses_value)
+
+
+_PREFIX_VARIABLES = ("$labels", "$externalLabels", "$externalURL", "$value")
+_PREFIX_ACTIONS = tuple(
+    "{{" + var + " := ." + field + "}}"
+    for var, field in zip(_PREFIX_VARIABLES,
+                          ("Labels", "ExternalLabels", "ExternalURL", "Value"), strict=True)
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def _has_prefix(name: str, text: str) -> bool:
+    """Whether the parsed template starts with exactly the four prefix declarations."""
+    tree = _parse(name, text)
+    if isinstance(tree, _parser.ParseError) or len(tree.root.nodes) < _PREFIX_NODES:
+        return False
+    return all(isinstance(node, _nodes.ActionNode) and str(node) == action
+               for node, action in zip(tree.root.nodes, _PREFIX_ACTIONS, strict=False))
 
 
 def _user_position(text: str, pos: int) -> tuple[int, int]:
@@ -118,6 +225,13 @@ def render(
     )
     env = _prometheus.Env(query=query, external_url=external_url)
     try:
+        if _has_prefix(name, template):
+            # The prefix only declares $labels, $externalLabels, $externalURL and $value
+            # from dot's fields, which cannot fail: declare them without running it.
+            declared = [(var, value) for var, (_, value) in zip(
+                _PREFIX_VARIABLES, data.fields(), strict=True)]
+            return _exec.execute(tree, data, _prometheus.functions(env),
+                                 declared=declared, skip=_PREFIX_NODES)
         return _exec.execute(tree, data, _prometheus.functions(env))
     except _exec.ExecError as e:
         raise TemplateError(f"error executing template {name}: {e}") from None

@@ -6,7 +6,7 @@ Prometheus shows the error text to users inside the annotation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 from . import _gofmt, _strconv
@@ -459,11 +459,24 @@ class _State:
         return value
 
 
-def execute(tree: Tree, data: object, funcs: Mapping[str, Func]) -> str:
-    """Run a parsed template against dot; raises ExecError on failure."""
+def execute(
+    tree: Tree, data: object, funcs: Mapping[str, Func], *,
+    declared: Sequence[tuple[str, object]] = (), skip: int = 0,
+) -> str:
+    """Run a parsed template against dot; raises ExecError on failure.
+
+    declared and skip shortcut a prelude of variable declarations that cannot fail or
+    print (Prometheus's ``{{$labels := .Labels}}``...): the first ``skip`` nodes of the
+    root are not run, and ``declared`` are the variables they would have declared.
+    """
     state = _State(tree, funcs)
-    state.vars = [("$", data)]
-    state.walk(data, tree.root)
+    state.vars = [("$", data), *declared]
+    if skip:
+        state.at(tree.root)
+        for node in tree.root.nodes[skip:]:
+            state.walk(data, node)
+    else:
+        state.walk(data, tree.root)
     return "".join(state.out)
 
 
