@@ -11,10 +11,12 @@ then cost nothing at all.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from enum import Enum
 from itertools import compress, filterfalse, repeat
 from operator import ne, sub
+from typing import Any
 
 from piggywatch.collectors.postgres.statement_snapshot import (
     ZERO,
@@ -23,6 +25,24 @@ from piggywatch.collectors.postgres.statement_snapshot import (
     Key,
     Snapshot,
 )
+
+# The key columns as PostgreSQL sends them (binary arrays, see statement_snapshot): a header,
+# then each element as its length (4 bytes) and its value, big-endian.
+_HEADER = struct.Struct(">iiIii")
+_KEY_ELEMENTS = tuple(struct.Struct(f">i{code}") for code in ("I", "I", "q", "?"))
+_WIDTHS = tuple(element.size for element in _KEY_ELEMENTS)
+_QUERYID_COLUMN = 2
+# Entries added, gone or moved that the merge handles one by one before it gives up for the
+# full matching by key: about what that costs, per entry of the view (and a floor, so that
+# small views take the merge too).
+_EDITS_PER_ENTRY = 1 / 64
+_MIN_EDITS = 8
+
+# One step of the merge of a snapshot's entries with the previous one's, (start, at, length,
+# key): ``length`` entries from new position ``start`` on are the entries from old position
+# ``at`` on (a run: key None), or the single entry at ``start`` has ``key`` and was at ``at``
+# (the old length when it is new).
+_Step = tuple[int, int, int, Key | None]
 
 
 class Continuity(Enum):
@@ -39,6 +59,8 @@ class StatementCounters:
 
     def __init__(self) -> None:
         self._snap = Snapshot.empty()
+        # The key of each entry of the snapshot, and the position of each key in it.
+        self._keys: list[Key] = []
         self._index: dict[Key, int] = {}
         # Per group: what was lost to resets and evictions, added back to its counters.
         self._offsets: dict[Group, Counters] = {}
@@ -59,40 +81,151 @@ class StatementCounters:
         """
         prev, self._snap = self._snap, snap
         if continuity is Continuity.FIRST:
-            self._index = _index_of(snap)
+            self._keys, self._index = _index_of(snap)
             self._offsets = {}
             return {}
         if continuity is not Continuity.CONTINUES:
             return self._rebase(prev, snap, continuity)
 
-        n, pn = len(snap), len(prev)
         # An entry changed if its calls did: every execution adds one, and whatever else it
         # adds (time, rows) comes with it. (Were a change ever missed, the next delta of that
         # entry would include it: deltas are against the last values looked at.)
-        calls = snap.calls
         if snap.keys.raw == prev.keys.raw:
             # The same entries in the same order (the usual case): compare in place.
             snap.keys = prev.keys  # already decoded
-            changed = list(compress(range(n), map(ne, calls, prev.calls)))
-            then = changed
-            departed: list[int] = []
+            changed = list(compress(range(len(snap)), map(ne, snap.calls, prev.calls)))
+            return self._deltas(snap, prev, changed, changed)
+        steps = self._merge(snap, prev)
+        if steps is not None:
+            changed, then, departed = self._follow(snap, prev, steps)
         else:
-            keys = list(zip(*snap.keys.decoded, strict=True))
-            old = list(map(self._index.get, keys, repeat(pn)))  # pn: not there before
-            self._index = dict(zip(keys, range(n), strict=True))
-            matched = set(old)
-            matched.discard(pn)
-            departed = list(filterfalse(matched.__contains__, range(pn))) \
-                if len(matched) < pn else []
-            # Position pn stands for "not there before": None compares as changed, and the 0
-            # that columns read there makes a new entry's delta all that it has.
-            calls_then = map([*prev.calls, None].__getitem__, old)
-            changed = list(compress(range(n), map(ne, calls, calls_then)))
-            then = list(map(old.__getitem__, changed))
+            changed, then, departed = self._match(snap, prev)
         deltas = self._deltas(snap, prev, changed, then)
         if departed:
             self._forget_departed(prev, departed)
         return deltas
+
+    def _match(self, snap: Snapshot, prev: Snapshot) -> tuple[list[int], list[int], list[int]]:
+        """Match every entry by key: which changed, where they were, which departed.
+
+        Whatever the order of the entries; this builds the keys and the index afresh.
+        """
+        n, pn = len(snap), len(prev)
+        keys, index = _index_of(snap)
+        old = list(map(self._index.get, keys, repeat(pn)))  # pn: not there before
+        self._keys, self._index = keys, index
+        matched = set(old)
+        matched.discard(pn)
+        departed = list(filterfalse(matched.__contains__, range(pn))) \
+            if len(matched) < pn else []
+        # Position pn stands for "not there before": None compares as changed, and the 0
+        # that columns read there makes a new entry's delta all that it has.
+        calls_then = map([*prev.calls, None].__getitem__, old)
+        changed = list(compress(range(n), map(ne, snap.calls, calls_then)))
+        then = list(map(old.__getitem__, changed))
+        return changed, then, departed
+
+    def _merge(self, snap: Snapshot, prev: Snapshot) -> list[_Step] | None:
+        """Align the entries with the previous snapshot's, if they kept their order.
+
+        PostgreSQL lists the entries of pg_stat_statements in the order of its hash table,
+        so from one snapshot to the next the entries that stay keep their order, with new
+        ones slipped in between and evicted ones gone. The keys are compared as bytes, a
+        run of entries at a time; only where runs break is an entry decoded and looked up.
+        Gives the steps of the alignment (see ``_Step``), or None when it does not come
+        out the same as matching every entry by key would (an entry moved back, a key
+        appears twice) or would cost more (many entries came or went).
+        """
+        n, pn = len(snap), len(prev)
+        new, old = snap.keys.raw, prev.keys.raw
+        index = self._index
+        if not n or not pn or len(index) != pn:  # pn > len(index): duplicate keys
+            return None
+        for raw_new, raw_old in zip(new, old, strict=True):
+            if len(raw_new) < _HEADER.size or len(raw_old) < _HEADER.size:
+                return None
+            ndim, has_nulls, _, size, _ = _HEADER.unpack_from(raw_new)
+            if ndim != 1 or has_nulls or size != n or _HEADER.unpack_from(raw_old)[3] != pn:
+                return None  # malformed, or not the length of the counters: not for a merge
+
+        budget = max(_MIN_EDITS, int(n * _EDITS_PER_ENTRY))
+        steps: list[_Step] = []
+        i = j = 0  # next new and old position
+        while i < n:
+            length = _same_keys(new, old, i, j, min(n - i, pn - j)) if j < pn else 0
+            if length:
+                steps.append((i, j, length, None))
+                i += length
+                j += length
+                continue
+            budget -= 1
+            if budget < 0:
+                return None
+            key = _key_at(new, i)
+            at = index.get(key, pn)
+            if at < j:
+                return None  # moved back, or there twice: order not kept
+            steps.append((i, at, 1, key))  # a new entry when at == pn
+            i += 1
+            j = at + 1 if at < pn else j
+        return steps
+
+    def _follow(self, snap: Snapshot, prev: Snapshot,
+                steps: list[_Step]) -> tuple[list[int], list[int], list[int]]:
+        """What ``_match`` gives, from the merge's steps: which entries changed, where they
+        were, which departed.
+
+        The keys, the index and the decoded key columns are carried over from the previous
+        snapshot run by run; only the entries around insertions and departures are touched
+        one by one (and the index entries of the runs that moved).
+        """
+        pn = len(prev)
+        calls, calls_before = snap.calls, prev.calls
+        keys_before, index = self._keys, self._index
+        columns_before: tuple[list[Any], ...] = prev.keys.decoded
+        keys: list[Key] = []
+        columns: tuple[list[Any], list[Any], list[Any], list[Any]] = ([], [], [], [])
+        changed: list[int] = []
+        then: list[int] = []
+        departed: list[int] = []
+        j = 0  # old entries before j are accounted for
+        for start, at, length, key in steps:
+            if key is None:
+                end, old_end = start + length, at + length
+                departed.extend(range(j, at))
+                j = old_end
+                here = list(compress(range(start, end),
+                                     map(ne, calls[start:end], calls_before[at:old_end])))
+                changed += here
+                then += map((at - start).__add__, here) if at != start else here
+                run = keys_before[at:old_end]
+                keys += run
+                for column, column_before in zip(columns, columns_before, strict=True):
+                    column += column_before[at:old_end]
+                if at != start:
+                    index.update(zip(run, range(start, end), strict=True))
+                continue
+            if at < pn:
+                departed.extend(range(j, at))
+                j = at + 1
+                if calls[start] != calls_before[at]:
+                    changed.append(start)
+                    then.append(at)
+            else:
+                changed.append(start)
+                then.append(pn)
+            keys.append(key)
+            for column, value in zip(columns, key, strict=True):
+                column.append(value)
+            index[key] = start
+        departed.extend(range(j, pn))
+        for position in departed:
+            del index[keys_before[position]]
+        self._keys = keys
+        # What decoding the new bytes would give (runs are the old entries' bytes, the single
+        # entries were decoded): set in place of decoding them all again.
+        snap.keys.adopt_decoded(columns)
+        return changed, then, departed
 
     def _deltas(self, snap: Snapshot, prev: Snapshot, changed: list[int],
                 then: list[int]) -> dict[Group, Counters]:
@@ -162,7 +295,7 @@ class StatementCounters:
     def _rebase(self, prev: Snapshot, snap: Snapshot,
                 continuity: Continuity) -> dict[Group, Counters]:
         """After a reset of the whole view: every counter carries on from where it was."""
-        self._index = _index_of(snap)
+        self._keys, self._index = _index_of(snap)
         now, then = _group_sums(snap), _group_sums(prev)
         offsets: dict[Group, Counters] = {}
         for group, current in now.items():
@@ -188,8 +321,68 @@ class StatementCounters:
                 offsets.pop(group, None)  # gone entirely; should it return, it starts afresh
 
 
-def _index_of(snap: Snapshot) -> dict[Key, int]:
-    return dict(zip(zip(*snap.keys.decoded, strict=True), range(len(snap)), strict=True))
+def _index_of(snap: Snapshot) -> tuple[list[Key], dict[Key, int]]:
+    """The key of each entry, and the position of each key (the last, were one twice)."""
+    keys = list(zip(*snap.keys.decoded, strict=True))
+    return keys, dict(zip(keys, range(len(snap)), strict=True))
+
+
+def _same_keys(new: tuple[bytes, ...], old: tuple[bytes, ...], i: int, j: int,
+               most: int) -> int:
+    """How many entries from new position ``i`` on have the keys of the old entries from
+    ``j`` on, up to ``most``.
+
+    The queryids, nearly keys on their own, find the run; the other key columns are then
+    compared over all of it at once (and only if they differ somewhere, entry by entry).
+    """
+    queryids = _QUERYID_COLUMN
+    length = _same_run(new[queryids:queryids + 1], old[queryids:queryids + 1], i, j, most,
+                       _WIDTHS[queryids:queryids + 1])
+    if length and all(_same_entries(column, column_before, width, i, j, 0, length)
+                      for column, column_before, width in zip(new, old, _WIDTHS, strict=True)):
+        return length
+    return _same_run(new, old, i, j, length, _WIDTHS) if length else 0
+
+
+def _same_run(new: Sequence[bytes], old: Sequence[bytes], i: int, j: int, most: int,
+              widths: Sequence[int]) -> int:
+    """How many entries from ``i`` on in ``new`` columns are the ones from ``j`` on in
+    ``old``, up to ``most``: compared as bytes, first the next entry, then all ``most``, then
+    halves, so that the bytes looked at are a few times those of the run."""
+
+    def same(a: int, b: int) -> bool:
+        return all(_same_entries(column, column_before, width, i, j, a, b)
+                   for column, column_before, width in zip(new, old, widths, strict=True))
+
+    if not same(0, 1):
+        return 0
+    if same(1, most):
+        return most
+    known, end = 1, most  # the first ``known`` entries are the same; one up to ``end`` is not
+    while end - known > 1:
+        middle = (known + end) // 2
+        if same(known, middle):
+            known = middle
+        else:
+            end = middle
+    return known
+
+
+def _same_entries(column: bytes, column_before: bytes, width: int, i: int, j: int, a: int,
+                  b: int) -> bool:
+    """Whether entries ``i + a`` to ``i + b`` (excluded) of a key column are those from
+    ``j + a`` of the previous snapshot's, byte for byte."""
+    start = _HEADER.size
+    return (column[start + (i + a) * width:start + (i + b) * width]
+            == column_before[start + (j + a) * width:start + (j + b) * width])
+
+
+def _key_at(raw: tuple[bytes, ...], i: int) -> Key:
+    """The key of entry ``i``, decoded from the key columns' bytes."""
+    dbid, userid, queryid, toplevel = (
+        element.unpack_from(column, _HEADER.size + i * element.size)[1]
+        for element, column in zip(_KEY_ELEMENTS, raw, strict=True))
+    return dbid, userid, queryid, toplevel
 
 
 def _group_sums(snap: Snapshot) -> dict[Group, Counters]:

@@ -95,6 +95,12 @@ class PackedKeys:
         return cls(encode_array(dbids, "I"), encode_array(userids, "I"),
                    encode_array(queryids, "q"), encode_array(toplevel, "?"))
 
+    def adopt_decoded(self, columns: tuple[list[int], list[int], list[int], list[bool]]
+                      ) -> None:
+        """Take ``columns`` as what decoding ``raw`` gives (the caller built them from the
+        previous sample's decoded keys), instead of decoding thousands of entries again."""
+        self._decoded = columns
+
     @property
     def decoded(self) -> tuple[list[int], list[int], list[int], list[bool]]:
         """dbids, userids, queryids and toplevel flags, entry i at index i of each."""
