@@ -248,15 +248,42 @@ class MemoryStore:
             if lo > hi:
                 return found
             query = TimeRange(lo, hi)
+            append = found.append
+            # The series of a family mostly share their source's timeline: expire it once
+            # (expiring it again to the same horizon would change nothing), then do per series
+            # what hist.expire and hist.window do.
+            expired: Timeline | None = None
             for hist in self._matching(matchers):
-                hist.expire(horizon)
-                window = hist.window(query)
-                if window is None:
+                n = hist.n
+                if not n:
                     continue
+                timeline = hist.timeline
+                if timeline is not expired:
+                    timeline.expire(horizon)
+                    expired = timeline
+                first = hist.first
+                if timeline.dropped + timeline.start >= first + n:
+                    hist.expire(horizon)  # all its points expired: let it drop them
+                    continue
+                at, seconds = query.entries(timeline)
+                window_lo = at if at > first else first
+                window_hi = at + len(seconds)
+                if window_hi > first + n:
+                    window_hi = first + n
+                if window_lo >= window_hi:
+                    continue
+                if hist.gap < window_lo:
+                    stamps = seconds[window_lo - at:window_hi - at]
+                    values = hist.values[window_lo - first:window_hi - first].tolist()
+                else:
+                    window = hist.window(query)
+                    if window is None:
+                        continue
+                    stamps, values = window
                 labels = hist.full_labels
                 if labels is None:
                     labels = hist.full_labels = _with_name(hist.name, hist.labels)
-                found.append(Series(labels, window[0], window[1]))
+                append(Series(labels, stamps, values))
         return found
 
     @staticmethod

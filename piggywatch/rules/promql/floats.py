@@ -115,6 +115,22 @@ def kahan_mean(values: Sequence[float]) -> float:
     Each step adds ``v/n - mean/n`` so that large values do not overflow a running sum.
     """
     mean = c = count = 0.0
+    absolute = abs
+    # First without the checks for an infinite mean: an infinite mean turns into NaN at the
+    # next step here and stays NaN, so a finite result proves that the mean never was
+    # infinite, and that the loop below (which would take the same steps) gives the same.
+    for v in values:
+        count += 1.0
+        inc = v / count - mean / count
+        t = mean + inc
+        if absolute(mean) >= absolute(inc):
+            c += (mean - t) + inc
+        else:
+            c += (inc - t) + mean
+        mean = t
+    if mean - mean == 0.0:  # finite
+        return mean + c
+    mean = c = count = 0.0
     for v in values:
         count += 1.0
         if _isinf(mean):

@@ -166,36 +166,74 @@ def _linear_regression(
     # Least squares with compensated sums, x measured from intercept_time (Prometheus's
     # linearRegression, including its special case for a constant series).
     first = vs[0]
-    if all(v == first for v in vs):
+    # vs.count(first) matches by identity or ==, which for a non-NaN first is the same as
+    # comparing every value with == (and NaN never equals anything).
+    if first == first and vs.count(first) == len(vs):
         if math.isinf(first):
             return math.nan, math.nan
         return 0.0, first
-    n = 0.0
-    sum_x = c_x = sum_y = c_y = sum_xy = c_xy = sum_x2 = c_x2 = 0.0
+    # The sums over x alone depend only on the timestamps, which the series of one source
+    # share: computed once per timestamps and intercept time (_x_sums), not once a series.
+    xs, sum_x, sum_x2 = _x_sums(ts, intercept_time)
+    n = float(len(xs))
+    sum_y = c_y = sum_xy = c_xy = 0.0
+    absolute = abs
     # Neumaier's compensated sums, written out inline: this loop runs for every point of
-    # every series a forecast rule reads, and a function call per step triples its cost.
-    for t, v in zip(ts, vs, strict=True):
-        n += 1.0
-        x = t - intercept_time
-        for_sum = sum_x + x
-        if (sum_x if sum_x >= 0 else -sum_x) >= (x if x >= 0 else -x):
-            c_x += (sum_x - for_sum) + x
-        else:
-            c_x += (x - for_sum) + sum_x
-        sum_x = for_sum
+    # every series a forecast rule reads, and a function call per step triples its cost
+    # (abs() is the exception: on 3.11 it is cheaper than a conditional expression).
+    for x, v in zip(xs, vs, strict=True):
         for_sum = sum_y + v
-        if (sum_y if sum_y >= 0 else -sum_y) >= (v if v >= 0 else -v):
+        if absolute(sum_y) >= absolute(v):
             c_y += (sum_y - for_sum) + v
         else:
             c_y += (v - for_sum) + sum_y
         sum_y = for_sum
         xv = x * v
         for_sum = sum_xy + xv
-        if (sum_xy if sum_xy >= 0 else -sum_xy) >= (xv if xv >= 0 else -xv):
+        if absolute(sum_xy) >= absolute(xv):
             c_xy += (sum_xy - for_sum) + xv
         else:
             c_xy += (xv - for_sum) + sum_xy
         sum_xy = for_sum
+    sum_y += c_y
+    sum_xy += c_xy
+    cov_xy = sum_xy - sum_x * sum_y / n
+    var_x = sum_x2 - sum_x * sum_x / n
+    slope = floats.div(cov_xy, var_x)
+    intercept = sum_y / n - slope * sum_x / n
+    return slope, intercept
+
+
+# (intercept time, number of points, first and last timestamp) -> (the timestamps, what
+# _x_sums returns for them). Entries are checked against the whole timestamp list before use,
+# so a hit returns exactly what the computation would. Small: a cycle's forecast rules mostly
+# read series of a few timelines at one evaluation time.
+_XSumsKey: TypeAlias = tuple[float, int, float, float]
+_XSums: TypeAlias = tuple[list[float], float, float]
+_x_sums_cache: dict[_XSumsKey, tuple[list[float], _XSums]] = {}
+_X_SUMS_CACHE_SIZE = 64
+X_SUMS_CACHE_ENABLED = True
+"""Off only in tests that check the cache changes no result."""
+
+
+def _x_sums(ts: Sequence[float], intercept_time: float) -> _XSums:
+    """x = t - intercept_time for each timestamp, and the compensated sums of x and x²."""
+    if not ts:
+        return [], 0.0, 0.0
+    key = (intercept_time, len(ts), ts[0], ts[-1])
+    hit = _x_sums_cache.get(key)
+    stamps = ts if type(ts) is list else list(ts)
+    if hit is not None and hit[0] == stamps and X_SUMS_CACHE_ENABLED:
+        return hit[1]
+    xs = [t - intercept_time for t in stamps]
+    sum_x = c_x = sum_x2 = c_x2 = 0.0
+    for x in xs:
+        for_sum = sum_x + x
+        if (sum_x if sum_x >= 0 else -sum_x) >= (x if x >= 0 else -x):
+            c_x += (sum_x - for_sum) + x
+        else:
+            c_x += (x - for_sum) + sum_x
+        sum_x = for_sum
         xx = x * x
         for_sum = sum_x2 + xx
         if sum_x2 >= xx:  # both are never negative
@@ -203,15 +241,12 @@ def _linear_regression(
         else:
             c_x2 += (xx - for_sum) + sum_x2
         sum_x2 = for_sum
-    sum_x += c_x
-    sum_y += c_y
-    sum_xy += c_xy
-    sum_x2 += c_x2
-    cov_xy = sum_xy - sum_x * sum_y / n
-    var_x = sum_x2 - sum_x * sum_x / n
-    slope = floats.div(cov_xy, var_x)
-    intercept = sum_y / n - slope * sum_x / n
-    return slope, intercept
+    found = (xs, sum_x + c_x, sum_x2 + c_x2)
+    if X_SUMS_CACHE_ENABLED:
+        if len(_x_sums_cache) >= _X_SUMS_CACHE_SIZE:
+            _x_sums_cache.clear()
+        _x_sums_cache[key] = (list(stamps), found)
+    return found
 
 
 def deriv(ts: Sequence[float], vs: Sequence[float], w: RangeWindow) -> float | None:
