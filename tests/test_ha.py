@@ -185,7 +185,7 @@ def test_a_leader_cut_from_the_state_database_steps_down_and_rejoins_as_standby(
             [(pid,)] = admin.execute(
                 "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
                 "AND objsubid = 2 AND pid IN (SELECT pid FROM pg_stat_activity WHERE "
-                "application_name = 'piggywatch-leader')").fetchall()
+                "application_name LIKE 'piggywatch-leader/%')").fetchall()
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
         cut = time.monotonic()
         second.wait_for_metric(is_leader, TAKEOVER + 5, "the other replica takes over")
@@ -197,8 +197,8 @@ def test_a_leader_cut_from_the_state_database_steps_down_and_rejoins_as_standby(
         # The first replica reconnects and waits as a standby.
         with psycopg.connect(state_cluster.dsn(), autocommit=True) as admin:
             wait_for(lambda: admin.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
-                "'piggywatch-leader'").fetchone() == (2,), 3 * TAKEOVER + 5,
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
+                "'piggywatch-leader/%'").fetchone() == (2,), 3 * TAKEOVER + 5,
                 "the first replica's new lock session")
         time.sleep(TAKEOVER)
         assert not is_leader(first.metrics()) and is_leader(second.metrics())

@@ -821,6 +821,49 @@ def test_with_no_grace_an_item_left_claimed_by_a_kill_9_is_retried_at_once(
     wait_until(lambda: not rows(state, "SELECT id FROM outbox_items"))
 
 
+def test_an_item_left_claimed_by_a_kill_9_is_taken_over_within_the_grace_on_postgresql(
+        state: StateStore, restarts: Callable[[], StateStore],
+        running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture) -> None:
+    if not isinstance(state, PostgresState):
+        pytest.skip("a claimant's liveness is read from pg_stat_activity")
+    script = textwrap.dedent(f"""
+        import threading
+        from piggywatch.alerting.outbox import Outbox
+        from tests.test_outbox import note
+
+        class Hangs:
+            def send(self, notification, receipt):
+                print("sending", flush=True)
+                threading.Event().wait()
+
+        outbox = Outbox({state_source(state)}, {{"oncall": Hangs()}}, in_flight_grace={GRACE})
+        outbox.start()
+        outbox.enqueue(note("x"))
+        threading.Event().wait()
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE,
+                             text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "sending"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    [(token,)] = rows(state, "SELECT claimed_by FROM outbox_items")
+    assert isinstance(token, str)
+    # The server drops the dead process's sessions as it sees their sockets close.
+    wait_until(lambda: rows(state, "SELECT count(*) FROM pg_stat_activity WHERE "
+                                   f"application_name LIKE 'piggywatch-%/{token}'") == [(0,)])
+    caplog.set_level(logging.INFO, logger="piggywatch.alerting.outbox_store")
+    channel = ScriptedNotifier()
+    began = time.monotonic()
+    running(Outbox(restarts(), {"oncall": channel}, in_flight_grace=GRACE))
+    wait_until(lambda: channel.ids == ["x"])
+    assert time.monotonic() - began < 1.0, "the dead claimant's grace is not waited out"
+    wait_until(lambda: not rows(state, "SELECT id FROM outbox_items"))
+    assert f"by process {token}, which has no state database session left" in caplog.text
+
+
 def test_a_fenced_outbox_sends_nothing_once_deposed_but_records_what_it_sent(
         state: StateStore, restarts: Callable[[], StateStore],
         running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture) -> None:

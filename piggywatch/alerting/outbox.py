@@ -42,6 +42,8 @@ __all__ = ["DEFAULT_THROTTLES", "SOURCE", "SPECS", "Outbox", "default_throttles"
 log = logging.getLogger(__name__)
 
 MAX_AGE = 24 * 3600.0
+# How often an item another replica is sending is looked at again.
+BUSY_RECHECK_SECONDS = 2.0
 # Seconds between two requests to one receiver, by channel: Slack allows about one message
 # per second per channel, PagerDuty 120 events a minute per integration.
 DEFAULT_THROTTLES = {"slack": 1.0, "pagerduty": 0.5}
@@ -466,7 +468,9 @@ class Outbox:
                      n.receiver)
         elif claim.status == "busy":
             since = claim.sending_since if claim.sending_since is not None else now
-            until = max(since + self._grace, now)
+            # Looked at again soon, not only when the grace ends: a claimant found alive may
+            # be gone a moment later (its last session dropped), and then it is ours at once.
+            until = max(min(since + self._grace, now + BUSY_RECHECK_SECONDS), now)
             with self._lock:
                 lane.retry_later(item, until)  # in memory only: the row is not ours
             log.info("notification %s (%s, incident %s) to receiver %s is being sent by "

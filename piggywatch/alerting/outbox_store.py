@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import json
 import logging
+import re
 import threading
 import types
 from collections.abc import Mapping, Sequence
@@ -26,7 +27,7 @@ from enum import Enum
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from piggywatch.alerting.model import Notification
-from piggywatch.state import StateLike, StateStore, open_state
+from piggywatch.state import StateLike, StateStore, Tx, instance_token, open_state
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -41,6 +42,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+
+# An instance token as ``piggywatch.state.instance_token`` draws it: no LIKE wildcards.
+_TOKEN = re.compile(r"^[0-9a-f]{1,64}$")
 
 
 class OutboxSchemaError(RuntimeError):
@@ -161,25 +165,56 @@ class OutboxStore:
         The claim takes an item that nobody is sending, one whose recorded attempt began
         ``grace`` seconds ago or more (presumed over: its sender died), or one whose recorded
         attempt is ``mine`` (this process's own earlier claim, whose outcome could not be
-        recorded). A claimed item comes with its incident's receipt, read in the same
+        recorded). On PostgreSQL it also takes, at once, an item claimed within the grace by
+        another process that has no session left in ``pg_stat_activity`` (its claim records
+        the process's ``instance_token``): that process is dead, or was cut off long enough
+        for the server to drop its sessions, so nothing of its attempt can still be in
+        flight. A claimed item comes with its incident's receipt, read in the same
         transaction.
         """
         n = item.notification
+        token = instance_token()
         with self._lock, self._conn.transaction(durable=False) as tx:
             row = tx.one(
-                "UPDATE outbox_items SET sending_since = ? WHERE seq = ? AND "
+                "UPDATE outbox_items SET sending_since = ?, claimed_by = ? WHERE seq = ? AND "
                 "(sending_since IS NULL OR sending_since <= ? OR sending_since = ?) "
-                "RETURNING seq", (now, item.seq, now - grace, mine))
+                "RETURNING seq", (now, token, item.seq, now - grace, mine))
             if row is None:
-                current = tx.one("SELECT sending_since FROM outbox_items WHERE seq = ?",
-                                 (item.seq,))
+                current = tx.one(
+                    "SELECT sending_since, claimed_by FROM outbox_items WHERE seq = ?",
+                    (item.seq,))
                 if current is None:
                     return Claim("gone")
-                return Claim("busy", None if current[0] is None else float(current[0]))
+                since, claimant = current
+                if not self._claimant_gone(tx, claimant, token):
+                    if claimant is not None and self._conn.dialect == "postgresql":
+                        log.info("outbox: notification %s to %s is claimed by live process "
+                                 "%s since %.3f; waiting for its attempt", n.id, n.receiver,
+                                 claimant, since)
+                    return Claim("busy", None if since is None else float(since))
+                row = tx.one(
+                    "UPDATE outbox_items SET sending_since = ?, claimed_by = ? WHERE seq = ? "
+                    "AND sending_since = ? AND claimed_by = ? RETURNING seq",
+                    (now, token, item.seq, since, claimant))
+                if row is None:  # not reached: the first UPDATE locked the row
+                    return Claim("busy", None if since is None else float(since))
+                log.info("outbox: notification %s to %s was claimed at %.3f by process %s, "
+                         "which has no state database session left; taking it over at once",
+                         n.id, n.receiver, since, claimant)
             found = tx.one(
                 "SELECT receipt FROM outbox_receipts WHERE receiver = ? AND incident = ?",
                 (n.receiver, n.incident))
         return Claim("claimed", now, {} if found is None else dict(json.loads(found[0])))
+
+    def _claimant_gone(self, tx: Tx, claimant: str | None, token: str) -> bool:
+        """Whether the process that wrote ``claimant`` has no PostgreSQL session left."""
+        if self._conn.dialect != "postgresql" or claimant is None or claimant == token:
+            return False
+        if not _TOKEN.match(claimant):
+            return False
+        alive = tx.one("SELECT 1 FROM pg_stat_activity WHERE application_name LIKE "
+                       "'piggywatch-%/' || ? LIMIT 1", (claimant,))
+        return alive is None
 
     def expire(self, item: StoredItem, now: float, *,
                claimed_before: float) -> Literal["expired", "gone", "busy"]:

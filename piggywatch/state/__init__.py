@@ -14,7 +14,9 @@ connections (a restarted server, a terminated backend) are replaced by the pool.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import secrets
 import sqlite3
 import threading
 import time
@@ -51,6 +53,7 @@ __all__ = [
     "StateStore",
     "Tx",
     "connect",
+    "instance_token",
     "open_state",
     "state_from_url",
 ]
@@ -66,6 +69,25 @@ _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # Advisory lock keys are (class, object) pairs; the class says "PiggyWatch", the object
 # which lock of which schema, so two PiggyWatch deployments on one database do not collide.
 _LOCK_CLASS = 0x50575748  # "PWWH"
+
+# This process's random token, in the application_name of every state connection it opens
+# ("piggywatch-state/<token>", "piggywatch-leader/<token>"): another replica can tell from
+# pg_stat_activity whether the process that wrote a token (an outbox claim) still has a
+# session. A forked child is another process and draws its own.
+_instance_token = secrets.token_hex(6)
+
+
+def _new_instance_token() -> None:
+    global _instance_token
+    _instance_token = secrets.token_hex(6)
+
+
+os.register_at_fork(after_in_child=_new_instance_token)
+
+
+def instance_token() -> str:
+    """This process's token (12 hex digits), as in its state connections' application_name."""
+    return _instance_token
 
 
 class Tx:
@@ -373,7 +395,8 @@ class PostgresState(StateStore):
         Both ends give up on a peer that is gone (host down, network cut) within about
         0.7 ``takeover_after``: the server, so a dead leader's lock and transactions are
         released in time for a standby to take over; the client, so a query on a dead
-        connection fails instead of hanging.
+        connection fails instead of hanging. The application_name is ``application_name``
+        followed by ``/`` and this process's ``instance_token()``.
         """
         t = self.takeover_after
         idle, interval, count = max(1, int(0.3 * t)), max(1, int(0.1 * t)), 3
@@ -382,7 +405,7 @@ class PostgresState(StateStore):
                            f"-c tcp_keepalives_interval={interval} "
                            f"-c tcp_keepalives_count={count} "
                            f"-c tcp_user_timeout={user_timeout}",
-                "application_name": application_name,
+                "application_name": f"{application_name}/{instance_token()}",
                 "connect_timeout": max(1, round(self.connect_timeout)),
                 "keepalives": 1, "keepalives_idle": idle, "keepalives_interval": interval,
                 "keepalives_count": count, "tcp_user_timeout": user_timeout}

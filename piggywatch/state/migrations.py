@@ -154,6 +154,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         # attempt, cleared when the attempt's outcome is recorded (alerting/outbox_store.py).
         "ALTER TABLE outbox_items ADD COLUMN sending_since REAL",
     )),
+    Migration(4, "which process claimed an outbox item, so a dead claimant's wait is skipped", (
+        # The claimant's instance token (piggywatch.state.instance_token), written with
+        # sending_since by the claim: on PostgreSQL a claim whose token has no session left
+        # in pg_stat_activity is taken over at once (alerting/outbox_store.py).
+        "ALTER TABLE outbox_items ADD COLUMN claimed_by TEXT",
+    )),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -4,9 +4,11 @@ receipts are remembered, and an incompatible outbox is refused."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from piggywatch.alerting.model import Action
@@ -18,7 +20,7 @@ from piggywatch.alerting.outbox_store import (
     StoredItem,
     encode_notification,
 )
-from piggywatch.state import StateStore
+from piggywatch.state import PostgresState, StateStore, instance_token
 from tests.state_support import reopen
 from tests.test_outbox import note
 
@@ -318,4 +320,120 @@ def test_expiry_spares_an_item_another_attempt_may_still_be_sending(state: State
     assert conn.query("SELECT id FROM outbox_done ORDER BY id") == [
         ("busy",), ("done",), ("idle",)]
     conn.close()
+    store.close()
+
+
+# -- a claimant's liveness: its instance token in pg_stat_activity
+
+DEAD = "0123456789ab"  # an instance token no process has
+
+
+def claimed_by(state: StateStore, seq: int) -> object:
+    conn = state.connect()
+    try:
+        row = conn.one("SELECT claimed_by FROM outbox_items WHERE seq = ?", (seq,))
+        assert row is not None
+        return row[0]
+    finally:
+        conn.close()
+
+
+def claim_as(state: StateStore, seq: int, since: float, token: str) -> None:
+    """Leave the item claimed at ``since`` by the process with ``token``."""
+    conn = state.connect()
+    try:
+        conn.execute("UPDATE outbox_items SET sending_since = ?, claimed_by = ? WHERE seq = ?",
+                     (since, token, seq))
+    finally:
+        conn.close()
+
+
+def backends(state: PostgresState, token: str) -> int:
+    with psycopg.connect(state.url) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name "
+                           "LIKE 'piggywatch-%%/' || %s", (token,)).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def test_a_claim_records_the_claimants_instance_token(state: StateStore) -> None:
+    store = OutboxStore(state)
+    [seq] = store.add([note("a")], T0)
+    assert seq is not None
+    [item] = store.load()
+    assert claimed_by(state, seq) is None
+    assert store.claim(item, T0 + 1, grace=30.0).status == "claimed"
+    assert claimed_by(state, seq) == instance_token()
+    store.close()
+
+
+def test_state_connections_carry_the_instance_token(state: StateStore) -> None:
+    if not isinstance(state, PostgresState):
+        pytest.skip("application_name is a PostgreSQL notion")
+    assert state.connection_kwargs("piggywatch-state")["application_name"] == \
+        f"piggywatch-state/{instance_token()}"
+    conn = state.connect()
+    try:
+        assert conn.one("SELECT current_setting('application_name')") == (
+            f"piggywatch-state/{instance_token()}",)
+    finally:
+        conn.close()
+
+
+def test_an_item_claimed_by_a_process_with_no_session_left_is_taken_over_at_once(
+        state: StateStore, caplog: pytest.LogCaptureFixture) -> None:
+    if not isinstance(state, PostgresState):
+        pytest.skip("a claimant's liveness is read from pg_stat_activity")
+    caplog.set_level(logging.INFO, logger="piggywatch.alerting.outbox_store")
+    store = OutboxStore(state)
+    [seq] = store.add([note("a")], T0)
+    assert seq is not None
+    [item] = store.load()
+    claim_as(state, seq, T0 + 1, DEAD)
+    assert backends(state, DEAD) == 0
+    assert store.claim(item, T0 + 2, grace=30.0) == Claim("claimed", T0 + 2)
+    assert (sending_since(state, seq), claimed_by(state, seq)) == (T0 + 2, instance_token())
+    assert f"claimed at {T0 + 1:.3f} by process {DEAD}, which has no state database " \
+        "session left; taking it over at once" in caplog.text
+    store.close()
+
+
+def test_an_item_claimed_by_a_live_process_waits_out_the_grace(
+        state: StateStore, caplog: pytest.LogCaptureFixture) -> None:
+    if not isinstance(state, PostgresState):
+        pytest.skip("a claimant's liveness is read from pg_stat_activity")
+    caplog.set_level(logging.INFO, logger="piggywatch.alerting.outbox_store")
+    store = OutboxStore(state)
+    [seq] = store.add([note("a")], T0)
+    assert seq is not None
+    [item] = store.load()
+    live = "fedcba987654"
+    claim_as(state, seq, T0 + 1, live)
+    with psycopg.connect(state.url, application_name=f"piggywatch-leader/{live}"):
+        assert store.claim(item, T0 + 2, grace=30.0) == Claim("busy", T0 + 1)
+        assert store.claim(item, T0 + 30.9, grace=30.0) == Claim("busy", T0 + 1)
+        assert f"claimed by live process {live}" in caplog.text
+        assert (sending_since(state, seq), claimed_by(state, seq)) == (T0 + 1, live)
+        assert store.claim(item, T0 + 31, grace=30.0).status == "claimed"  # the grace is over
+    claim_as(state, seq, T0 + 40, live)
+    # Its last session closed: the server drops the backend (asynchronously), then the
+    # claim is taken over within the grace.
+    deadline = time.monotonic() + 5
+    while backends(state, live) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store.claim(item, T0 + 41, grace=30.0) == Claim("claimed", T0 + 41)
+    store.close()
+
+
+def test_on_sqlite_a_claim_by_another_token_within_the_grace_waits(
+        state: StateStore) -> None:
+    if isinstance(state, PostgresState):
+        pytest.skip("covered by the liveness tests")
+    store = OutboxStore(state)
+    [seq] = store.add([note("a")], T0)
+    assert seq is not None
+    [item] = store.load()
+    claim_as(state, seq, T0 + 1, DEAD)
+    assert store.claim(item, T0 + 2, grace=30.0) == Claim("busy", T0 + 1)
+    assert store.claim(item, T0 + 31, grace=30.0).status == "claimed"
     store.close()
