@@ -468,7 +468,9 @@ def test_throttle_spaces_sends_to_one_receiver(
     wait_until(lambda: not outbox.pending())
     slack_at = [at for _, _, at in slack.calls]
     assert min(b - a for a, b in itertools.pairwise(slack_at)) >= 0.1
-    assert email.calls[-1][2] - email.calls[0][2] < 0.1, "other receivers are not held up"
+    # Slack's throttle alone spreads its five sends over at least 0.4 s; email, unthrottled,
+    # is not held up by it (each send still commits a claim and its outcome).
+    assert email.calls[-1][2] - email.calls[0][2] < 0.3, "other receivers are not held up"
     assert slack.ids == [f"s{i}" for i in range(5)]
 
 
