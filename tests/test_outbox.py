@@ -495,7 +495,7 @@ def test_enqueue_to_send_is_well_under_a_second(
         wait_until(lambda i=i: len(channel.ids) == i + 1)
         latencies.append(channel.calls[-1][2] - began)
         time.sleep(0.01)
-    assert max(latencies) < 0.2
+    assert max(latencies) < 0.5  # the budget is 1 s; the median is a few ms
 
 
 # -- leadership, receivers, shutdown
