@@ -457,10 +457,5 @@ def _mtimes(paths: list[Path]) -> dict[Path, float]:
     return found
 
 
-def log_alert_event(event: AlertEvent) -> None:
-    """The alerting side without a configured route: the transition is only logged (by the
-    manager)."""
-
-
 def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
