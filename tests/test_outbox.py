@@ -36,7 +36,6 @@ from piggywatch.alerting.outbox_store import decode_notification, encode_notific
 from piggywatch.alerting.settings import Receiver
 from piggywatch.state import NotLeader, PostgresState, SQLiteState, StateStore, Tx
 from piggywatch.store import MemoryStore
-from tests.state_support import reopen
 
 T0 = float(int(time.time()))  # real-clock tests must not see their notifications expire
 REPO = Path(__file__).resolve().parent.parent
@@ -151,21 +150,6 @@ def state_source(state: StateStore) -> str:
 
 
 @pytest.fixture
-def restarts(state: StateStore) -> Iterator[Callable[[], StateStore]]:
-    """Second handles on ``state``, as a restarted PiggyWatch opens it (closed at the end;
-    use after ``running``, so the outboxes on them close first)."""
-    opened: list[StateStore] = []
-
-    def again() -> StateStore:
-        opened.append(handle := reopen(state))
-        return handle
-
-    yield again
-    for handle in opened:
-        handle.close()
-
-
-@pytest.fixture
 def state_file(tmp_path: Path) -> Path:
     return tmp_path / "state.db"
 
@@ -215,7 +199,7 @@ def test_notification_round_trips_exactly(n: Notification) -> None:
 
 
 def test_a_row_written_by_a_newer_version_is_kept_and_the_rest_delivered(
-        state: StateStore, restarts: Callable[[], StateStore],
+        state: StateStore, restart: Callable[[], StateStore],
         running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture,
 ) -> None:
     with Outbox(state, {}) as outbox:
@@ -224,7 +208,7 @@ def test_a_row_written_by_a_newer_version_is_kept_and_the_rest_delivered(
     body = encode_notification(note("future")).replace('"level":1', '"level":1,"colour":"red"')
     write(state, "UPDATE outbox_items SET body = ? WHERE id = 'future'", (body,))
     channel = ScriptedNotifier()
-    running(Outbox(restarts(), {"oncall": channel}))
+    running(Outbox(restart(), {"oncall": channel}))
     wait_until(lambda: rows(state, "SELECT id FROM outbox_items") == [("future",)])
     assert channel.ids == ["today"]
     assert "cannot be read" in caplog.text and "colour" in caplog.text
@@ -274,7 +258,7 @@ def test_enqueue_many_commits_one_escalation_step_together(
 
 
 def test_resumes_after_kill_9_and_delivers_each_pending_notification_once(
-        state: StateStore, restarts: Callable[[], StateStore],
+        state: StateStore, restart: Callable[[], StateStore],
         running: Callable[[Outbox], Outbox]) -> None:
     script = textwrap.dedent(f"""
         import sys, threading
@@ -310,7 +294,7 @@ def test_resumes_after_kill_9_and_delivers_each_pending_notification_once(
     assert len(rows(state, "SELECT id FROM outbox_items WHERE attempts > 0")) >= 1
 
     channel = ScriptedNotifier()
-    outbox = running(Outbox(restarts(), {"oncall": channel}))
+    outbox = running(Outbox(restart(), {"oncall": channel}))
     wait_until(lambda: len(channel.ids) == 20)
     wait_until(lambda: not rows(state, "SELECT id FROM outbox_items"))
     assert sorted(channel.ids) == sorted(f"n{i}" for i in range(20))
@@ -319,7 +303,7 @@ def test_resumes_after_kill_9_and_delivers_each_pending_notification_once(
         assert sent == sorted(sent)
     outbox.close()
     again = ScriptedNotifier()
-    running(Outbox(restarts(), {"oncall": again}))
+    running(Outbox(restart(), {"oncall": again}))
     time.sleep(0.2)
     assert again.ids == []
 
@@ -525,12 +509,12 @@ def test_may_send_false_stops_delivery_at_once(
 
 
 def test_items_of_an_unconfigured_receiver_wait_until_it_is_configured_again(
-        state: StateStore, restarts: Callable[[], StateStore],
+        state: StateStore, restart: Callable[[], StateStore],
         running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture,
 ) -> None:
     with Outbox(state, {"oncall": ScriptedNotifier()}) as before:
         before.enqueue(note("n1", receiver="old-slack"))
-    outbox = running(Outbox(restarts(), {"oncall": ScriptedNotifier()}))
+    outbox = running(Outbox(restart(), {"oncall": ScriptedNotifier()}))
     assert "receiver 'old-slack', which is not configured" in caplog.text
     outbox.housekeep()
     assert [n.id for n in outbox.pending("old-slack")] == ["n1"]
@@ -556,7 +540,7 @@ def test_items_of_an_unconfigured_receiver_expire_after_a_day(state_file: Path) 
 
 
 def test_stop_drains_within_the_grace_period_and_keeps_the_rest(
-        state: StateStore, restarts: Callable[[], StateStore],
+        state: StateStore, restart: Callable[[], StateStore],
         running: Callable[[Outbox], Outbox]) -> None:
     class Slow(ScriptedNotifier):
         def send(self, notification: Notification, receipt: Mapping[str, str]) -> Delivery:
@@ -577,7 +561,7 @@ def test_stop_drains_within_the_grace_period_and_keeps_the_rest(
     assert len(rows(state, "SELECT id FROM outbox_items")) == 100 - done
     outbox.close()
     rest = ScriptedNotifier()
-    running(Outbox(restarts(), {"oncall": rest}))
+    running(Outbox(restart(), {"oncall": rest}))
     wait_until(lambda: len(rest.ids) == 100 - done)
     assert sorted(channel.ids + rest.ids) == sorted(f"n{i}" for i in range(100))
 
@@ -688,12 +672,12 @@ def test_metrics_describe_depth_age_results_and_latency(
 
 
 def test_a_resolved_notification_keeps_every_field(
-        state: StateStore, restarts: Callable[[], StateStore]) -> None:
+        state: StateStore, restart: Callable[[], StateStore]) -> None:
     n = replace(note("n1", action=Action.RESOLVE), acked_by="ana", acked_at=T0 + 1.25,
                 level=3, external_url="https://pw.example.com")
     with Outbox(state, {}) as outbox:
         outbox.enqueue(n)
-    with Outbox(restarts(), {}) as outbox:
+    with Outbox(restart(), {}) as outbox:
         assert outbox.pending() == [n]
 
 
@@ -712,7 +696,7 @@ def handle(state: StateStore, sql: str, params: tuple[object, ...] = ()) -> obje
 
 
 def test_a_new_leader_waits_for_the_old_leaders_attempt_and_drops_what_it_finished(
-        state: StateStore, restarts: Callable[[], StateStore],
+        state: StateStore, restart: Callable[[], StateStore],
         running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
     channel_a = BlockingNotifier()
@@ -723,7 +707,7 @@ def test_a_new_leader_waits_for_the_old_leaders_attempt_and_drops_what_it_finish
 
     caplog.set_level(logging.INFO, logger="piggywatch.alerting.outbox")
     channel_b = ScriptedNotifier()
-    b = running(Outbox(restarts(), {"oncall": channel_b}, clock=clock, in_flight_grace=GRACE))
+    b = running(Outbox(restart(), {"oncall": channel_b}, clock=clock, in_flight_grace=GRACE))
     b.enqueue(note("y", incident="inc-2"))  # another incident is not held up
     wait_until(lambda: channel_b.ids == ["y"])
     clock.advance(GRACE - 1)
@@ -745,13 +729,13 @@ def test_a_new_leader_waits_for_the_old_leaders_attempt_and_drops_what_it_finish
 
 
 def test_an_item_finished_by_another_handle_is_dropped_without_sending(
-        state: StateStore, restarts: Callable[[], StateStore],
+        state: StateStore, restart: Callable[[], StateStore],
         running: Callable[[Outbox], Outbox]) -> None:
     channel = ScriptedNotifier()
     outbox = Outbox(state, {"oncall": channel}, in_flight_grace=GRACE)
     outbox.enqueue(note("x"))
     outbox.enqueue(note("x-ack", action=Action.ACKNOWLEDGE))
-    other = Outbox(restarts(), {"oncall": ScriptedNotifier()}, in_flight_grace=GRACE)
+    other = Outbox(restart(), {"oncall": ScriptedNotifier()}, in_flight_grace=GRACE)
     running(other)
     wait_until(lambda: not rows(state, "SELECT id FROM outbox_items"))
     other.close()
@@ -787,7 +771,7 @@ def test_a_claim_older_than_the_grace_is_taken_over_and_a_fresh_one_blocks_its_i
 
 
 def test_with_no_grace_an_item_left_claimed_by_a_kill_9_is_retried_at_once(
-        state: StateStore, restarts: Callable[[], StateStore],
+        state: StateStore, restart: Callable[[], StateStore],
         running: Callable[[Outbox], Outbox]) -> None:
     script = textwrap.dedent(f"""
         import threading
@@ -817,14 +801,14 @@ def test_with_no_grace_an_item_left_claimed_by_a_kill_9_is_retried_at_once(
     assert isinstance(claimed_at, float)
     channel = ScriptedNotifier()
     began = time.monotonic()
-    running(Outbox(restarts(), {"oncall": channel}))
+    running(Outbox(restart(), {"oncall": channel}))
     wait_until(lambda: channel.ids == ["x"])
     assert time.monotonic() - began < 1.0
     wait_until(lambda: not rows(state, "SELECT id FROM outbox_items"))
 
 
 def test_an_item_left_claimed_by_a_kill_9_is_taken_over_within_the_grace_on_postgresql(
-        state: StateStore, restarts: Callable[[], StateStore],
+        state: StateStore, restart: Callable[[], StateStore],
         running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture) -> None:
     if not isinstance(state, PostgresState):
         pytest.skip("a claimant's liveness is read from pg_stat_activity")
@@ -859,7 +843,7 @@ def test_an_item_left_claimed_by_a_kill_9_is_taken_over_within_the_grace_on_post
     caplog.set_level(logging.INFO, logger="piggywatch.alerting.outbox_store")
     channel = ScriptedNotifier()
     began = time.monotonic()
-    running(Outbox(restarts(), {"oncall": channel}, in_flight_grace=GRACE))
+    running(Outbox(restart(), {"oncall": channel}, in_flight_grace=GRACE))
     wait_until(lambda: channel.ids == ["x"])
     assert time.monotonic() - began < 1.0, "the dead claimant's grace is not waited out"
     wait_until(lambda: not rows(state, "SELECT id FROM outbox_items"))
@@ -867,7 +851,7 @@ def test_an_item_left_claimed_by_a_kill_9_is_taken_over_within_the_grace_on_post
 
 
 def test_a_fenced_outbox_sends_nothing_once_deposed_but_records_what_it_sent(
-        state: StateStore, restarts: Callable[[], StateStore],
+        state: StateStore, restart: Callable[[], StateStore],
         running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture) -> None:
     if not isinstance(state, PostgresState):
         pytest.skip("fencing is a PostgreSQL notion")
@@ -902,6 +886,6 @@ def test_a_fenced_outbox_sends_nothing_once_deposed_but_records_what_it_sent(
 
     # The next leader sends y only.
     successor = ScriptedNotifier()
-    running(Outbox(restarts(), {"oncall": successor}, in_flight_grace=GRACE))
+    running(Outbox(restart(), {"oncall": successor}, in_flight_grace=GRACE))
     wait_until(lambda: successor.ids == ["y"])
     wait_until(lambda: rows(state, "SELECT id FROM outbox_items") == [])
