@@ -196,7 +196,7 @@ class OutboxStore:
                     "UPDATE outbox_items SET sending_since = ?, claimed_by = ? WHERE seq = ? "
                     "AND sending_since = ? AND claimed_by = ? RETURNING seq",
                     (now, token, item.seq, since, claimant))
-                if row is None:  # not reached: the first UPDATE locked the row
+                if row is None:  # another replica took it over meanwhile
                     return Claim("busy", None if since is None else float(since))
                 log.info("outbox: notification %s to %s was claimed at %.3f by process %s, "
                          "which has no state database session left; taking it over at once",
