@@ -321,3 +321,23 @@ def test_a_server_that_hangs_up_is_retried() -> None:
         thread.join()
 
     assert delivery.outcome is Outcome.RETRY
+
+
+def test_label_values_with_markup_are_escaped_in_html_and_plain_elsewhere(
+        smtp: SMTPServer) -> None:
+    hostile = alert(target="<!channel>", extra_labels={"link": "<https://x|y>",
+                                                       "html": "<script>"})
+
+    delivery = mailer(smtp.smarthost).send(notification(hostile), {})
+
+    assert delivery.outcome is Outcome.ACCEPTED
+    message = smtp.mails[0].message
+    assert message["Subject"] == "[HIGH] PostgresConnectionsHigh (target=<!channel>)"
+    text, html = parts(message)
+    labels = "alertname=PostgresConnectionsHigh, html={}, link={}, severity=high, target={}"
+    assert f"  Labels: {labels.format('<script>', '<https://x|y>', '<!channel>')}\n" in text
+    assert ('<tr><th align="left">Labels</th><td>' + labels.format(
+        "&lt;script&gt;", "&lt;https://x|y&gt;", "&lt;!channel&gt;") + "</td></tr>") in html
+    assert "<h2>[HIGH] PostgresConnectionsHigh (target=&lt;!channel&gt;)</h2>" in html
+    for raw in ("<script>", "<!channel>", "<https://x|y>"):
+        assert raw not in html

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -348,3 +349,60 @@ print(sorted(m for m in sys.modules if m.startswith("slack_sdk")))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert done.stdout.strip() == "[]"
+
+
+# Label values that Slack's mrkdwn would turn into a mention of everyone, a disguised link
+# and (were it HTML) a script.
+HOSTILE_LABELS = {"link": "<https://x|y>", "html": "<script>"}
+
+
+def hostile_alert() -> Any:
+    return alert(target="<!channel>", extra_labels=HOSTILE_LABELS,
+                 annotations={"summary": "db <https://x|y> & <script>"})
+
+
+def test_label_values_are_escaped_in_the_fallback_text_and_the_blocks(
+        slack: SlackServer) -> None:
+    first = bot(slack).send(notification(hostile_alert()), {})
+    acked = bot(slack).send(notification(hostile_alert(), action=Action.ACKNOWLEDGE,
+                                         acked_by="<!here>", acked_at=T0 + 400, id="n-2"),
+                            first.receipt)
+
+    assert (first.outcome, acked.outcome) == (Outcome.ACCEPTED, Outcome.ACCEPTED)
+    [message, reply] = slack.messages
+    assert message.text == ("[HIGH] PostgresConnectionsHigh (target=&lt;!channel&gt;): "
+                            "Acknowledged by &lt;!here&gt; at 2026-01-01T00:06:40.000Z")
+    assert message.versions[0]["text"] == ("[HIGH] PostgresConnectionsHigh "
+                                           "(target=&lt;!channel&gt;): Firing (1 alert)")
+    assert reply.text == (":eyes: Acknowledged by &lt;!here&gt; <!date^1767226000^"
+                          "{date_short_pretty} {time}|2026-01-01T00:06:40.000Z>")
+    assert message.attachments is not None
+    blocks = message.attachments[0]["blocks"]
+    assert blocks[0] == {"type": "header", "text": {
+        "type": "plain_text", "emoji": True,  # plain text: shown as written, never parsed
+        "text": ":eyes: PostgresConnectionsHigh (target=<!channel>)"}}
+    assert blocks[1]["text"]["text"] == "db &lt;https://x|y&gt; &amp; &lt;script&gt;"
+    assert fields(blocks)["*Target*"] == "&lt;!channel&gt;"
+    assert fields(blocks)["*Status*"] == ("Acknowledged by &lt;!here&gt; at "
+                                          "2026-01-01T00:06:40.000Z")
+    assert blocks[3]["elements"][0]["text"] == (
+        "`alertname=PostgresConnectionsHigh`  `html=&lt;script&gt;`  "
+        "`link=&lt;https://x|y&gt;`  `severity=high`  `target=&lt;!channel&gt;`")
+    # Raw only in the header, which is plain_text.
+    for request in slack.requests:
+        body = request.json()
+        header = body.get("attachments", [{}])[0].get("blocks", [{}])[0]
+        rest = json.dumps({**body, "attachments": []}) + json.dumps(
+            body.get("attachments", [{}])[0].get("blocks", [])[1:])
+        assert header.get("type") in (None, "header")
+        for raw in ("<!channel>", "<!here>", "<https://x|y>", "<script>"):
+            assert raw not in rest, (raw, rest)
+
+
+def test_incoming_webhook_fallback_text_is_escaped(slack: SlackServer) -> None:
+    delivery = webhook(slack.webhook_url).send(notification(hostile_alert()), {})
+
+    assert delivery.outcome is Outcome.ACCEPTED
+    [posted] = slack.webhook_messages
+    assert posted["text"] == ("[HIGH] PostgresConnectionsHigh (target=&lt;!channel&gt;): "
+                              "Firing (1 alert)")

@@ -207,12 +207,14 @@ def _emoji(notification: Notification) -> str:
 
 
 def fallback_text(notification: Notification) -> str:
-    """One line for push notifications and clients that cannot show blocks."""
-    return (f"[{notification.severity.upper()}] {notification.title}: "
-            f"{_state(notification)}")
+    """One line for push notifications and clients that cannot show blocks. Slack parses it
+    as mrkdwn too, so the label values in the title are escaped like the blocks'."""
+    return (f"[{notification.severity.upper()}] {_escape(notification.title)}: "
+            f"{_escape(_state(notification))}")
 
 
 def _state(notification: Notification) -> str:
+    """The state in words, unescaped (the callers escape it for mrkdwn)."""
     if notification.action is Action.ACKNOWLEDGE and notification.firing:
         when = iso8601(notification.acked_at or notification.created_at)
         return f"Acknowledged by {notification.acked_by or 'someone'} at {when}"
