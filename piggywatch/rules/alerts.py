@@ -163,8 +163,12 @@ class AlertingRuleState:
 
     def evaluate(self, results: Sequence[Result], ts: float, expand: Expander,
                  missing: MissingPolicy | None = None, *,
-                 cache_context: Hashable | None = None) -> list[AlertEvent]:
+                 cache_context: Hashable | None = None, limit: int = 0) -> list[AlertEvent]:
         """Apply one evaluation's result at time ``ts``; return the transitions.
+
+        With a ``limit`` (the group's; 0 is none), more pending and firing alerts than that
+        fail the evaluation as in Prometheus: every alert of the rule is dropped and
+        AlertLimitError carries a resolution for each alert that was firing.
 
         With a ``cache_context``, the caller promises that ``expand`` of a template that
         reads no live data (see templating.template_inputs) is a function of the template,
@@ -174,6 +178,7 @@ class AlertingRuleState:
         """
         events: list[AlertEvent] = []
         present: set[str] = set()
+        firing_before = [a for a in self.active.values() if a.state is AlertState.FIRING]
         plan = self._plan_for(cache_context) if cache_context is not None else None
         previous = self._rendered
         rendered: dict[Labels, _Rendered] = {}
@@ -261,7 +266,23 @@ class AlertingRuleState:
                 alert.fired_at = ts
                 events.append(self._event(EventKind.FIRING, alert, ts))
         self._rendered = rendered
+        if limit > 0:
+            active = sum(1 for a in self.active.values() if a.state is not AlertState.INACTIVE)
+            if active > limit:
+                self._drop_all(firing_before, ts, f"exceeded limit of {limit} with {active} "
+                                                  "alerts")
         return events
+
+    def _drop_all(self, firing: list[Alert], ts: float, reason: str) -> None:
+        # Prometheus clears the rule's alerts (pending, firing and resolved) and sends none;
+        # Alertmanager then resolves the ones it had once they are no longer re-sent. The
+        # alerting side hears the resolutions at once instead.
+        resolved = [AlertEvent(EventKind.RESOLVED, self.group, self.name,
+                               replace(a, state=AlertState.INACTIVE, resolved_at=ts,
+                                       keep_firing_since=None), ts)
+                    for a in firing]
+        self.active = {}
+        raise AlertLimitError(reason, resolved)
 
     def cached_series(self) -> int:
         """How many result series' rendered templates are remembered (for tests)."""
@@ -283,3 +304,10 @@ class DuplicateAlertError(ValueError):
     """Two result series of one rule map to the same alert."""
 
 
+class AlertLimitError(ValueError):
+    """A rule gave more alerts than its group's limit; its alerts were dropped."""
+
+    def __init__(self, message: str, resolved: list[AlertEvent]) -> None:
+        super().__init__(message)
+        # The resolutions of the alerts that were firing before the evaluation.
+        self.resolved = resolved

@@ -16,6 +16,7 @@ from piggywatch.rules.alerts import (
     Alert,
     AlertEvent,
     AlertingRuleState,
+    AlertLimitError,
     DuplicateAlertError,
     Missing,
     Result,
@@ -264,7 +265,13 @@ class RuleManager:
                     if isinstance(rule, RecordingRule):
                         self._record(rule, run.group, at)
                     else:
-                        events += self._alert(rule, run.states[rule.name], at, down, policy)
+                        events += self._alert(rule, run.states[rule.name], at, down, policy,
+                                              run.group.limit)
+                except AlertLimitError as exc:
+                    # As Prometheus: the rule's evaluation fails and its alerts are dropped.
+                    run.failures += 1
+                    log.warning("rule %r of group %r failed: %s", rule.name, name, exc)
+                    events += exc.resolved
                 except (EvaluationError, DuplicateAlertError) as exc:
                     run.failures += 1
                     log.warning("rule %r of group %r failed: %s", rule.name, name, exc)
@@ -309,7 +316,7 @@ class RuleManager:
         raise EvaluationError("a template query must return a vector or a scalar")
 
     def _alert(self, rule: AlertingRule, state: AlertingRuleState, at: float,
-               down: set[str], policy: NoData) -> list[AlertEvent]:
+               down: set[str], policy: NoData, limit: int) -> list[AlertEvent]:
         vector = self._evaluator.instant(rule.expr, at)
         if isinstance(vector, Scalar):
             # Prometheus reads a scalar result as one sample without labels.
@@ -326,7 +333,7 @@ class RuleManager:
             return Missing.HOLD if policy is NoData.KEEP_LAST else Missing.PRESENT
 
         return state.evaluate(results, at, self._expander(at), missing if down else None,
-                              cache_context=self._template_context)
+                              cache_context=self._template_context, limit=limit)
 
     def _alert_without_data(self, state: AlertingRuleState, at: float,
                             policy: NoData) -> list[AlertEvent]:
@@ -353,6 +360,10 @@ class RuleManager:
                 samples.append(Sample(rule.name, labels_of(labels), s.value, at))
         else:
             raise EvaluationError("a recording rule's expression must return a vector")
+        if 0 < group.limit < len(samples):
+            # As Prometheus: nothing is recorded (and, as there, the last values stay).
+            raise EvaluationError(f"exceeded limit of {group.limit} with {len(samples)} "
+                                  "series")
         self._store.publish(f"rules/{group.name}/{rule.name}", samples, at)
 
     def _register_recording(self, rule: RecordingRule, group: RuleGroup) -> None:
