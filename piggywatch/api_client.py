@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -9,6 +10,12 @@ from typing import Any
 import httpx
 
 DEFAULT_URL = "http://127.0.0.1:9790"
+
+# What a terminal acts on instead of showing: C0 controls (newline included: one row per
+# alert), DEL, C1 controls, and the bidi marks, embeddings, overrides and isolates that
+# reorder what follows them (Trojan Source), plus the Unicode line and paragraph separators.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e"
+                          "\u2066-\u2069\u2028\u2029]")
 
 
 class ApiClientError(Exception):
@@ -92,7 +99,19 @@ def silences_table(silences: Sequence[Mapping[str, Any]]) -> str:
     return _table(rows)
 
 
-def _table(rows: Sequence[tuple[str, ...]]) -> str:
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on shown as an escape (``\\x1b``,
+    ``\\u202e``): label values, comments and names come from the API, not from us."""
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _table(cells: Sequence[tuple[str, ...]]) -> str:
+    rows = [tuple(printable(cell) for cell in row) for row in cells]
     # The last column is free text, so it is not padded.
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))

@@ -16,6 +16,7 @@ from piggywatch.api_client import (
     ApiClient,
     ApiClientError,
     alerts_table,
+    printable,
     silences_table,
 )
 from piggywatch.config import ConfigError, Settings, load_settings
@@ -156,7 +157,7 @@ def _call(action: Callable[[], Any]) -> Any:
     try:
         return action()
     except ApiClientError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {printable(str(exc))}", err=True)
         raise SystemExit(1) from None
 
 
@@ -186,7 +187,7 @@ def ack(fingerprint: str, by: str, comment: str, url: str, token: str,
                                      {"by": by, "comment": comment}))
     ack = data["ack"]
     when = "" if data.get("new") else " (already acknowledged)"
-    click.echo(f"incident {data['incident']} acknowledged by {ack['by']}{when}")
+    click.echo(printable(f"incident {data['incident']} acknowledged by {ack['by']}{when}"))
 
 
 @main.group()
