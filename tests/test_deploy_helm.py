@@ -26,6 +26,7 @@ from click.testing import CliRunner
 
 import piggywatch
 from piggywatch.cli import main as piggywatch_cli
+from tests.support.tools import find_tool
 
 ROOT = Path(__file__).parent.parent
 CHART = ROOT / "deploy" / "helm" / "piggywatch"
@@ -409,7 +410,7 @@ def test_nothing_in_the_chart_holds_a_literal_secret() -> None:
 # --- with helm, where it is installed ------------------------------------------------
 
 def helm(*args: str) -> str:
-    binary = shutil.which("helm")
+    binary = find_tool("helm")
     if binary is None:
         pytest.skip("helm is not installed")
     result = subprocess.run([binary, *args], capture_output=True, text=True, timeout=120)
@@ -472,7 +473,7 @@ def test_helm_template_renders_valid_objects(case: str, tmp_path: Path) -> None:
 
 
 def helm_fails(*args: str) -> str:
-    binary = shutil.which("helm")
+    binary = find_tool("helm")
     if binary is None:
         pytest.skip("helm is not installed")
     result = subprocess.run([binary, *args], capture_output=True, text=True, timeout=120)
