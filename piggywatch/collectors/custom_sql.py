@@ -7,13 +7,14 @@ built-in collectors of the same target.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any, Literal
 
 from psycopg import sql
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from piggywatch.collectors.base import CollectorError
 from piggywatch.collectors.postgres.target import PostgresTarget
@@ -62,6 +63,12 @@ class CustomQueryConfig(_Strict):
     metrics: list[CustomMetric] = []
     label_columns: list[str] = []
 
+    @field_validator("sql_text")
+    @classmethod
+    def _one_select(cls, text: str) -> str:
+        check_one_select(text)
+        return text
+
     @model_validator(mode="after")
     def _columns_make_sense(self) -> CustomQueryConfig:
         if bool(self.value_columns) == bool(self.metrics):
@@ -97,9 +104,10 @@ class CustomQueryConfig(_Strict):
 class CustomSqlCollector:
     """Runs one custom query on its target and exports the configured columns.
 
-    The target's session is read-only and bounded by a statement timeout, here the query's
-    own ``timeout``. The query is wrapped as a subquery selecting only the configured
-    columns: one statement only, and a missing column is named by the database's error.
+    The text was checked at load to be exactly one SELECT that writes nothing. It runs in
+    a transaction begun READ ONLY, with the extended protocol (one statement only) and a
+    statement timeout, here the query's own ``timeout``. It is wrapped as a subquery
+    selecting only the configured columns, so a missing column is named by the database.
     """
 
     def __init__(self, target: PostgresTarget, query: CustomQueryConfig) -> None:
@@ -154,6 +162,69 @@ def custom_sql_collectors(target: PostgresTarget,
                           queries: Sequence[CustomQueryConfig]) -> list[CustomSqlCollector]:
     """The collectors of the custom queries bound to ``target`` (matched by its name)."""
     return [CustomSqlCollector(target, q) for q in queries if q.target == target.name]
+
+
+# Nodes of statements that write, wherever they appear (a data-modifying WITH included).
+_WRITES = {"InsertStmt": "INSERT", "UpdateStmt": "UPDATE", "DeleteStmt": "DELETE",
+           "MergeStmt": "MERGE"}
+
+
+def check_one_select(text: str) -> None:
+    """Raise ValueError unless ``text`` is exactly one SELECT that writes nothing.
+
+    Parsed by PostgreSQL's own parser (libpg_query, through pglast), so quoting, dollar
+    quoting, E'' strings and nested comments are read exactly as the server reads them.
+    """
+    from pglast import parser  # imported only where custom SQL is configured
+
+    try:
+        statements = json.loads(parser.parse_sql_json(text))["stmts"]
+    except parser.ParseError as exc:
+        message, offset = exc.args[0], exc.args[1]
+        raise ValueError(f"is not valid SQL: {message} ({_where(text, offset)}); "
+                         "custom SQL must be exactly one SELECT") from None
+    if not statements:
+        raise ValueError("holds no statement; write one SELECT")
+    if len(statements) > 1:
+        second = int(statements[1].get("stmt_location", 0))
+        start = len(text.encode()[:second].decode(errors="ignore"))
+        head = text[start:].strip().splitlines()[0][:40]
+        raise ValueError(f"holds {len(statements)} statements (the second begins at "
+                         f"{_where(text, second)}: {head!r}); custom SQL must be exactly "
+                         "one SELECT: remove the others")
+    [(kind, body)] = statements[0]["stmt"].items()
+    if kind != "SelectStmt":
+        name = _WRITES.get(kind) or re.sub(r"Stmt$", "", kind).upper()
+        raise ValueError(f"is a {name} statement, not a SELECT; custom SQL is read-only")
+    for key in _keys(body):
+        if key in _WRITES:
+            raise ValueError(f"holds a data-modifying {_WRITES[key]} (in a WITH clause); "
+                             "custom SQL is read-only")
+        if key == "intoClause":
+            raise ValueError("is a SELECT INTO, which creates a table; custom SQL is "
+                             "read-only: drop the INTO")
+        if key == "lockingClause":
+            raise ValueError("locks rows (FOR UPDATE / FOR SHARE); custom SQL is "
+                             "read-only: drop the locking clause")
+
+
+def _keys(node: Any) -> Iterator[str]:
+    # Every node type and field name in a parse tree (as JSON).
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key
+            yield from _keys(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _keys(item)
+
+
+def _where(text: str, byte_offset: int) -> str:
+    # The parser counts bytes of UTF-8; people count lines and characters.
+    before = text.encode()[:byte_offset].decode(errors="ignore")
+    line = before.count("\n") + 1
+    column = len(before) - (before.rfind("\n") + 1) + 1
+    return f"line {line} of the query, column {column}"
 
 
 def _wrapped(text: str, columns: Sequence[str]) -> sql.Composed:

@@ -12,6 +12,7 @@ from typing import Any, LiteralString
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.abc import Params, Query
+from psycopg.pq import TransactionStatus
 
 from piggywatch.collectors.base import CollectorError
 
@@ -24,9 +25,10 @@ class PostgresTarget:
     """The daemon's single connection to one database, shared by that target's collectors.
 
     Protects the monitored database: one connection only (``application_name=piggywatch``,
-    read-only transactions), a statement_timeout on every query, a deadline for each
-    sampling cycle, and one cycle at a time. A broken connection is dropped and reopened by
-    the next cycle, so a database that comes back is picked up without a restart.
+    every query in a transaction begun READ ONLY), a statement_timeout on every query, a
+    deadline for each sampling cycle, and one cycle at a time. A broken connection is
+    dropped and reopened by the next cycle, so a database that comes back is picked up
+    without a restart.
     """
 
     def __init__(self, name: str, dsn: str, *, connect_timeout: float = 5.0) -> None:
@@ -35,7 +37,6 @@ class PostgresTarget:
         self._connect_timeout = connect_timeout
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
-        self._statement_timeout_ms = 0
         self._up: bool | None = None
         self.last_error: str | None = None
         self.server_version_num = 0
@@ -102,7 +103,6 @@ class PostgresTarget:
             raise CollectorError("connect", self.last_error) from None
         self._conn = conn
         self._up = True
-        self._statement_timeout_ms = 5000
         self.server_version_num = conn.info.server_version
         return conn
 
@@ -129,6 +129,11 @@ class Session:
               binary: bool = False) -> list[tuple[Any, ...]]:
         """Run one query and return its rows, or raise CollectorError.
 
+        Every query runs in a transaction of its own that is READ ONLY by its BEGIN,
+        whatever the session's defaults (a custom query may change those), with a
+        statement_timeout local to it, and with the extended protocol, which refuses more
+        than one statement. Pipeline mode sends all of it in one round trip.
+
         ``binary`` asks for results in binary format: cheaper to load for large results of
         numbers (the statements collector reads thousands of rows every cycle).
         """
@@ -136,19 +141,7 @@ class Session:
         if remaining_ms <= 0:
             raise CollectorError("timeout", "the sampling cycle ran out of time")
         try:
-            with self._conn.cursor(binary=binary) as cur:
-                # The value already set is kept while it overshoots the cycle's remaining
-                # time by under a second, so a normal cycle costs no extra round trip; a
-                # bound parameter keeps pg_stat_statements from recording one entry per
-                # distinct value.
-                wanted = min(remaining_ms, 600_000)
-                current = self._target._statement_timeout_ms
-                if not wanted <= current <= wanted + 1000:
-                    cur.execute("SELECT set_config('statement_timeout', %s, false)",
-                                (str(wanted),))
-                    self._target._statement_timeout_ms = wanted
-                cur.execute(query, params)  # type: ignore[arg-type]
-                rows = cur.fetchall() if cur.description is not None else []
+            rows = self._run(query, params, binary, str(min(remaining_ms, 600_000)))
         except pg_errors.QueryCanceled:
             raise CollectorError("timeout", "a query hit the statement timeout") from None
         except psycopg.OperationalError as exc:
@@ -162,6 +155,34 @@ class Session:
             raise CollectorError("query", _first_line(exc)) from exc
         self._target._mark(True)
         return rows
+
+    def _run(self, query: Query, params: Params | None, binary: bool,
+             timeout_ms: str) -> list[tuple[Any, ...]]:
+        conn = self._conn
+        try:
+            with conn.cursor(binary=binary) as cur:
+                # All four go out together and are answered after one Sync (psycopg's
+                # transaction() would add round trips).
+                with conn.pipeline():
+                    conn.execute("BEGIN READ ONLY")
+                    # A bound parameter keeps pg_stat_statements from recording one entry
+                    # per distinct value.
+                    conn.execute("SELECT set_config('statement_timeout', %s, true)",
+                                 (timeout_ms,))
+                    cur.execute(query, params)  # type: ignore[arg-type]
+                    conn.execute("COMMIT")
+                return cur.fetchall() if cur.description is not None else []
+        except BaseException:
+            # A failed statement skips the rest of the pipeline, COMMIT included: the
+            # transaction stays open, aborted, until rolled back.
+            if not (conn.broken or conn.closed) and \
+                    conn.info.transaction_status != TransactionStatus.IDLE:
+                try:
+                    conn.execute("ROLLBACK")
+                except psycopg.Error:
+                    log.debug("rollback failed on target %s", self._target.name,
+                              exc_info=True)
+            raise
 
     def columns(self, relation: LiteralString, schema: str = "pg_catalog") -> set[str]:
         """The column names of a view or table, to adapt to the server's version at run time."""
