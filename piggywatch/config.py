@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -155,10 +156,17 @@ class TargetConfig(_Strict):
 
     @field_validator("dsn")
     @classmethod
-    def _dsn_is_postgres(cls, value: SecretStr) -> SecretStr:
+    def _dsn_is_postgres(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
         raw = value.get_secret_value()
         if not raw.strip():
             raise ValueError("the DSN is empty (is its ${VARIABLE} set?)")
+        from piggywatch.dsn import dsn_problem
+
+        # libpq's own message would quote the string, password included.
+        problem = dsn_problem(raw)
+        if problem:
+            raise ValueError(f"target {info.data.get('name', '?')}: the DSN cannot be used: "
+                             f"{problem}")
         return value
 
 
@@ -247,6 +255,17 @@ class Settings(_Strict):
     time_intervals: list[TimeInterval] = []
     sentry: SentryConfig = SentryConfig()
     logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("state")
+    @classmethod
+    def _state_url_parses(cls, value: str) -> str:
+        if value.startswith(("postgresql://", "postgres://")):
+            from piggywatch.dsn import dsn_problem
+
+            problem = dsn_problem(value)
+            if problem:
+                raise ValueError(f"the PostgreSQL URL cannot be used: {problem}")
+        return value
 
     @model_validator(mode="after")
     def _delivery_references(self) -> Settings:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from piggywatch.dsn import DsnError, parse_dsn
 from piggywatch.state.migrations import (
     LATEST,
     MIGRATIONS,
@@ -379,6 +380,11 @@ class PostgresState(StateStore):
                  connect_timeout: float = 5.0, takeover_after: float = 15.0) -> None:
         if not _IDENTIFIER.match(schema):
             raise ValueError(f"state schema {schema!r} must be a lower-case SQL identifier")
+        try:
+            self._params = parse_dsn(url)
+        except DsnError as exc:
+            # libpq's own message would quote the URL, password included.
+            raise DsnError(f"state: the PostgreSQL URL cannot be used: {exc}") from None
         self.url = url
         self.schema = schema
         self.connect_timeout = connect_timeout
@@ -466,9 +472,7 @@ class PostgresState(StateStore):
         return _FencedPostgresState(self, fence)
 
     def describe(self) -> str:
-        from psycopg.conninfo import conninfo_to_dict
-
-        info = conninfo_to_dict(self.url)
+        info = self._params
         return (f"postgresql://{info.get('host', 'localhost')}:{info.get('port', 5432)}/"
                 f"{info.get('dbname', '')} (schema {self.schema})")
 

@@ -15,6 +15,7 @@ from psycopg.abc import Params, Query
 from psycopg.pq import TransactionStatus
 
 from piggywatch.collectors.base import CollectorError
+from piggywatch.dsn import dsn_problem
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ class PostgresTarget:
         self._up: bool | None = None
         self.last_error: str | None = None
         self.server_version_num = 0
+        # Checked once here: libpq's parse errors (and a connect error on a host name that
+        # is really the tail of a password with an unescaped '@') would quote the DSN.
+        self._dsn_problem = dsn_problem(dsn)
 
     @property
     def up(self) -> bool | None:
@@ -80,6 +84,10 @@ class PostgresTarget:
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
             return self._conn
         self.close()
+        if self._dsn_problem is not None:
+            self._up = False
+            self.last_error = f"the DSN cannot be used: {self._dsn_problem}"
+            raise CollectorError("connect", self.last_error)
         try:
             conn = psycopg.connect(
                 self._dsn,
