@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,12 @@ def check(config_path: Path) -> None:
     from piggywatch.rules.loader import RuleFileError, expand_globs, load_rule_files
 
     settings = _load(config_path)
+    if any(c.enabled for c in settings.sources.cost):
+        from piggywatch.collectors.cost import stale_prices_warning
+
+        stale = stale_prices_warning(datetime.now(UTC).date())
+        if stale is not None:
+            click.echo(f"warning: {config_path}: {stale}", err=True)
     collectors = sum(
         1 for t in settings.targets
         for opts in (t.collectors.connections, t.collectors.database,
