@@ -192,3 +192,17 @@ def test_build_notifier_for_webhook_and_alertmanager(hook: WebhookServer,
     to_hook.send(notification(external_url=""), {})
     assert hook.posts[0]["externalURL"] == "https://pw.example.com"
     assert to_am.send(notification(), {}).outcome is Outcome.ACCEPTED
+
+
+def test_a_lone_surrogate_in_a_label_goes_out_as_its_json_escape(hook: WebhookServer) -> None:
+    # Half an emoji (a JavaScript string cut at a UTF-16 boundary, or a YAML "\ud83d"
+    # escape): it has no UTF-8 encoding, but JSON can carry it as an escape.
+    half = alert(extra_labels={"function": "send-push-\ud83d"})
+
+    delivery = webhook(hook.url).send(notification(half), {})
+
+    assert delivery.outcome is Outcome.ACCEPTED
+    [request] = hook.requests
+    assert b'"function":"send-push-\\ud83d"' in request.body
+    assert request.header("content-type") == "application/json"
+    assert hook.posts[0]["alerts"][0]["labels"]["function"] == "send-push-\ud83d"

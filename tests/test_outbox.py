@@ -358,16 +358,19 @@ def test_retry_after_is_honoured_for_the_whole_channel(
     wait_until(lambda: channel.ids == ["n1", "n1", "n2"])
 
 
-def test_a_notifier_that_raises_is_retried_and_logged_with_its_traceback(
+def test_a_notifier_that_raises_is_retried_and_logs_its_traceback_once(
         state_file: Path, running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture,
 ) -> None:
-    channel = ScriptedNotifier(RuntimeError("bug in the notifier"))
+    channel = ScriptedNotifier(*[RuntimeError("bug in the notifier")] * 3)
     outbox = running(Outbox(state_file, {"oncall": channel}, backoff_base=0.01))
     outbox.enqueue(note("n1"))
     wait_until(lambda: counts(outbox)["accepted"] == 1)
-    assert channel.ids == ["n1", "n1"]
+    assert channel.ids == ["n1"] * 4
     [record] = [r for r in caplog.records if "raised on notification n1" in r.getMessage()]
     assert record.levelno == logging.ERROR and record.exc_info is not None
+    retries = [r for r in caplog.records if "did not take notification n1" in r.getMessage()]
+    assert len(retries) == 3 and all("notifier raised RuntimeError" in r.getMessage()
+                                     for r in retries)
 
 
 def test_permanent_refusal_is_not_retried_and_reported_once(

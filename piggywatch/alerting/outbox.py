@@ -491,8 +491,12 @@ class Outbox:
             if not isinstance(delivery, Delivery):
                 raise TypeError(f"send() returned {type(delivery).__name__}, not a Delivery")
         except Exception as exc:
-            log.exception("notifier of receiver %s raised on notification %s (%s); it will "
-                          "be retried", n.receiver, n.id, n.action.value)
+            # A bug of ours, not the channel's answer: retried in case it passes, but its
+            # traceback is logged once per item, not at every attempt for a day (the retry's
+            # own warning line still names the exception each time).
+            if item.attempts == 0:
+                log.exception("notifier of receiver %s raised on notification %s (%s); it "
+                              "will be retried", n.receiver, n.id, n.action.value)
             delivery = Delivery(Outcome.RETRY, f"notifier raised {type(exc).__name__}")
         done = self._clock()
         with self._lock:

@@ -296,9 +296,11 @@ _FORMAT = 1
 
 
 def encode_notification(notification: Notification) -> str:
-    """The notification as JSON (format 1)."""
+    """The notification as JSON (format 1), ASCII only: a lone surrogate in a label or an
+    annotation (half an emoji) has a JSON escape but no UTF-8 encoding, and an item that
+    cannot be stored would fail every dispatch pass."""
     return json.dumps({"format": _FORMAT, "notification": _plain(notification)},
-                      ensure_ascii=False, separators=(",", ":"))
+                      separators=(",", ":"))
 
 
 def decode_notification(text: str) -> Notification:

@@ -8,6 +8,7 @@ formats with this module, never pulls it in.
 from __future__ import annotations
 
 import email.utils
+import json
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -179,12 +180,21 @@ def post_json(url: str, body: Any, *, timeout: float, channel: str,
               secrets: tuple[str, ...] = (), headers: Mapping[str, str] | None = None,
               client: httpx.Client | None = None) -> tuple[Delivery, httpx.Response | None]:
     """POST ``body`` as JSON; never raises. Network failures are RETRY, a URL that cannot
-    work is PERMANENT; the response is returned for channels that read its body."""
+    work or a body that cannot be encoded is PERMANENT; the response is returned for
+    channels that read its body."""
     import httpx
 
     try:
-        response = (client or http_client()).post(url, json=body, timeout=timeout,
-                                                  headers=dict(headers or {}))
+        # ASCII JSON, as slack-sdk sends it: a lone surrogate (half an emoji) in a label
+        # goes out as its \u escape, where httpx's UTF-8 JSON could not encode it at all.
+        content = json.dumps(body, separators=(",", ":"), allow_nan=False).encode("ascii")
+    except (TypeError, ValueError) as exc:
+        return Delivery(Outcome.PERMANENT,
+                        detail=f"the {channel} body cannot be encoded as JSON: {exc}"), None
+    try:
+        response = (client or http_client()).post(
+            url, content=content, timeout=timeout,
+            headers={"Content-Type": "application/json", **dict(headers or {})})
     except httpx.UnsupportedProtocol:
         return Delivery(Outcome.PERMANENT, detail=f"{channel} URL has an unsupported scheme"), None
     except httpx.InvalidURL:

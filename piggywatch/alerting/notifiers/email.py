@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.errors
 import hashlib
 import html
 import re
@@ -34,6 +35,14 @@ from piggywatch.alerting.settings import EmailReceiver
 __all__ = ["EmailNotifier", "root_message_id"]
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Every line boundary str.splitlines knows: the email package refuses a header value with
+# any of them (a CR/LF would start a new header: injection).
+_LINE_BREAKS = re.compile("[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]+")
+
+
+def header_text(value: str) -> str:
+    """``value`` made fit for a header: each run of line breaks folded into one space."""
+    return _LINE_BREAKS.sub(" ", value)
 
 
 def root_message_id(notification: Notification, sender: str) -> str:
@@ -79,9 +88,19 @@ class EmailNotifier:
         self._host, self._port = host, int(port)
 
     def send(self, notification: Notification, receipt: Mapping[str, str]) -> Delivery:
-        """Build and send the mail; 4xx replies and network errors are retried."""
+        """Build and send the mail; 4xx replies and network errors are retried, a mail that
+        cannot be built is refused for good at once (it would fail the same way forever)."""
         thread = self._thread(notification, receipt)
-        message = self.message(notification, receipt)
+        try:
+            message = self.message(notification, receipt)
+            # Encoded here, before connecting, rather than by smtplib mid-session.
+            message.as_bytes()
+        except (ValueError, LookupError, email.errors.MessageError) as exc:
+            # UnicodeEncodeError is a ValueError: a lone surrogate (half an emoji) in a
+            # label or annotation has no UTF-8 encoding. Its message shows it escaped.
+            return Delivery(Outcome.PERMANENT, detail=(
+                f"the mail cannot be encoded ({type(exc).__name__}: {exc}); check the "
+                "alert's labels and annotations"))
         failure = self._deliver(message)
         if failure is not None:
             return failure
@@ -94,7 +113,7 @@ class EmailNotifier:
         opens a thread (the first trigger, or one after the incident resolved)."""
         if receipt.get("message_id") and not starts_over(notification, receipt):
             return {"message_id": receipt["message_id"],
-                    "subject": receipt.get("subject") or _subject(notification)}
+                    "subject": header_text(receipt.get("subject") or _subject(notification))}
         return {"message_id": root_message_id(notification, self._settings.from_),
                 "subject": _subject(notification)}
 
@@ -197,7 +216,7 @@ def _refused(recipients: Mapping[str, tuple[int, bytes]], secrets: tuple[str, ..
 
 
 def _subject(notification: Notification) -> str:
-    return f"[{notification.severity.upper()}] {notification.title}"
+    return header_text(f"[{notification.severity.upper()}] {notification.title}")
 
 
 def _headline(notification: Notification) -> str:
