@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import itertools
-import json
 import random
 import re
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 import pytest
 from pydantic import ValidationError
 
+from piggywatch.collectors.base import CollectorError
 from piggywatch.collectors.edge_functions import (
     EdgeFunctionsCollector,
     EdgeFunctionsConfig,
@@ -28,6 +26,14 @@ from piggywatch.collectors.edge_functions_http import HttpEdgeSource, percentile
 from piggywatch.collectors.postgres.target import PostgresTarget
 from piggywatch.demo.cluster import ThrowawayCluster
 from piggywatch.store import Sample
+from tests.servers._http import Reply
+from tests.servers.supabase_logs import (
+    CURRENT,
+    LEGACY,
+    LogRow,
+    SupabaseLogsApi,
+    edge_invocation,
+)
 
 _tables = itertools.count()
 
@@ -153,127 +159,71 @@ def test_watermark_survives_restarts_and_counts_late_rows_once(
 
 # --- the Management API source ----------------------------------------------------------
 
-class LogsApi:
-    """A local server speaking the analytics logs endpoint's shape for function_edge_logs."""
-
-    def __init__(self, rows: list[dict[str, Any]], *, token: str, ref: str,
-                 rate_limit_first: int = 0) -> None:
-        self.rows = rows
-        self.requests: list[dict[str, str]] = []
-        self.times: list[float] = []
-        api = self
-        budget = [rate_limit_first]
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                url = urlsplit(self.path)
-                params = {k: v[0] for k, v in parse_qs(url.query).items()}
-                api.requests.append(params)
-                api.times.append(time.monotonic())
-                if self.headers.get("Authorization") != f"Bearer {token}":
-                    return self._send(401, {"message": "Unauthorized"})
-                if url.path != f"/v1/projects/{ref}/analytics/endpoints/logs.all":
-                    return self._send(404, {"message": "not found"})
-                if budget[0] > 0:
-                    budget[0] -= 1
-                    return self._send(429, {"message": "Too many requests"},
-                                      {"Retry-After": "1"})
-                sql = params["sql"]
-                if "function_edge_logs" not in sql:
-                    return self._send(400, {"error": "unknown source"})
-                limit = int(re.search(r"limit (\d+)", sql).group(1))  # type: ignore[union-attr]
-                offset = int(re.search(r"offset (\d+)", sql).group(1))  # type: ignore[union-attr]
-                start = _micros(params["iso_timestamp_start"])
-                end = _micros(params["iso_timestamp_end"])
-                hits = sorted((r for r in api.rows if start <= r["timestamp"] < end),
-                              key=lambda r: (r["timestamp"], r["id"]))
-                self._send(200, {"result": hits[offset:offset + limit], "error": None})
-
-            def _send(self, status: int, body: Any, headers: dict[str, str] | None = None,
-                      ) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _micros(iso: str) -> int:
-    from datetime import datetime
     return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1_000_000)
 
 
-def log_row(i: int, ts: float, function: str, status: int, ms: float) -> dict[str, Any]:
-    return {"id": f"row-{i}", "timestamp": int(ts * 1_000_000), "function_id": function,
-            "status_code": status, "execution_time_ms": ms}
+def http_config(api: SupabaseLogsApi, **http: Any) -> EdgeFunctionsConfig:
+    return EdgeFunctionsConfig.model_validate({
+        "http": {"base_url": api.base_url, "project_ref": api.ref, "access_token": api.token,
+                 **http},
+        "lateness": "10s", "window": "5m", "timeout": "10s"})
 
 
-def test_http_source_reads_the_logs_api_honouring_429_retry_after(tmp_path: Path) -> None:
+def test_http_source_reads_the_current_logs_endpoint_honouring_429_retry_after(
+        tmp_path: Path) -> None:
     now = time.time()
     rng = random.Random(7)
-    rows = [log_row(i, now - 60 + i * 0.05, "auth-signin", 500 if i < 6 else 200,
-                    round(rng.uniform(10, 2000), 1)) for i in range(200)]
-    api = LogsApi(rows, token="sbp_secret", ref="abcd", rate_limit_first=1)
-    try:
-        config = EdgeFunctionsConfig.model_validate({
-            "http": {"base_url": api.url, "project_ref": "abcd", "access_token": "sbp_secret",
-                     "page_size": 50, "max_window": "2m"},
-            "lateness": "10s", "window": "5m", "timeout": "10s"})
+    with SupabaseLogsApi(token="sbp_secret", ref="abcd") as api:
+        api.rows = [edge_invocation(i, now - 60 + i * 0.05, "auth-signin",
+                                    500 if i < 6 else 200, round(rng.uniform(10, 2000), 1))
+                    for i in range(200)]
+        # Other sources share the one logs table: only function_edge_logs may be counted.
+        api.rows += [LogRow(f"edge-{i}", datetime.fromtimestamp(now - 30, UTC), "edge_logs",
+                            "GET | 200", {"response.status_code": "200"}) for i in range(30)]
+        api.script(Reply(429, {"message": "ThrottlerException: Too Many Requests"},
+                         {"Retry-After": "1"}))
+        config = http_config(api, page_size=50, max_window="2m")
         state = EdgeStateDB(tmp_path / "state.db")
         collector = build_edge_functions_collector(config, state)
         started = time.monotonic()
         samples = collector.collect(now)
-        assert api.times[1] - api.times[0] >= 1.0  # waited as Retry-After asked
-        assert time.monotonic() - started >= 1.0
+        assert time.monotonic() - started >= 1.0  # waited as Retry-After asked
         fn = (("function", "auth-signin"),)
         assert values(samples, "edge_function_error_ratio") == {fn: 0.03}
-        durations = sorted(r["execution_time_ms"] / 1000 for r in rows)
+        durations = sorted(float(r.log_attributes["execution_time_ms"]) / 1000
+                           for r in api.rows if r.source == "function_edge_logs")
         assert values(samples, "edge_function_duration_p95_seconds")[fn] == pytest.approx(
             percentile_cont(durations, 0.95), rel=1e-12)
-        # A first cycle counts from the gauge window (5m): all 200 rows. A row older than the
-        # watermark appearing later is not counted by the next cycles.
-        rows.append(log_row(999, now - 400, "auth-signin", 200, 1.0))
-        recent = rows[:200]
-        assert total_invocations(samples) == len(recent)
-        assert all(p["sql"].count("function_edge_logs") >= 1 for p in api.requests)
-        # Windows are at most max_window long, and pages follow each other.
-        for p in api.requests:
-            assert _micros(p["iso_timestamp_end"]) - _micros(p["iso_timestamp_start"]) \
-                <= 120_000_000
+        # A first cycle counts from the gauge window (5m): all 200 rows, although the API
+        # rounds every range to the minute and the 2m chunks do not start on one.
+        assert total_invocations(samples) == 200
+        # The current endpoint, in its ClickHouse shape, and ranges of whole minutes that
+        # stay within the 24h the API accepts.
+        assert {r.path for r in api.requests} == {api.path(CURRENT)}
+        for query in api.queries():
+            assert "from logs" in query["sql"].lower()
+            assert "where source = 'function_edge_logs'" in query["sql"].lower()
+            start = _micros(query["iso_timestamp_start"])
+            end = _micros(query["iso_timestamp_end"])
+            assert start % 60_000_000 == 0 and end % 60_000_000 == 0
+            assert end - start <= 180_000_000
 
         # Next cycle, after a restart: new rows are added once, old ones are not repeated.
         later = now + 30
-        rows.extend(log_row(1000 + i, now + 5 + i * 0.1, "auth-signin", 200, 50.0)
-                    for i in range(20))
+        api.rows.extend(edge_invocation(1000 + i, now + 5 + i * 0.1, "auth-signin", 200, 50.0)
+                        for i in range(20))
+        # A row older than the watermark appearing now is not counted by the next cycles.
+        api.rows.append(edge_invocation(999, now - 400, "auth-signin", 200, 1.0))
         restarted = build_edge_functions_collector(config, EdgeStateDB(tmp_path / "state.db"))
-        assert total_invocations(restarted.collect(later)) == len(recent) + 20
-        assert total_invocations(restarted.collect(later)) == len(recent) + 20
-    finally:
-        api.close()
+        assert total_invocations(restarted.collect(later)) == 220
+        assert total_invocations(restarted.collect(later)) == 220
 
 
 def test_http_source_gives_up_the_cycle_when_retry_after_exceeds_it(tmp_path: Path) -> None:
-    from piggywatch.collectors.base import CollectorError
-
-    api = LogsApi([], token="t", ref="r", rate_limit_first=5)
-    try:
-        config = EdgeFunctionsConfig.model_validate({
-            "http": {"base_url": api.url, "project_ref": "r", "access_token": "t"},
-            "timeout": "0.5s"})
+    with SupabaseLogsApi(token="t", ref="r") as api:
+        api.script(*[Reply(429, {"message": "Too Many Requests"}, {"Retry-After": "60"})] * 5)
+        config = http_config(api)
         assert config.http is not None
         source = HttpEdgeSource(config.http, timeout=0.5, lateness=60, window=60,
                                 buckets=config.buckets)
@@ -282,8 +232,54 @@ def test_http_source_gives_up_the_cycle_when_retry_after_exceeds_it(tmp_path: Pa
         with pytest.raises(CollectorError) as caught:
             collector.collect(time.time())
         assert caught.value.reason == "rate_limited"
-    finally:
-        api.close()
+
+
+def one_cycle(api: SupabaseLogsApi, tmp_path: Path, **http: Any) -> list[Sample]:
+    collector = build_edge_functions_collector(http_config(api, **http),
+                                               EdgeStateDB(tmp_path / "state.db"))
+    return collector.collect(time.time())
+
+
+def test_the_removed_logs_all_endpoint_is_an_error_that_names_the_dialect_to_use(
+        tmp_path: Path) -> None:
+    with SupabaseLogsApi(token="t", ref="r") as api:
+        with pytest.raises(CollectorError) as caught:
+            one_cycle(api, tmp_path, dialect="bigquery")
+        assert [r.path for r in api.requests] == [api.path(LEGACY)]
+    assert caught.value.reason == "query"
+    assert str(caught.value) == (
+        "logs API: no endpoint analytics/endpoints/logs.all (HTTP 404): Supabase removed "
+        "it, and its BigQuery dialect, on 2026-09-23; remove `dialect: bigquery` to use "
+        "the current endpoint analytics/endpoints/logs (ClickHouse SQL)")
+
+
+def test_the_legacy_endpoint_is_still_an_explicit_choice(tmp_path: Path) -> None:
+    now = time.time()
+    with SupabaseLogsApi(token="t", ref="r", legacy=True) as api:
+        api.rows = [edge_invocation(i, now - 30 + i, "purchase", 200, 100.0) for i in range(7)]
+        assert total_invocations(one_cycle(api, tmp_path, dialect="bigquery")) == 7
+        assert {r.path for r in api.requests} == {api.path(LEGACY)}
+        # Without the explicit choice, the current endpoint is asked, which this API lacks.
+        with pytest.raises(CollectorError, match=re.escape(
+                "an API that serves only analytics/endpoints/logs.all (BigQuery SQL) needs "
+                "`dialect: bigquery`")):
+            one_cycle(api, tmp_path / "x")
+
+
+def test_an_unknown_table_is_an_error_that_names_the_dialect_to_use(tmp_path: Path) -> None:
+    with SupabaseLogsApi(token="t", ref="r") as api:
+        # As the log store answers a query over a table it does not have.
+        api.script(Reply(200, {"result": None, "error": (
+            "Code: 60. DB::Exception: Unknown table expression identifier 'logs' in scope "
+            "SELECT id FROM logs. (UNKNOWN_TABLE)")}))
+        with pytest.raises(CollectorError) as caught:
+            one_cycle(api, tmp_path)
+    assert str(caught.value).startswith(
+        "logs API: Code: 60. DB::Exception: Unknown table expression identifier 'logs'")
+    assert str(caught.value).endswith(
+        "(the `clickhouse` dialect reads the one `logs` table of analytics/endpoints/logs; "
+        "an API that serves only analytics/endpoints/logs.all (BigQuery SQL) needs "
+        "`dialect: bigquery`)")
 
 
 def test_config_requires_one_source_and_windows_of_at_most_a_day() -> None:

@@ -80,10 +80,10 @@ class EdgeHttpSourceConfig(_Strict):
     base_url: str = "https://api.supabase.com"
     project_ref: str = Field(min_length=1)
     access_token: SecretStr
-    # "logs.all" (BigQuery SQL, one table per source) is the endpoint this was written
-    # against; Supabase announced its replacement by "logs" (ClickHouse SQL, one table
-    # filtered by source_name), so both are supported and the path follows the dialect.
-    dialect: Literal["bigquery", "clickhouse"] = "bigquery"
+    # "clickhouse": the endpoint "logs" (ClickHouse SQL over one `logs` table filtered by
+    # source). "bigquery": "logs.all" (BigQuery SQL, one table per source), which Supabase
+    # removed on 2026-09-23; kept for APIs that still serve it (older self-hosted ones).
+    dialect: Literal["clickhouse", "bigquery"] = "clickhouse"
     # The API refuses ranges over 24 hours; longer gaps (first run, downtime) are split.
     max_window: Duration = 86400.0
     page_size: int = Field(1000, ge=1, le=10000)

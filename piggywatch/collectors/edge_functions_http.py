@@ -1,14 +1,19 @@
 """Edge-function logs from the Supabase Management API (``function_edge_logs``).
 
-The analytics endpoint takes a SQL query and a time range (``iso_timestamp_start`` /
-``iso_timestamp_end``, at most 24 hours) and answers ``{"result": [...]}``. The log store
-does the filtering and paging; the few aggregates per cycle are computed here, over rows
-already bounded by the API's page size and the cycle's range.
+``GET /v1/projects/{ref}/analytics/endpoints/logs`` takes a ClickHouse SQL query over one
+``logs`` table (``source = 'function_edge_logs'``, fields in the ``log_attributes`` map, as
+strings) and a time range (``iso_timestamp_start`` / ``iso_timestamp_end``, at most 24
+hours, rounded to the nearest minute), and answers ``{"result": [...], "error": null}``;
+a query the store refuses is answered HTTP 200 with ``"error"`` set. At most 60 requests a
+minute. ``logs.all`` (BigQuery SQL, one table per source), removed on 2026-09-23, is still
+spoken with ``dialect: bigquery``. The log store does the filtering and paging; the few
+aggregates per cycle are computed here, over rows bounded by the page size and the range.
 """
 
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -37,17 +42,28 @@ from function_edge_logs
 order by timestamp asc, id asc
 limit {limit} offset {offset}"""
 
-_CLICKHOUSE = """SELECT id, timestamp,
-  log_attributes['function_id'] AS function_id,
-  log_attributes['execution_time_ms'] AS execution_time_ms,
-  log_attributes['response.status_code'] AS status_code
-FROM logs
-WHERE source_name = 'function_edge_logs'
-ORDER BY timestamp ASC, id ASC
-LIMIT {limit} OFFSET {offset}"""
+# The same rows from the one `logs` table. Map values are strings: numbers are converted
+# by the store (toXOrZero gives 0 for a missing or malformed value, never an error).
+_CLICKHOUSE = """-- piggywatch: edge function invocations
+select id, timestamp,
+  log_attributes['function_id'] as function_id,
+  toFloat64OrZero(log_attributes['execution_time_ms']) as execution_time_ms,
+  toInt32OrZero(log_attributes['response.status_code']) as status_code
+from logs
+where source = 'function_edge_logs'
+order by timestamp asc, id asc
+limit {limit} offset {offset}"""
 
 _PATHS = {"bigquery": "logs.all", "clickhouse": "logs"}
 _QUERIES = {"bigquery": _BIGQUERY, "clickhouse": _CLICKHOUSE}
+_ENDPOINT = "analytics/endpoints/{}"
+# What the API says when the endpoint, or the table the SQL names, does not exist.
+_MISSING_TABLE = re.compile(r"unknown table|UNKNOWN_TABLE|table not found|not found: table|"
+                            r"does not exist|can't find source", re.IGNORECASE)
+# The API rounds both ends of a range to the nearest minute: ask for whole minutes that
+# cover the chunk (and keep the rows of the chunk only), so no row falls between chunks.
+_MINUTE = timedelta(minutes=1)
+_API_MAX_WINDOW = 86400.0
 
 Row = tuple[datetime, str, int, float]  # timestamp, function, status, seconds
 
@@ -109,13 +125,15 @@ class HttpEdgeSource:
 
     def _fetch(self, start: datetime, end: datetime, deadline: float) -> list[Row]:
         rows: list[Row] = []
-        step = timedelta(seconds=self._config.max_window)
+        # Widened to whole minutes, a chunk must still fit in the API's 24 hours.
+        step = timedelta(seconds=min(self._config.max_window, _API_MAX_WINDOW - 120))
         chunk_start = start
         while chunk_start < end:
             chunk_end = min(chunk_start + step, end)
+            ask_start, ask_end = _floor_minute(chunk_start), _ceil_minute(chunk_end)
             offset = 0
             while True:
-                page = self._page(chunk_start, chunk_end, offset, deadline)
+                page = self._page(ask_start, ask_end, offset, deadline)
                 # The range is half-open, so adjacent chunks never share a row.
                 rows.extend(r for r in map(_row, page) if chunk_start <= r[0] < chunk_end)
                 if len(page) < self._config.page_size:
@@ -152,14 +170,49 @@ class HttpEdgeSource:
             if response.status_code in (401, 403):
                 raise CollectorError("auth", f"logs API refused the access token "
                                              f"(HTTP {response.status_code})")
+            if response.status_code in (404, 410):
+                raise CollectorError("query", self._no_endpoint(response.status_code))
             if response.status_code >= 400:
                 raise CollectorError("query", f"logs API answered HTTP "
                                               f"{response.status_code}: {response.text[:200]}")
             body = response.json()
             if body.get("error"):
-                raise CollectorError("query", f"logs API: {body['error']}")
+                error = str(body["error"])
+                if _MISSING_TABLE.search(error):
+                    error = f"{error} ({self._dialect_hint()})"
+                raise CollectorError("query", f"logs API: {error}")
             result: list[dict[str, Any]] = body.get("result") or []
             return result
+
+
+    def _no_endpoint(self, status: int) -> str:
+        endpoint = _ENDPOINT.format(_PATHS[self._config.dialect])
+        if self._config.dialect == "bigquery":
+            return (f"logs API: no endpoint {endpoint} (HTTP {status}): Supabase removed it, "
+                    "and its BigQuery dialect, on 2026-09-23; remove `dialect: bigquery` to "
+                    f"use the current endpoint {_ENDPOINT.format(_PATHS['clickhouse'])} "
+                    "(ClickHouse SQL)")
+        return (f"logs API: no endpoint {endpoint} (HTTP {status}): check base_url and "
+                f"project_ref; {self._dialect_hint()}")
+
+    def _dialect_hint(self) -> str:
+        current = _ENDPOINT.format(_PATHS["clickhouse"])
+        legacy = _ENDPOINT.format(_PATHS["bigquery"])
+        if self._config.dialect == "bigquery":
+            return (f"the `bigquery` dialect reads one table per source of {legacy}, which "
+                    f"Supabase replaced by {current} (ClickHouse SQL): remove "
+                    "`dialect: bigquery`")
+        return (f"the `clickhouse` dialect reads the one `logs` table of {current}; an API "
+                f"that serves only {legacy} (BigQuery SQL) needs `dialect: bigquery`")
+
+
+def _floor_minute(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def _ceil_minute(moment: datetime) -> datetime:
+    floor = _floor_minute(moment)
+    return floor if floor == moment else floor + _MINUTE
 
 
 def _count(totals: Totals, function: str, status: int, seconds: float,
