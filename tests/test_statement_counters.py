@@ -190,7 +190,17 @@ def test_too_many_entries_coming_and_going_are_matched_by_key(
     monkeypatch.setattr(statement_counters, "_MIN_EDITS", 2)
     before = [((1, 10, q, True), (1, 1.0, 1, 0.0, 0.0)) for q in range(0, 40, 2)]
     after = [((1, 10, q, True), (1, 1.0, 1, 0.0, 0.0)) for q in range(0, 40, 3)]
+    matched_by_key = []
+    full = StatementCounters._match
+
+    def spy(self: StatementCounters, snap: Snapshot, prev: Snapshot) -> Any:
+        matched_by_key.append(len(snap))
+        return full(self, snap, prev)
+
+    monkeypatch.setattr(StatementCounters, "_match", spy)
     run_both([(Continuity.FIRST, before), (Continuity.CONTINUES, after)])
+    # Past the edit budget the merge gives up: the second snapshot is matched by key.
+    assert matched_by_key == [len(after)]
 
 
 # --- the reference: StatementCounters as it was, every entry matched by key --------------
