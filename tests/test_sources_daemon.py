@@ -67,7 +67,7 @@ sources:
     - name: broken
       target: main
       interval: 1s
-      sql: SELEC 1
+      sql: SELECT x FROM pw_no_such_table   # valid SQL, fails at run time
       value_columns: [x]
   probes:
     - {{name: health, url: "{app_server}/health", interval: 1s, critical: true,
