@@ -96,8 +96,10 @@ class SessionsTable(_Strict):
     """Sessions whose start and latest token refresh count as activity (``auth.sessions``)."""
 
     table: str = Field(default="auth.sessions", pattern=_IDENT)
+    # The column holding the session's user (the users table's id).
     user_column: str = Field(default="user_id", pattern=_COLUMN)
     created_at_column: str = Field(default="created_at", pattern=_COLUMN)
+    # When the session's token was last refreshed (a timestamp without time zone is UTC).
     refreshed_at_column: str = Field(default="refreshed_at", pattern=_COLUMN)
 
 
@@ -176,6 +178,7 @@ class GrowthConfig(_Strict):
     interval: Duration = 300.0
     timeout: Duration = 10.0
     users_table: str = Field(default=SUPABASE_USERS, pattern=_IDENT)
+    # The users' primary key, joined to the sessions' user column.
     id_column: str = Field(default="id", pattern=_COLUMN)
     created_at_column: str = Field(default="created_at", pattern=_COLUMN)
     last_sign_in_column: str = Field(default="last_sign_in_at", pattern=_COLUMN)

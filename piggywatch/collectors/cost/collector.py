@@ -70,6 +70,7 @@ class UsersTable(_Strict):
     """Where monthly active users are counted (Supabase Auth's users by default)."""
 
     table: str = Field(default=SUPABASE_USERS, pattern=_IDENT)
+    # The users' primary key, joined to the sessions' user column.
     id_column: str = Field(default="id", pattern=_COLUMN)
     created_at_column: str = Field(default="created_at", pattern=_COLUMN)
     last_sign_in_column: str = Field(default="last_sign_in_at", pattern=_COLUMN)
@@ -87,6 +88,7 @@ class AssumedUsage(_Strict):
 
     file_storage_gb: float = Field(default=0.0, ge=0)
     egress_gb_per_month: float = Field(default=0.0, ge=0)
+    # Egress served from Supabase's CDN cache per month, as an estimate.
     cached_egress_gb_per_month: float = Field(default=0.0, ge=0)
 
 

@@ -59,22 +59,30 @@ class CostModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     plan_dollars_per_month: float = Field(default=_pro("plan_dollars_per_month"), ge=0)
+    # The project's compute per month (Micro: $10), billed hourly in arrears.
     compute_dollars_per_month: float = Field(default=_pro("compute_dollars_per_month"), ge=0)
+    # Compute credits of the organization per month, taken off its compute once.
     compute_credit_dollars_per_month: float = Field(
         default=_pro("compute_credit_dollars_per_month"), ge=0)
     disk_included_gb: float = Field(default=_pro("disk_included_gb"), ge=0)
     disk_dollars_per_gb_month: float = Field(default=_pro("disk_dollars_per_gb_month"), ge=0)
+    # The disk grows when its usage reaches this share of its size.
     disk_autoscale_at_ratio: float = Field(default=_pro("disk_autoscale_at_ratio"), gt=0, le=1)
+    # Each growth adds this share of the size.
     disk_autoscale_growth_ratio: float = Field(
         default=_pro("disk_autoscale_growth_ratio"), gt=0)
+    # The project turns read-only at this share of the disk when it cannot grow.
     disk_read_only_at_ratio: float = Field(default=_pro("disk_read_only_at_ratio"), gt=0, le=1)
+    # Disk size changes allowed in any rolling 24 hours.
     disk_changes_per_day: int = Field(default=int(_pro("disk_changes_per_day")), ge=0)
     file_storage_included_gb: float = Field(default=_pro("file_storage_included_gb"), ge=0)
     file_storage_dollars_per_gb_month: float = Field(
         default=_pro("file_storage_dollars_per_gb_month"), ge=0)
     egress_included_gb: float = Field(default=_pro("egress_included_gb"), ge=0)
     egress_dollars_per_gb: float = Field(default=_pro("egress_dollars_per_gb"), ge=0)
+    # Cached egress (CDN cache hits) included per month.
     cached_egress_included_gb: float = Field(default=_pro("cached_egress_included_gb"), ge=0)
+    # Price of cached egress beyond it.
     cached_egress_dollars_per_gb: float = Field(
         default=_pro("cached_egress_dollars_per_gb"), ge=0)
     invocations_included: float = Field(default=_pro("invocations_included"), ge=0)
