@@ -3,6 +3,7 @@ delivery state (level, acknowledgement, silences, inhibition), acks and silences
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -22,6 +23,8 @@ NO_DELIVERY = "alert delivery is not configured (the configuration has no route)
 # Marks a call a standby forwarded, so it is never forwarded twice (leadership changing).
 FORWARDED_HEADER = "X-PiggyWatch-Forwarded-By"
 FORWARD_TIMEOUT_SECONDS = 10.0
+# A silence ends within this time: a longer one is a typo (or a hostile number).
+MAX_SILENCE_SECONDS = 10 * 365 * 86400
 
 
 class DaemonApi:
@@ -97,10 +100,15 @@ class DaemonApi:
                 ends_at = float(body["ends_at"])
             else:
                 ends_at = now + parse_duration(body.get("duration"))
+            if not math.isfinite(ends_at) or ends_at > now + MAX_SILENCE_SECONDS:
+                raise ValueError('"ends_at" / "duration" must end a silence within '
+                                 f"{MAX_SILENCE_SECONDS // 86400 // 365} years")
             silence = silences.create(matchers, ends_at=ends_at, now=now,
                                       created_by=created_by.strip(), comment=comment.strip())
         except (ValueError, TypeError) as exc:
             raise ApiError(400, str(exc)) from None
+        except OverflowError:
+            raise ApiError(400, '"ends_at" / "duration" is too large a number') from None
         return {"silence": _silence(silence, now)}
 
     def expire_silence(self, silence_id: str) -> dict[str, Any]:
@@ -165,6 +173,9 @@ class LeaderForward:
                                                                         else ""),
                                      content=read_body(environ), headers=headers,
                                      timeout=FORWARD_TIMEOUT_SECONDS, verify=self._verify)
+        except httpx.InvalidURL as exc:
+            raise ApiError(400, f"the request cannot be forwarded to the leader: {exc}"
+                           ) from None
         except httpx.HTTPError as exc:
             raise ApiError(502, f"the leader at {url} did not answer: "
                                 f"{type(exc).__name__}") from None

@@ -46,6 +46,7 @@ from piggywatch.collectors.growth import GrowthConfig
 from piggywatch.collectors.probes import ProbeConfig
 from piggywatch.collectors.redis_cache import RedisConfig
 from piggywatch.config_types import Duration
+from piggywatch.http_server import DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT_SECONDS
 from piggywatch.yamlpos import (
     FileProblem,
     FileProblems,
@@ -85,6 +86,13 @@ class ServerConfig(_Strict):
     metrics_basic_auth: BasicAuth | None = None
     # Unset: plain HTTP. Set: every endpoint is served over TLS only.
     tls: TlsConfig | None = None
+    # Open connections at most; at the limit a client still sending its request makes room
+    # for a new one, and when every connection is being answered a new one gets 503.
+    max_connections: int = Field(default=DEFAULT_MAX_CONNECTIONS, ge=1, le=10000)
+    # A request (TLS handshake, head and body) must arrive in full within this time of
+    # connecting, and its response be sent within it; slower clients are disconnected.
+    request_timeout: Duration = Field(default=DEFAULT_REQUEST_TIMEOUT_SECONDS, gt=0.0,
+                                      le=600.0)
 
 
 class HaConfig(_Strict):

@@ -33,7 +33,7 @@ from piggywatch.rules.state_db import AlertStateDB
 from piggywatch.selfmetrics import SelfMetrics
 from piggywatch.server import Access, Endpoints, HttpServer, split_listen
 from piggywatch.state import PostgresState, StateStore, state_from_url
-from piggywatch.store import MemoryStore
+from piggywatch.store import MemoryStore, Sample, labels_of
 from piggywatch.store.history import CombinedSource, History
 
 if TYPE_CHECKING:
@@ -56,6 +56,9 @@ HISTORY_EXPIRE_SECONDS = 3600.0
 CHANGING = "leadership is changing; retry in a few seconds"
 # How often the delivery metrics (incidents, outbox depth) are refreshed.
 DELIVERY_METRICS_SECONDS = 5.0
+# How often a SQLite state file is checked (still there, writable) for the metric and log.
+STATE_CHECK_SECONDS = 2.0
+STATE_SOURCE = "piggywatch/state"
 
 
 class Daemon:
@@ -116,9 +119,13 @@ class Daemon:
         self._endpoints: Endpoints | None = None
         self._scheduler: Any = None
         self._stop = threading.Event()
+        self._state_problem = ""
 
     def readiness(self) -> tuple[bool, str]:
         """Ready once every target has had its first sampling attempt."""
+        state_problem = self.state.problem()  # a SQLite file deleted or read-only
+        if state_problem:
+            return False, state_problem
         attempted = {job.owner for job in self.jobs if job.attempted}
         waiting = sorted({job.owner for job in self.jobs} - attempted)
         if waiting:
@@ -317,6 +324,9 @@ class Daemon:
 
         from piggywatch.api import DaemonApi, LeaderForward
 
+        # A state file that cannot be used stops the start with one clear error (StateUnusable,
+        # printed by the CLI) before anything listens or runs.
+        self.state.check_usable()
         host, port = split_listen(self.listen)
         server = self.settings.server
         access = Access.from_config(server)
@@ -330,7 +340,9 @@ class Daemon:
                                               ca_file=self.settings.ha.ca_file or None)
         self._endpoints = endpoints
         tls = (server.tls.cert_file, server.tls.key_file) if server.tls else None
-        self.http = HttpServer(endpoints, host, port, tls=tls)
+        self.http = HttpServer(endpoints, host, port, tls=tls,
+                               max_connections=server.max_connections,
+                               request_timeout=server.request_timeout)
         self.http.start()
         workers = max(4, min(32, len(self.jobs) + 2))
         self._scheduler = BackgroundScheduler(
@@ -359,6 +371,10 @@ class Daemon:
                                 seconds=DELIVERY_METRICS_SECONDS, id="delivery-metrics",
                                 name="delivery-metrics", next_run_time=_utc(start),
                                 misfire_grace_time=5)
+        self._scheduler.add_job(self._publish_state_health, "interval",
+                                seconds=STATE_CHECK_SECONDS, id="state-health",
+                                name="state-health", misfire_grace_time=5)
+        self._publish_state_health()
         self.leadership.start(self._elected, self._deposed)
         self._publish_leader_metrics()
         self._scheduler.start()
@@ -366,6 +382,22 @@ class Daemon:
                  "targets", __version__, "https" if tls else "http",
                  f"{split_listen(self.listen)[0]}:{self.http.port}", len(self.jobs),
                  len(self.targets))
+
+    def _publish_state_health(self) -> None:
+        """``piggywatch_state_database_up`` for a SQLite state file (the leadership publishes
+        it for PostgreSQL), with a log line whenever the file's health changes."""
+        if isinstance(self.state, PostgresState):
+            return
+        problem = self.state.problem()
+        if problem != self._state_problem:
+            if problem:
+                log.error("%s", problem)
+            else:
+                log.info("state file %s is usable again", self.state.describe())
+            self._state_problem = problem
+        now = time.time()
+        self.store.publish(STATE_SOURCE, [Sample("piggywatch_state_database_up", labels_of(),
+                                                 0.0 if problem else 1.0, now)], now)
 
     def _publish_leadership(self) -> None:
         now = time.time()

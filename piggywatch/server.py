@@ -12,17 +12,18 @@ import hmac
 import json
 import logging
 import re
-import socket
-import ssl
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
-from prometheus_client.exposition import ThreadingWSGIServer
 
+from piggywatch.http_server import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_REQUEST_TIMEOUT_SECONDS,
+    HttpServer,
+    WSGIApp,
+)
 from piggywatch.state import STATE_ERRORS
 
 if TYPE_CHECKING:
@@ -30,15 +31,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_REQUEST_TIMEOUT_SECONDS", "MAX_BODY_BYTES",
+           "Access", "AlertingApi", "ApiError", "Endpoints", "Forward", "HttpServer", "WSGIApp",
+           "read_body", "split_listen"]
+
 StartResponse = Callable[..., Any]
 # (method, path, WSGI environ) → (status, JSON body) from the leader, or None.
 Forward = Callable[[str, str, dict[str, Any]], tuple[int, bytes] | None]
-WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 # A request body larger than this is refused: acks and silences are a few hundred bytes.
 MAX_BODY_BYTES = 64 * 1024
-# A client that does not finish its request (or TLS handshake) in this time is dropped.
-REQUEST_TIMEOUT_SECONDS = 30.0
 
 _ACK = re.compile(r"^/api/v1/alerts/([0-9A-Za-z]{1,64})/ack$")
 _SILENCE = re.compile(r"^/api/v1/silences/([0-9A-Za-z_-]{1,64})$")
@@ -159,8 +161,9 @@ class Endpoints:
                 return _json(start_response, 401, {"status": "error", "error": "unauthorized: "
                              "send Authorization: Bearer <server.api_token>"},
                              [("WWW-Authenticate", 'Bearer realm="piggywatch"')])
+            method = environ.get("REQUEST_METHOD", "GET")
             try:
-                method = environ.get("REQUEST_METHOD", "GET")
+                _check_path(path)
                 if self.forward is not None and path != "/api/v1/statements":
                     forwarded = self.forward(method, path, environ)
                     if forwarded is not None:
@@ -174,6 +177,12 @@ class Endpoints:
                 return _json(start_response, 503, {
                     "status": "error", "error": "the state database is unavailable "
                     f"({type(exc).__name__}); retry in a few seconds"})
+            except Exception:
+                # A bug, not the caller's fault: the details go to the log, not to the client.
+                log.exception("%s %s failed", method, path.encode("unicode_escape").decode())
+                return _json(start_response, 500, {
+                    "status": "error", "error": "internal error; the daemon's log has the "
+                    "details"})
             return _json(start_response, 200, {"status": "success", "data": data})
         if path == "/":
             return _text(start_response, "200 OK", "PiggyWatch: /metrics /healthz /readyz "
@@ -207,6 +216,16 @@ class Endpoints:
         raise ApiError(404, f"no such endpoint: {path}")
 
 
+def _check_path(path: str) -> None:
+    """API paths are printable ASCII; anything else (CR/LF that a standby would forward,
+    bytes that are not UTF-8) is refused before it goes anywhere."""
+    for offset, char in enumerate(path):
+        if not " " < char < "\x7f":
+            raise ApiError(400, f"the path has the character {char!r} at offset {offset}: "
+                                "API paths are printable ASCII; percent-encode nothing "
+                                "beyond the documented endpoints")
+
+
 def _allow(method: str, allowed: str) -> None:
     if method != allowed:
         raise ApiError(405, f"use {allowed}")
@@ -226,12 +245,31 @@ def read_body(environ: dict[str, Any]) -> bytes:
 def _body(environ: dict[str, Any]) -> dict[str, Any]:
     raw = read_body(environ) or b"{}"
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "the body is not valid JSON") from None
+        body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ApiError(400, "the body is nested too deeply; acks and silences are flat "
+                            "JSON objects") from None
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise ApiError(400, f"the body is not valid JSON: {_short(exc)}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
     return body
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if number in (float("inf"), float("-inf")):
+        raise ValueError(f"the number {text[:40]} is too large")
+    return number
+
+
+def _short(exc: ValueError) -> str:
+    """The parser's reason, without echoing a long stretch of the body."""
+    return str(exc)[:200]
 
 
 def _text(start_response: StartResponse, status: str, body: str,
@@ -259,72 +297,6 @@ def _raw_json(start_response: StartResponse, status: int, data: bytes,
                    [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
                     *(headers or [])])
     return [data]
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """Access lines at DEBUG instead of on stderr for every scrape."""
-
-    timeout = REQUEST_TIMEOUT_SECONDS
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http: " + format, *args)
-
-
-class _Server(ThreadingWSGIServer):
-    """Threaded; with TLS, each connection's handshake runs in its own thread, so a slow
-    or broken client never holds up the others."""
-
-    tls: ssl.SSLContext | None = None
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        if self.tls is None:
-            super().finish_request(request, client_address)
-            return
-        request.settimeout(REQUEST_TIMEOUT_SECONDS)
-        try:
-            secure = self.tls.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError) as exc:
-            log.debug("TLS handshake with %s failed: %s", client_address, exc)
-            return
-        try:
-            super().finish_request(secure, client_address)
-        finally:
-            # The plain socket was handed over to the TLS one, which is closed here.
-            self.shutdown_request(secure)
-
-
-class _IPv6Server(_Server):
-    address_family = socket.AF_INET6
-
-
-class HttpServer:
-    """A threaded WSGI server running in a background thread, optionally over TLS."""
-
-    def __init__(self, app: WSGIApp, host: str, port: int, *,
-                 tls: tuple[str, str] | None = None) -> None:
-        server_class = _IPv6Server if ":" in host else _Server
-        self._server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
-        if tls is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.load_cert_chain(tls[0], tls[1])
-            self._server.tls = context
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        name="http", daemon=True)
-
-    @property
-    def port(self) -> int:
-        """The bound port (useful when asked for port 0)."""
-        return int(self._server.server_address[1])
-
-    def start(self) -> None:
-        """Start serving."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        self._server.shutdown()
-        self._server.server_close()
 
 
 def split_listen(listen: str) -> tuple[str, int]:
