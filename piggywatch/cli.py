@@ -55,8 +55,15 @@ def run(config_path: Path, listen: str | None) -> None:
     setup_logging(settings.logging.level, settings.logging.format)
     setup_sentry(settings.sentry.dsn.get_secret_value(), settings.sentry.environment,
                  __version__)
+    from piggywatch.state import StateUnusable
+
     daemon = Daemon(settings, listen=listen, base_dir=config_path.resolve().parent)
-    exit_now_if_stuck(daemon.run_forever())
+    try:
+        clean = daemon.run_forever()
+    except StateUnusable as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+    exit_now_if_stuck(clean)
 
 
 @main.command()

@@ -56,8 +56,9 @@ SPECS = (
                "Times this replica became the leader (to=leader) or stopped being it "
                "(to=standby)"),
     MetricSpec("piggywatch_state_database_up", MetricKind.GAUGE,
-               "Whether the shared PostgreSQL state database answered the last leadership "
-               "check (1) or not (0); absent with SQLite state"),
+               "Whether the state is being kept (1) or not (0): the PostgreSQL state database "
+               "answered the last leadership check; the SQLite state file is still there "
+               "and writable"),
 )
 
 Callback = Callable[[], None]

@@ -38,6 +38,13 @@ from piggywatch.state.migrations import (
     SchemaTooNew,
     ddl,
 )
+from piggywatch.state.sqlite_file import (
+    FileWatch,
+    StateUnusable,
+    explain_open_error,
+    move_aside,
+    unusable_path,
+)
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -52,6 +59,7 @@ __all__ = [
     "StateConn",
     "StateLike",
     "StateStore",
+    "StateUnusable",
     "Tx",
     "connect",
     "instance_token",
@@ -165,6 +173,16 @@ class StateStore:
         """Where the state is, for messages (no password)."""
         raise NotImplementedError
 
+    def check_usable(self) -> None:
+        """Raise ``StateUnusable`` (which file, what is wrong, what to do) when the state
+        cannot be used at start. A PostgreSQL state database that is down is not such a
+        case: the daemon starts and waits for it."""
+
+    def problem(self) -> str:
+        """Why the state is not being kept now (a file deleted, replaced or read-only while
+        running), or "" while it is."""
+        return ""
+
     def close(self) -> None:
         """Close what this store holds open."""
 
@@ -251,10 +269,11 @@ class SQLiteConn(StateConn):
     dialect: Dialect = "sqlite"
 
     def __init__(self, path: str | Path, *, read_only: bool = False,
-                 busy_timeout_ms: int = 10_000) -> None:
+                 busy_timeout_ms: int = 10_000, watch: FileWatch | None = None) -> None:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = Path(path)
+        self._watch = watch
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._lock = threading.RLock()
         self._durable: bool | None = None
@@ -279,14 +298,24 @@ class SQLiteConn(StateConn):
                 # the process, and the next FULL commit syncs what came before, in order.
                 self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
                 self._durable = durable
-            # A reader's deferred BEGIN takes no write lock, so it never waits for a writer.
-            self._conn.execute("BEGIN" if self._read_only else "BEGIN IMMEDIATE")
+            changes = self._conn.total_changes
             try:
-                yield _SQLiteTx(self._conn)
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+                # A reader's deferred BEGIN takes no write lock, so it never waits for a
+                # writer.
+                self._conn.execute("BEGIN" if self._read_only else "BEGIN IMMEDIATE")
+                try:
+                    yield _SQLiteTx(self._conn)
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._watch is not None:
+                    self._watch.write_failed(exc)
                 raise
-            self._conn.execute("COMMIT")
+            if self._watch is not None and self._conn.total_changes != changes:
+                self._watch.written()
 
     def close(self) -> None:
         with self._lock:
@@ -300,12 +329,44 @@ class SQLiteState(StateStore):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._watch: FileWatch | None = None
 
     def connect(self, *, read_only: bool = False) -> StateConn:
-        return SQLiteConn(self.path, read_only=read_only)
+        return SQLiteConn(self.path, read_only=read_only, watch=self._watch)
 
     def describe(self) -> str:
         return str(self.path)
+
+    def check_usable(self) -> None:
+        """Open (or create) the file, migrate it and check its integrity; from then on,
+        watch that it stays there and writable (``problem``)."""
+        path = self.path
+        found = unusable_path(path)
+        if found:
+            raise StateUnusable(found)
+        existed = path.exists()
+        try:
+            conn = SQLiteConn(path)
+            try:
+                row = conn.one("PRAGMA quick_check(1)")
+            finally:
+                conn.close()
+        except SchemaTooNew as exc:
+            raise StateUnusable(f"state file {exc}") from None
+        except sqlite3.Error as exc:
+            raise StateUnusable(explain_open_error(path, exc)) from None
+        except OSError as exc:
+            raise StateUnusable(f"state file {path}: cannot be created: {exc.strerror}") from None
+        if row is None or row[0] != "ok":
+            raise StateUnusable(f"state file {path}: is damaged (integrity check: "
+                                f"{row[0] if row else 'no answer'}). " + move_aside(path))
+        self._watch = FileWatch(path)
+        if not existed:
+            log.warning("no state file at %s: starting with an empty state (a new file was "
+                        "created)", path)
+
+    def problem(self) -> str:
+        return self._watch.problem() if self._watch is not None else ""
 
 
 # --- PostgreSQL --------------------------------------------------------------------------
