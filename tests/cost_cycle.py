@@ -215,6 +215,7 @@ def _main() -> None:  # pragma: no cover - a figures script, run by hand
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cost-module", help="a cost.py to load instead of the package "
                         "(e.g. the version before issue 17, from git show)")
+    parser.add_argument("--spend-cap", action="store_true", help="with the spend cap on")
     args = parser.parse_args()
     old = args.cost_module is not None
     if old:
@@ -242,7 +243,8 @@ def _main() -> None:  # pragma: no cover - a figures script, run by hand
             "users": users, "invocations": {"table": f"{SCHEMA}.logs"},
             "assumed_usage": {"egress_gb_per_month": 200, "file_storage_gb": 20}}
         if not old:
-            fields |= {"sessions": {"table": f"{SCHEMA}.sessions"}, "spend_cap": False,
+            fields |= {"sessions": {"table": f"{SCHEMA}.sessions"},
+                       "spend_cap": args.spend_cap, "addons_dollars_per_month": 4,
                        "assumed_usage": {"egress_gb_per_month": 200, "file_storage_gb": 20,
                                          "cached_egress_gb_per_month": 300}}
         collector = module.CostCollector(target, module.CostConfig.model_validate(fields))
@@ -255,7 +257,8 @@ def _main() -> None:  # pragma: no cover - a figures script, run by hand
             return out
 
         print(f"cycle {at(start):%Y-%m-%d} .. {at(end):%Y-%m-%d}, "
-              f"{'before' if old else 'after'}, steady app of 40,000 users, budget $50")
+              f"{'before' if old else 'after'}, steady app of 40,000 users, budget $50, "
+              f"spend cap {'n/a' if old else args.spend_cap}")
         for when, got in run_cycle(dsn, steady_app(start, end), start, end, collect):
             day = int((when - start) // DAY) + 1
             print(f"day {day:2}: MAU so far {got.get('cost_usage_mau', 0):6.0f}  "
@@ -263,6 +266,12 @@ def _main() -> None:  # pragma: no cover - a figures script, run by hand
                   f"(mau ${got.get('cost_projected_item_dollars{mau}', 0):7.2f})  "
                   f"month to date ${got['cost_month_to_date_dollars']:7.2f}  "
                   f"ratio {got['cost_budget_ratio']:.2f}")
+            if day in (2, round((end - start) / DAY)):
+                print("        projected items:", {k[28:-1]: round(v, 2) for k, v in got.items()
+                                                    if k.startswith("cost_projected_item")})
+                print("        disk bytes", got["cost_usage_disk_bytes"], "quota ratios:",
+                      {k[17:-1]: round(v, 3) for k, v in got.items()
+                       if k.startswith("cost_quota_ratio")})
         target.close()
     finally:
         cluster.destroy()
