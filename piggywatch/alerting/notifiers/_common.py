@@ -8,6 +8,7 @@ formats with this module, never pulls it in.
 from __future__ import annotations
 
 import email.utils
+import functools
 import json
 import threading
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from piggywatch.alerting.model import (
     Notification,
     Outcome,
 )
+from piggywatch.observability import Redactor, redact_url
 
 if TYPE_CHECKING:
     import httpx
@@ -116,11 +118,15 @@ def truncate(text: str, limit: int) -> str:
 
 
 def scrub(text: str, secrets: tuple[str, ...]) -> str:
-    """``text`` with every secret replaced, cut to a log-friendly length."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return truncate(" ".join(text.split()), _DETAIL_LIMIT)
+    """``text`` with every secret replaced, cut to a log-friendly length. A secret URL is
+    redacted by structure (see ``Redactor``): a failing endpoint that echoes the request's
+    path, or redirects to another form of the URL, shows only ``scheme://host/…``."""
+    return truncate(" ".join(_redactor(secrets).scrub(text).split()), _DETAIL_LIMIT)
+
+
+@functools.lru_cache(maxsize=64)
+def _redactor(secrets: tuple[str, ...]) -> Redactor:
+    return Redactor(secrets)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -200,12 +206,14 @@ def post_json(url: str, body: Any, *, timeout: float, channel: str,
     except httpx.InvalidURL:
         return Delivery(Outcome.PERMANENT, detail=f"{channel} URL is not valid"), None
     except httpx.TimeoutException as exc:
-        return Delivery(Outcome.RETRY, detail=scrub(f"{channel} timed out after {timeout:g}s "
-                                                    f"({type(exc).__name__})", secrets)), None
+        return Delivery(Outcome.RETRY, detail=scrub(
+            f"{channel} {redact_url(url)} timed out after {timeout:g}s "
+            f"({type(exc).__name__})", secrets)), None
     except httpx.HTTPError as exc:
         # The message of a transport error names the failure, not the URL; scrubbed anyway.
-        return Delivery(Outcome.RETRY, detail=scrub(f"{channel} unreachable: "
-                                                    f"{type(exc).__name__}: {exc}", secrets)), None
+        return Delivery(Outcome.RETRY, detail=scrub(
+            f"{channel} {redact_url(url)} unreachable: {type(exc).__name__}: {exc}",
+            secrets)), None
     delivery = http_delivery(response.status_code, response.headers, response.text,
                              channel=channel, secrets=secrets)
     return delivery, response
