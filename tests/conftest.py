@@ -95,6 +95,36 @@ def restart(state: StateStore) -> Iterator[Callable[[], StateStore]]:
 MISSING = re.compile(r"not installed|not on PATH|needs the|could not import|is missing",
                      re.IGNORECASE)
 _skips: list[tuple[str, str]] = []
+# PIGGYWATCH_SLEEP_REPORT=1: sum the time.sleep calls made by test code (not by the code
+# under test), per test file, and print them at the end: waiting should be for conditions.
+# Sleeps inside a polling helper (a function named wait*) are counted apart from bare ones.
+_slept: dict[tuple[str, str], float] = {}
+_TESTS_DIR = str(Path(__file__).resolve().parent)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sleep_report() -> Iterator[None]:
+    if not os.environ.get("PIGGYWATCH_SLEEP_REPORT"):
+        yield
+        return
+    import sys
+    import time
+
+    real = time.sleep
+
+    def counting_sleep(seconds: float) -> None:
+        code = sys._getframe(1).f_code
+        if code.co_filename.startswith(_TESTS_DIR):
+            kind = "polling" if code.co_name.lstrip("_").startswith("wait") else "bare"
+            key = (Path(code.co_filename).name, kind)
+            _slept[key] = _slept.get(key, 0.0) + seconds
+        real(seconds)
+
+    time.sleep = counting_sleep
+    try:
+        yield
+    finally:
+        time.sleep = real
 
 
 def _in_ci() -> bool:
@@ -115,7 +145,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Every skip with its reason, so none goes unseen."""
+    """Every skip with its reason, so none goes unseen (and the sleep report, if asked)."""
+    if _slept:
+        terminalreporter.section("time.sleep called by test code")
+        for (name, kind), seconds in sorted(_slept.items(), key=lambda kv: -kv[1]):
+            terminalreporter.write_line(f"{seconds:8.2f} s  {kind:8} {name}")
+        for kind in ("bare", "polling"):
+            total = sum(v for (_, k), v in _slept.items() if k == kind)
+            terminalreporter.write_line(f"{total:8.2f} s  {kind:8} in all")
     terminalreporter.section("skips")
     for nodeid, reason in _skips or [("none", "")]:
         missing = bool(MISSING.search(reason))

@@ -772,7 +772,8 @@ def test_a_claim_older_than_the_grace_is_taken_over_and_a_fresh_one_blocks_its_i
     wait_until(lambda: channel.ids[2:] == ["fresh", "fresh-resolve"])
     # The channel sees a send before the outbox deletes its row: wait for the deletion.
     wait_until(lambda: rows(state, "SELECT id FROM outbox_items") == [])
-    assert channel.ids == ["free", "stale", "fresh", "fresh-resolve"], "each sent once"
+    assert sorted(channel.ids[:2]) == ["free", "stale"], "each sent once"
+    assert len(channel.ids) == 4, "each sent once"
 
 
 def test_with_no_grace_an_item_left_claimed_by_a_kill_9_is_retried_at_once(
