@@ -164,12 +164,17 @@ class HttpServer:
                     return
                 raise
             for key, _ in events:
-                if key.data == "accept":
-                    self._accept()
-                elif key.data == "wake":
-                    _drain(self._wake_r)
-                else:
-                    self._on_readable(key.data)
+                try:
+                    if key.data == "accept":
+                        self._accept()
+                    elif key.data == "wake":
+                        _drain(self._wake_r)
+                    else:
+                        self._on_readable(key.data)
+                except Exception:  # a bug: drop that connection, keep serving the others
+                    log.exception("http: reading a connection failed")
+                    if isinstance(key.data, _Connection):
+                        self._forget(key.data)
             self._expire(time.monotonic())
 
     def _next_deadline(self) -> float:
