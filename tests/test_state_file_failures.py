@@ -123,6 +123,24 @@ def test_a_state_directory_that_is_a_file_stops_the_start(pg_cluster: ThrowawayC
     assert_one_clear_error(output, state, f"{tmp_path / 'data'} is not a directory")
 
 
+def test_a_state_file_another_process_keeps_locked_stops_the_start(
+        pg_cluster: ThrowawayCluster, tmp_path: Path) -> None:
+    """A second PiggyWatch on the same file, or a sqlite3 session left in a transaction."""
+    state = real_state_file(tmp_path, pg_cluster)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys, time\n"
+         "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+         "c.execute('BEGIN IMMEDIATE')\nprint('locked', flush=True)\ntime.sleep(120)\n",
+         str(state)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        output = start_must_fail(write_config(tmp_path, pg_cluster, state))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert_one_clear_error(output, state, "locked by another process")
+
+
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs of our own, to remount read-only and back."""
