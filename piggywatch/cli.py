@@ -106,18 +106,15 @@ def check(config_path: Path) -> None:
 @CONFIG_OPTION
 def sample(config_path: Path) -> None:
     """Run every collector once and print the samples in Prometheus text format."""
-    from prometheus_client import generate_latest
-
     from piggywatch.daemon import Daemon
-    from piggywatch.exporter import build_registry
+    from piggywatch.exporter import build_registry, render_text
     from piggywatch.observability import setup_logging
 
     settings = _load(config_path)
     setup_logging("ERROR", "text")
     daemon = Daemon(settings)
     daemon.sample_once()
-    sys.stdout.write(generate_latest(build_registry(daemon.store,
-                                                    process_metrics=False)).decode())
+    sys.stdout.write(render_text(build_registry(daemon.store, process_metrics=False)).decode())
     down = daemon.unreachable()
     for name, reason in down.items():
         click.echo(f"error: target {name} is unreachable: {reason}", err=True)

@@ -145,6 +145,16 @@ class TablesOptions(CollectorOptions):
     top_n: int = Field(default=20, ge=1, le=1000)
 
 
+class CompatOptions(CollectorOptions):
+    """postgres_exporter's other default families (settings, bgwriter, archiver, locks...).
+
+    On by default so a postgres_exporter user's dashboards and rules keep working; turn it
+    off for a smaller exposition.
+    """
+
+    interval: Duration = 15.0
+
+
 class PostgresCollectors(_Strict):
     """The PostgreSQL collectors of one target, each with its own interval."""
 
@@ -152,6 +162,7 @@ class PostgresCollectors(_Strict):
     database: DatabaseOptions = DatabaseOptions()
     statements: StatementsOptions = StatementsOptions()
     tables: TablesOptions = TablesOptions()
+    compat: CompatOptions = CompatOptions()
 
 
 class TargetConfig(_Strict):
@@ -161,6 +172,11 @@ class TargetConfig(_Strict):
     dsn: SecretStr
     connect_timeout: Duration = 5.0
     collectors: PostgresCollectors = PostgresCollectors()
+    # The labels rules written for Prometheus group and print by ({{ $labels.instance }}):
+    # every series of this target carries them in PiggyWatch's own evaluation. Empty
+    # instance: the DSN's host:port, as Prometheus scraping postgres_exporter would see it.
+    job: str = Field(default="postgres", pattern=r"^\S(.*\S)?$")
+    instance: str = ""
 
     @field_validator("dsn")
     @classmethod

@@ -8,8 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from piggywatch.collectors import Collector, CollectorError
+from piggywatch.collectors.postgres.compat import CompatCollector
+from piggywatch.collectors.postgres.connections import SPECS as CONNECTIONS_SPECS
 from piggywatch.collectors.postgres.connections import ConnectionsCollector
 from piggywatch.collectors.postgres.database import DatabaseCollector
+from piggywatch.collectors.postgres.server_label import target_labels
 from piggywatch.collectors.postgres.statements import StatementsCollector
 from piggywatch.collectors.postgres.tables import TablesCollector
 from piggywatch.collectors.postgres.target import PostgresTarget
@@ -19,6 +22,10 @@ from piggywatch.state import StateStore
 from piggywatch.store import MemoryStore, Sample, labels_of
 
 log = logging.getLogger("piggywatch.daemon")
+
+# Samples of a job this frequent are exposed with their collection time (exporter.py);
+# a slower one's would fall out of Prometheus's 5-minute lookback between two collections.
+STAMPED_MAX_INTERVAL = 120.0
 
 
 @dataclass
@@ -71,16 +78,21 @@ class CollectorJob:
             log.exception("collector %s of %s crashed", self.collector.name, self.owner)
         if self.target is not None:
             name = self.target.name
-            samples = [Sample(s.name, labels_of(dict(s.labels), target=name), s.value,
-                              s.timestamp) for s in samples]
+            extra = dict(self.target.labels)
+            samples = [Sample(s.name, labels_of(dict(s.labels), **extra, target=name),
+                              s.value, s.timestamp) for s in samples]
+        if getattr(self.collector, "dynamic_specs", False):
+            # Families discovered by this cycle (e.g. the server's settings).
+            self.store.register(self.collector.specs())
+        stamped = self.interval <= STAMPED_MAX_INTERVAL
         if error is None:
-            self.store.publish(self.source, samples, now)
+            self.store.publish(self.source, samples, now, stamped=stamped)
             if self._failing is not None:
                 log.info("collector %s of %s recovered", self.collector.name, self.owner)
                 self._failing = None
         elif samples:
             # Only what the failure itself established (e.g. redis_up 0) stays current.
-            self.store.publish(self.source, samples, now)
+            self.store.publish(self.source, samples, now, stamped=stamped)
         else:
             # Stale figures would look current; drop them until the next success.
             self.store.clear(self.source)
@@ -104,6 +116,8 @@ class CollectorJob:
 def build_collectors(config: TargetConfig, target: PostgresTarget) -> list[tuple[Collector, float]]:
     """The enabled collectors of one target, each with its interval."""
     opts = config.collectors
+    target.labels = target_labels(config.dsn.get_secret_value(), job=config.job,
+                                  instance=config.instance)
     found: list[tuple[Collector, float]] = []
     if opts.connections.enabled:
         found.append((ConnectionsCollector(target, timeout=opts.connections.timeout,
@@ -121,6 +135,14 @@ def build_collectors(config: TargetConfig, target: PostgresTarget) -> list[tuple
         found.append((TablesCollector(target, timeout=opts.tables.timeout,
                                       top_n=opts.tables.top_n),
                       opts.tables.interval))
+    if opts.compat.enabled:
+        # The connections collector exports these settings already (same names).
+        skip = [s.name.removeprefix("pg_settings_") for s in CONNECTIONS_SPECS
+                if s.name.startswith("pg_settings_")] if opts.connections.enabled else []
+        found.append((CompatCollector(target, timeout=opts.compat.timeout, skip_settings=skip,
+                                      shared_row=opts.database.enabled,
+                                      closed_databases=opts.connections.enabled),
+                      opts.compat.interval))
     return found
 
 

@@ -29,6 +29,18 @@ SPECS = (
                "Samples produced by the collector's last successful cycle"),
     MetricSpec("piggywatch_store_series", MetricKind.GAUGE,
                "Series currently held in the in-memory store"),
+    # postgres_exporter's scrape figures (dashboards use them for their variables); a
+    # "scrape" is here the last sampling cycle of any collector of the target.
+    MetricSpec("pg_exporter_last_scrape_duration_seconds", MetricKind.GAUGE,
+               "Duration of the target's last sampling cycle"),
+    MetricSpec("pg_exporter_last_scrape_error", MetricKind.GAUGE,
+               "Whether the target's last sampling cycle failed (1) or not (0)"),
+    MetricSpec("pg_exporter_scrapes_total", MetricKind.COUNTER,
+               "Sampling cycles run on the target by all its collectors"),
+    MetricSpec("pg_scrape_collector_duration_seconds", MetricKind.GAUGE,
+               "Duration of the collector's last sampling cycle"),
+    MetricSpec("pg_scrape_collector_success", MetricKind.GAUGE,
+               "Whether the collector's last sampling cycle succeeded"),
 )
 
 Job = tuple[str, str]
@@ -46,6 +58,8 @@ class SelfMetrics:
         self._last_success: dict[Job, float] = {}
         self._samples: dict[Job, int] = {}
         self._up: dict[str, float] = {}
+        self._last_cycle: dict[str, tuple[float, float, int]] = {}
+        self._pg_success: dict[Job, float] = {}
         store.register(SPECS)
 
     def add_job(self, target: str, collector: str) -> None:
@@ -70,6 +84,9 @@ class SelfMetrics:
                 self._errors[key] = self._errors.get(key, 0) + 1
             if up is not None:
                 self._up[target] = 1.0 if up else 0.0
+                runs = self._last_cycle.get(target, (0.0, 0.0, 0))[2] + 1
+                self._last_cycle[target] = (duration, 0.0 if error is None else 1.0, runs)
+                self._pg_success[job] = 1.0 if error is None else 0.0
         self.publish(now)
 
     def publish(self, now: float) -> None:
@@ -80,6 +97,17 @@ class SelfMetrics:
                           1.0, now)]
             for target, value in self._up.items():
                 out.append(Sample("pg_up", labels_of(target=target), value, now))
+            for target, (duration, failed, runs) in self._last_cycle.items():
+                labels = labels_of(target=target)
+                out.append(Sample("pg_exporter_last_scrape_duration_seconds", labels,
+                                  duration, now))
+                out.append(Sample("pg_exporter_last_scrape_error", labels, failed, now))
+                out.append(Sample("pg_exporter_scrapes_total", labels, runs, now))
+            for (target, collector), success in self._pg_success.items():
+                labels = labels_of(target=target, collector=collector)
+                out.append(Sample("pg_scrape_collector_duration_seconds", labels,
+                                  self._duration[(target, collector)], now))
+                out.append(Sample("pg_scrape_collector_success", labels, success, now))
             for (target, collector), value in self._duration.items():
                 out.append(Sample("piggywatch_collector_duration_seconds",
                                   labels_of(target=target, collector=collector), value, now))

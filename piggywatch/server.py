@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
 
+from piggywatch.exporter import metrics_app
 from piggywatch.http_server import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_REQUEST_TIMEOUT_SECONDS,
@@ -131,7 +132,8 @@ class Endpoints:
         alerting: AlertingApi,
         access: Access,
     ) -> None:
-        self._metrics = make_wsgi_app(registry)
+        # The text format with postgres_exporter's counter names and collection times.
+        self._metrics = metrics_app(registry)
         self._ready = ready
         self._statements = statements
         # Swapped by the daemon when this replica becomes the leader or a standby.

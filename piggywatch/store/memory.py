@@ -33,6 +33,8 @@ class SeriesPoint:
 class _Snapshot:
     samples: tuple[Sample, ...]
     owned: set[SeriesHistory]
+    # Exposed with each sample's own timestamp (see ``publish``).
+    stamped: bool = False
 
 
 def _to_ms(seconds: float) -> int:
@@ -148,10 +150,14 @@ class MemoryStore:
         with self._lock:
             return sorted(self._specs.values(), key=lambda s: s.name)
 
-    def publish(self, source: str, samples: Iterable[Sample], now: float) -> None:
+    def publish(self, source: str, samples: Iterable[Sample], now: float, *,
+                stamped: bool = False) -> None:
         """Replace ``source``'s snapshot with ``samples`` and append them to history.
 
         Series the previous snapshot had and this one lacks get a stale marker at ``now``.
+        ``stamped``: the exposition shows these samples with the time they were collected,
+        so a scraper sees each collection once, at its own time (``irate`` stays right when
+        scrapes are more frequent than collections).
         """
         batch = tuple(samples)
         now_ms = _to_ms(now)
@@ -184,7 +190,7 @@ class MemoryStore:
                 hist.append(t_ms, sample.value, horizon, shared)
                 owned.add(hist)
             previous = self._sources.get(source)
-            self._sources[source] = _Snapshot(batch, owned)
+            self._sources[source] = _Snapshot(batch, owned, stamped)
             self._hand_over(set() if previous is None else previous.owned, owned, now_ms,
                             timeline)
             self._appends_since_sweep += len(batch)
@@ -215,6 +221,20 @@ class MemoryStore:
             specs = dict(self._specs)
         for name in sorted(grouped):
             yield specs[name], grouped[name]
+
+    def exposed(self) -> Iterator[tuple[MetricSpec, list[Sample], list[Sample]]]:
+        """Like ``current``, each family's samples split into stamped and unstamped ones."""
+        with self._lock:
+            grouped: dict[str, tuple[list[Sample], list[Sample]]] = {
+                name: ([], []) for name in self._specs}
+            for snapshot in self._sources.values():
+                at = 0 if snapshot.stamped else 1
+                for sample in snapshot.samples:
+                    grouped[sample.name][at].append(sample)
+            specs = dict(self._specs)
+        for name in sorted(grouped):
+            stamped, unstamped = grouped[name]
+            yield specs[name], stamped, unstamped
 
     def history(self, name: str, labels: Labels) -> list[SeriesPoint]:
         """Stored points of one series, oldest first, stale markers included."""

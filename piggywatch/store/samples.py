@@ -23,6 +23,8 @@ class MetricKind(StrEnum):
 
     COUNTER = "counter"
     GAUGE = "gauge"
+    # Exposed as "untyped", for families postgres_exporter itself exposes so (pg_static).
+    UNTYPED = "untyped"
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,8 @@ class PostgresTarget:
         self._up: bool | None = None
         self.last_error: str | None = None
         self.server_version_num = 0
+        # Added to every sample of this target (postgres_exporter's server, job, instance).
+        self.labels: tuple[tuple[str, str], ...] = ()
         # Checked once here: libpq's parse errors (and a connect error on a host name that
         # is really the tail of a password with an unescaped '@') would quote the DSN.
         self._dsn_problem = dsn_problem(dsn)
