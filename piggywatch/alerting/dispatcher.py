@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from piggywatch.alerting.acks import Ack, Acks, acknowledge_notifications
+from piggywatch.alerting.acks import ACK_SOURCES, Ack, Acks, acknowledge_notifications
 from piggywatch.alerting.escalation import Escalation, EscalationPolicy, EscalationStore, Page
 from piggywatch.alerting.failing import FAILING_ALERT, FailingChannels, without_failing
 from piggywatch.alerting.grouping import DueGroup, DueKind, Grouper
@@ -85,7 +85,8 @@ SPECS = (
     MetricSpec("piggywatch_alert_groups", MetricKind.GAUGE,
                "Alert groups held (incidents notified or waiting for group_wait)"),
     MetricSpec("piggywatch_alert_acks_total", MetricKind.COUNTER,
-               "Incidents acknowledged since the daemon started"),
+               "Incidents acknowledged since the daemon started, by where the ack came from "
+               "(api, cli, pagerduty, slack, email)"),
     MetricSpec("piggywatch_alerts_silenced", MetricKind.GAUGE,
                "Firing alerts muted by an active silence"),
     MetricSpec("piggywatch_alerts_inhibited", MetricKind.GAUGE,
@@ -162,6 +163,8 @@ class Dispatcher:
         self._muted = (0, 0)
         # A pass or acknowledgement whose commit failed: committed before anything else.
         self._unsaved: _Pass | None = None
+        # Called (outside the lock) with the keys of incidents that ended in a pass.
+        self.on_ended: list[Callable[[list[str]], None]] = []
 
     # --- input --------------------------------------------------------------------------
 
@@ -284,6 +287,12 @@ class Dispatcher:
             inhibited = sum(1 for labels in self._firing.values()
                             if self._inhibitor.is_inhibited(labels))
             self._muted = (silenced, inhibited)
+        if work.ended:
+            for callback in self.on_ended:
+                try:
+                    callback(list(work.ended))
+                except Exception:
+                    log.exception("a callback for ended incidents failed")
         return work.notifications
 
     def _commit(self, work: _Pass) -> None:
@@ -333,6 +342,9 @@ class Dispatcher:
         esc.acknowledge()
         work.changed[esc.incident] = esc
         targets = self._targets(esc.notified, esc.alerts)
+        if ack.source == "pagerduty":
+            # PagerDuty knows already: an acknowledge sent back would echo its own change.
+            targets = [r for r in targets if self._receivers[r].pagerduty is None]
         work.notifications += [
             replace(n, id=ack_notification_id(ack, n.receiver))
             for n in acknowledge_notifications(ack, targets, group_labels=esc.group_labels,
@@ -453,12 +465,16 @@ class Dispatcher:
     # --- acknowledgement and status ---------------------------------------------------------
 
     def acknowledge(self, key: str, by: str, comment: str = "",
-                    now: float | None = None) -> AckResult | None:
+                    now: float | None = None, *, source: str = "api",
+                    by_id: str = "") -> AckResult | None:
         """Acknowledge an incident, by its key or by the fingerprint of one of its alerts
         (every incident the alert was notified in); None if there is no such incident.
 
-        The escalation stops and the receivers told so far hear who took it.
+        The escalation stops and the receivers told so far hear who took it (except
+        PagerDuty when the ack came from there). ``source`` is one of ``ACK_SOURCES``.
         """
+        if source not in ACK_SOURCES:
+            raise ValueError(f"unknown acknowledgement source {source!r}")
         at = self._clock() if now is None else now
         with self._lock:
             self._commit_unsaved()
@@ -469,7 +485,8 @@ class Dispatcher:
             # Recorded first: should a later step fail, the ack is recorded but not carried
             # out, and the next pass (or a retried acknowledge) carries it out.
             results = [self._acks.record(Ack(esc.incident, by, at, comment,
-                                             None if esc.incident == key else key))
+                                             None if esc.incident == key else key,
+                                             source, by_id), first_notified_at=esc.started_at)
                        for esc in incidents]
             work = _Pass()
             for esc, (ack, new) in zip(incidents, results, strict=True):
@@ -484,6 +501,67 @@ class Dispatcher:
             self._commit(work)
         return AckResult(key, tuple(results))
 
+    def withdraw_ack(self, incident: str, now: float | None = None) -> bool:
+        """The ack of a running incident no longer holds (PagerDuty's ack timeout): its
+        escalation climbs again from the step it was on, its next step after that step's
+        full wait. False when the incident is not running or not acknowledged."""
+        at = self._clock() if now is None else now
+        with self._lock:
+            self._commit_unsaved()
+            esc = self._escalations.get(incident)
+            if esc is None or not esc.acked:
+                return False
+            esc.resume(at)
+            self._acks.withdraw(incident)
+            self._escalations.save([esc])
+            log.info("incident %s: the acknowledgement was withdrawn; escalation resumes at "
+                     "level %d", incident, esc.level)
+        self._wakeup.set()
+        return True
+
+    def announce(self, incident: str, note: str, now: float | None = None) -> bool:
+        """Tell the receivers notified so far (PagerDuty aside) something about an
+        acknowledged incident (that it was resolved in PagerDuty); once per note."""
+        at = self._clock() if now is None else now
+        with self._lock:
+            self._commit_unsaved()
+            esc = self._escalations.get(incident)
+            ack = self._acks.get(incident)
+            if esc is None or ack is None:
+                return False
+            targets = [r for r in self._targets(esc.notified, esc.alerts)
+                       if self._receivers[r].pagerduty is None]
+            work = _Pass()
+            work.notifications = [
+                replace(n, id=ack_notification_id(ack, n.receiver, note), ack_note=note)
+                for n in acknowledge_notifications(ack, targets, group_labels=esc.group_labels,
+                                                   alerts=esc.alerts, level=esc.level, now=at,
+                                                   external_url=self._external_url)]
+            self._commit(work)
+        return True
+
+    def incidents(self) -> list[Escalation]:
+        """Every running incident."""
+        with self._lock:
+            return self._escalations.all()
+
+    def incident(self, key: str) -> Escalation | None:
+        """The running incident with this key (None: unknown or ended)."""
+        with self._lock:
+            return self._escalations.get(key)
+
+    def ack_of(self, incident: str) -> Ack | None:
+        """The ack in force of a running incident."""
+        return self._acks.get(incident)
+
+    def ack_log(self, incident: str) -> list[dict[str, Any]]:
+        """Every acknowledgement an incident key took, kept after it ended."""
+        return self._acks.log(incident)
+
+    def receivers(self) -> Mapping[str, Any]:
+        """The configured receivers by name."""
+        return dict(self._receivers)
+
     def status(self, alerts: Iterable[tuple[str, Mapping[str, str]]],
                now: float | None = None) -> dict[str, dict[str, Any]]:
         """The delivery state of alerts (fingerprint, labels) for the API, by fingerprint:
@@ -497,11 +575,17 @@ class Dispatcher:
             found = {}
             for fingerprint, labels in alerts:
                 mine = incidents.get(fingerprint, [])
-                acks = [a for a in (self._acks.get(e.incident) for e in mine) if a]
+                acked = [(a, e) for a, e in ((self._acks.get(e.incident), e) for e in mine)
+                         if a]
+                ack = None
+                if acked:
+                    first, esc = acked[0]
+                    ack = {**first.as_dict(),
+                           "seconds_to_ack": max(0.0, first.at - esc.started_at)}
                 found[fingerprint] = {
                     "level": max((e.level for e in mine), default=None),
                     "incidents": sorted(e.incident for e in mine),
-                    "ack": acks[0].as_dict() if acks else None,
+                    "ack": ack,
                     "silenced_by": self.silences.silenced_by(labels, at),
                     "inhibited": self._inhibitor.is_inhibited(labels),
                 }
@@ -518,7 +602,10 @@ class Dispatcher:
                           count, now) for (level, acked), count in sorted(levels.items())]
             out += [
                 Sample("piggywatch_alert_groups", (), len(self._grouper), now),
-                Sample("piggywatch_alert_acks_total", (), self._acks.recorded, now),
+            ]
+            out += [Sample("piggywatch_alert_acks_total", labels_of(source=source), count, now)
+                    for source, count in sorted(self._acks.recorded.items())]
+            out += [
                 Sample("piggywatch_alerts_silenced", (), self._muted[0], now),
                 Sample("piggywatch_alerts_inhibited", (), self._muted[1], now),
             ]

@@ -135,6 +135,17 @@ class Escalation:
         self.acked = True
         self.next_at = None
 
+    def resume(self, now: float) -> None:
+        """The ack no longer holds: climb again from the current step, whose wait starts
+        over now (the next level is called only if nobody answers within it)."""
+        self.acked = False
+        if self.level == 0:
+            return
+        step = self.policy.steps[self.level - 1]
+        last = self.level == len(self.policy.steps)
+        more = not last or self.repeats < step.repeat
+        self.next_at = now + step.wait if step.wait is not None and more else None
+
     def _run(self, level: int, now: float, reason: str) -> Page:
         step = self.policy.steps[level - 1]
         self.level = level

@@ -99,6 +99,9 @@ class Notification:
     acked_by: str | None = None
     acked_at: float | None = None
     external_url: str = ""
+    # Where the ack came from (acks.ACK_SOURCES) and what was said with it, for the message.
+    ack_source: str = ""
+    ack_note: str = ""
 
     @property
     def severity(self) -> str:

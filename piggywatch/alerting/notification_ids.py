@@ -29,11 +29,14 @@ log = logging.getLogger(__name__)
 OCCURRENCES_KEPT = 3 * MAX_AGE
 
 
-def ack_notification_id(ack: Ack, receiver: str) -> str:
+def ack_notification_id(ack: Ack, receiver: str, note: str = "") -> str:
     """The id of the acknowledge notification of ``ack`` for ``receiver``: the same
-    whoever carries the ack out, so the outbox takes it once."""
-    return uuid.uuid5(uuid.NAMESPACE_URL, "piggywatch:acknowledge:" + json.dumps(
-        [ack.incident, ack.by, ack.at, receiver])).hex
+    whoever carries the ack out, so the outbox takes it once. A ``note`` added later about
+    the same ack (resolved in PagerDuty) has its own id, also given once."""
+    parts: list[object] = [ack.incident, ack.by, ack.at, receiver]
+    if note:
+        parts.append(note)
+    return uuid.uuid5(uuid.NAMESPACE_URL, "piggywatch:acknowledge:" + json.dumps(parts)).hex
 
 
 def notification_id(incident: str, occurrence: Occurrence, receiver: str,

@@ -21,13 +21,21 @@ class _Strict(BaseModel):
 
 
 class PagerDutyReceiver(_Strict):
-    """PagerDuty Events API v2."""
+    """PagerDuty Events API v2; acknowledgements made in PagerDuty come back through a v3
+    webhook subscription (``webhook_secrets``) or by polling the REST API (``api_key``)."""
 
     routing_key: SecretStr
     url: str = "https://events.pagerduty.com/v2/enqueue"
     source: str = "piggywatch"
     client: str = "PiggyWatch"
     timeout: Duration = 10.0
+    # The v3 webhook subscription's signing secrets (two while one is being rotated):
+    # POST /hooks/pagerduty accepts a delivery signed with any of them.
+    webhook_secrets: list[SecretStr] = []
+    # A read-only REST API key: PiggyWatch polls its incidents instead (no inbound traffic).
+    api_key: SecretStr | None = None
+    api_url: str = "https://api.pagerduty.com"
+    poll_interval: Duration = Field(default=30.0, ge=1.0)
 
 
 class SlackReceiver(_Strict):
@@ -39,6 +47,13 @@ class SlackReceiver(_Strict):
     webhook_url: SecretStr | None = None
     base_url: str = "https://slack.com/api/"
     timeout: Duration = 10.0
+    # Buttons (Acknowledge, Silence): the app's signing secret for its interactivity request
+    # URL (POST /hooks/slack/interactions), or an app-level token (xapp-…) for Socket Mode.
+    signing_secret: SecretStr | None = None
+    app_token: SecretStr | None = None
+    # Who may press them: Slack user ids (U…, W…) or user group ids (S…); empty: anyone in
+    # the channel.
+    allowed_users: list[Annotated[str, Field(pattern=r"^[UWS][A-Z0-9]{2,20}$")]] = []
 
     @model_validator(mode="after")
     def _one_mode(self) -> SlackReceiver:
@@ -46,7 +61,22 @@ class SlackReceiver(_Strict):
             raise ValueError("give either token and channel, or webhook_url")
         if self.token is not None and not self.channel:
             raise ValueError("a token needs a channel")
+        if (self.signing_secret or self.app_token) and self.token is None:
+            raise ValueError("buttons (signing_secret, app_token) need token and channel: the "
+                             "message is updated in place when somebody presses one")
+        if self.app_token is not None and not self.app_token.get_secret_value().startswith(
+                "xapp-"):
+            raise ValueError("app_token is the app-level token for Socket Mode (it begins "
+                             "with xapp-), not the bot token")
+        if self.allowed_users and not (self.signing_secret or self.app_token):
+            raise ValueError("allowed_users restricts who presses buttons: give "
+                             "signing_secret or app_token too")
         return self
+
+    @property
+    def interactive(self) -> bool:
+        """Whether the messages carry Acknowledge and Silence buttons."""
+        return self.signing_secret is not None or self.app_token is not None
 
 
 class EmailReceiver(_Strict):

@@ -160,6 +160,49 @@ MIGRATIONS: tuple[Migration, ...] = (
         # in pg_stat_activity is taken over at once (alerting/outbox_store.py).
         "ALTER TABLE outbox_items ADD COLUMN claimed_by TEXT",
     )),
+    Migration(5, "where acknowledgements came from, the ack log, and webhook deliveries seen", (
+        # alerting/acks.py: api, cli, pagerduty, slack or email, and the person's id there.
+        "ALTER TABLE escalation_acks ADD COLUMN source TEXT NOT NULL DEFAULT 'api'",
+        "ALTER TABLE escalation_acks ADD COLUMN by_id TEXT NOT NULL DEFAULT ''",
+        # Every acknowledgement that took effect, kept after its incident ended (the on-call
+        # report): who, where, when, and how long after the first notification.
+        """CREATE TABLE ack_log (
+            id                INTEGER PRIMARY KEY AUTOINCREMENT,
+            incident          TEXT NOT NULL,
+            source            TEXT NOT NULL,
+            acked_by          TEXT NOT NULL,
+            by_id             TEXT NOT NULL,
+            acked_at          REAL NOT NULL,
+            comment           TEXT NOT NULL,
+            first_notified_at REAL,
+            seconds_to_ack    REAL
+        )""",
+        "CREATE INDEX ack_log_incident ON ack_log (incident, acked_at)",
+        # ack/store.py: deliveries already applied (PagerDuty event ids, Slack action ids,
+        # used ack-link tokens), so a redelivery or a second press changes nothing.
+        """CREATE TABLE hook_events (
+            source      TEXT NOT NULL,
+            event_id    TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            PRIMARY KEY (source, event_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX hook_events_received ON hook_events (received_at)",
+        # The other side's incident for ours (PagerDuty's id, for display) and when its last
+        # applied change occurred there, so a change that arrives late is not applied.
+        """CREATE TABLE hook_incidents (
+            incident    TEXT NOT NULL,
+            source      TEXT NOT NULL,
+            external_id TEXT NOT NULL,
+            status      TEXT NOT NULL,
+            occurred_at REAL NOT NULL,
+            PRIMARY KEY (incident, source)
+        ) WITHOUT ROWID""",
+        # "Silence until resolved": the silence ends when its incident does.
+        """CREATE TABLE hook_silences (
+            silence_id TEXT PRIMARY KEY,
+            incident   TEXT NOT NULL
+        ) WITHOUT ROWID""",
+    )),
 )
 
 LATEST = MIGRATIONS[-1].version

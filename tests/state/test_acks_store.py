@@ -18,13 +18,13 @@ def test_every_field_round_trips_across_a_restart(
     by_incident = Ack("inc-2", "bo", T0 + 5.5)
     assert acks.record(by_alert) == (by_alert, True)
     assert acks.record(by_incident) == (by_incident, True)
-    assert acks.recorded == 2
+    assert sum(acks.recorded.values()) == 2
     acks.close()
     restarted = Acks(restart())
     assert restarted.all() == {"inc-1": by_alert, "inc-2": by_incident}
     assert restarted.get("inc-2") == by_incident
     assert restarted.get("inc-3") is None
-    assert restarted.recorded == 0
+    assert sum(restarted.recorded.values()) == 0
 
 
 def test_the_first_ack_keeps_the_credit(
@@ -33,7 +33,7 @@ def test_the_first_ack_keeps_the_credit(
     first = Ack("inc-1", "ana", T0, "mine")
     assert acks.record(first) == (first, True)
     assert acks.record(Ack("inc-1", "bo", T0 + 1.0, "no, mine")) == (first, False)
-    assert acks.recorded == 1
+    assert sum(acks.recorded.values()) == 1
     restarted = Acks(restart())
     assert restarted.get("inc-1") == first
     assert restarted.record(Ack("inc-1", "cy", T0 + 2.0)) == (first, False)
@@ -47,7 +47,7 @@ def test_an_ack_taken_by_another_replica_stands(
     assert here.record(first) == (first, True)
     assert there.record(Ack("inc-1", "bo", T0 + 1.0)) == (first, False)
     assert there.get("inc-1") == first
-    assert there.recorded == 0
+    assert sum(there.recorded.values()) == 0
     assert Acks(restart()).all() == {"inc-1": first}
 
 
