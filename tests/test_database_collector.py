@@ -25,7 +25,6 @@ from piggywatch.demo.cluster import (
     MONITOR_ROLE,
     NOMONITOR_ROLE,
     ThrowawayCluster,
-    find_pg_bindir,
 )
 from piggywatch.store import Sample
 
@@ -240,8 +239,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def replication() -> Iterator[Replication]:
-    bindir = find_pg_bindir()
     with ThrowawayCluster(max_connections=10) as primary:
+        # The primary's own binaries (as root, a copy the postgres OS user can read).
+        bindir = primary.install.bindir
         base = Path(tempfile.mkdtemp(prefix="piggywatch-standby-"))
         data = base / "data"
         if os.geteuid() == 0:

@@ -2,23 +2,52 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, LiteralString, Self
 from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
+
+from piggywatch.demo.binaries import (
+    PostgresInstall,
+    PostgresNotFound,
+    find_pg_bindir,
+    find_postgres,
+    readable_by_others,
+    stage_install,
+)
+
+__all__ = [
+    "DEMO_DATABASE",
+    "MONITORING_GRANTS",
+    "MONITOR_ROLE",
+    "NOMONITOR_ROLE",
+    "SUPERUSER",
+    "CannotRunServer",
+    "MonitoringGrant",
+    "PostgresInstall",
+    "PostgresNotFound",
+    "ThrowawayCluster",
+    "clean_stale_clusters",
+    "find_pg_bindir",
+    "find_postgres",
+    "grant_monitoring",
+]
 
 DEMO_DATABASE = "piggybong"
 MONITOR_ROLE = "piggywatch"
@@ -26,71 +55,84 @@ NOMONITOR_ROLE = "piggywatch_nomonitor"
 SUPERUSER = "postgres"
 
 _SERVER_OS_USER = "postgres"
-_SERVER_BINARIES = ("initdb", "pg_ctl", "postgres")
-_DEBIAN_PG_ROOT = Path("/usr/lib/postgresql")
-_INSTALL_HINT = (
-    "install the PostgreSQL server and contrib modules "
-    "(Debian/Ubuntu: apt-get install postgresql postgresql-contrib)"
-)
 _PORT_ATTEMPTS = 3
 _COMMAND_TIMEOUT = 120.0
+# Every cluster's directory is tempdir/<prefix>XXXX and holds <owner file>: which process
+# made it, so a later start can remove the clusters of a process that died (SIGKILL, OOM)
+# without touching those of processes still running.
+CLUSTER_DIR_PREFIX = "piggywatch-pg-"
+_OWNER_FILE = "piggywatch-owner.json"
 
 
-class PostgresNotFound(RuntimeError):
-    """No usable PostgreSQL server binaries (with pg_stat_statements) on this machine."""
+class CannotRunServer(PostgresNotFound):
+    """Running as root, and no unprivileged OS user to run the PostgreSQL server as."""
 
 
-def find_pg_bindir() -> Path:
-    """Directory holding ``initdb``, ``pg_ctl`` and ``postgres``, with pg_stat_statements.
-
-    ``pg_ctl`` on PATH wins; otherwise the newest ``/usr/lib/postgresql/*/bin``.
-    """
-    candidates: list[Path] = []
-    on_path = shutil.which("pg_ctl")
-    if on_path is not None:
-        # PATH entries are often symlinks (/usr/local/bin, Homebrew); the real bindir next
-        # to the target also holds pg_config, which the extension check needs.
-        candidates += [Path(on_path).resolve().parent, Path(on_path).parent]
-    candidates += sorted(_DEBIAN_PG_ROOT.glob("*/bin"), key=_version_key, reverse=True)
-
-    without_extension: list[Path] = []
-    for bindir in dict.fromkeys(candidates):
-        if not all(os.access(bindir / name, os.X_OK) for name in _SERVER_BINARIES):
-            continue
-        if _has_pg_stat_statements(bindir):
-            return bindir
-        without_extension.append(bindir)
-    if without_extension:
-        found = ", ".join(str(p) for p in without_extension)
-        raise PostgresNotFound(f"PostgreSQL in {found} lacks pg_stat_statements: {_INSTALL_HINT}")
-    raise PostgresNotFound(f"no PostgreSQL server binaries found: {_INSTALL_HINT}")
+# Supabase's cluster-wide roles, as a new project has them (attributes as Supabase sets
+# them; passwords are left out, so none of them can log in here).
+SUPABASE_ROLES = """
+CREATE ROLE anon NOLOGIN NOINHERIT;
+CREATE ROLE authenticated NOLOGIN NOINHERIT;
+CREATE ROLE service_role NOLOGIN NOINHERIT BYPASSRLS;
+CREATE ROLE authenticator LOGIN NOINHERIT;
+GRANT anon, authenticated, service_role TO authenticator;
+CREATE ROLE supabase_admin LOGIN SUPERUSER CREATEDB CREATEROLE REPLICATION BYPASSRLS;
+CREATE ROLE supabase_auth_admin LOGIN NOINHERIT CREATEROLE;
+CREATE ROLE supabase_storage_admin LOGIN NOINHERIT CREATEROLE;
+CREATE ROLE dashboard_user CREATEDB CREATEROLE REPLICATION;
+"""
 
 
-def _version_key(bindir: Path) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in bindir.parent.name.split("."))
-    except ValueError:
-        return (-1,)
+@dataclass(frozen=True, slots=True)
+class MonitoringGrant:
+    """One privilege the monitoring role needs, and what degrades without it."""
+
+    statements: tuple[LiteralString, ...]
+    without: str
+    # The role that must run it: the tables' owner for a row security policy.
+    run_as: str | None = None
 
 
-def _has_pg_stat_statements(bindir: Path) -> bool:
-    pg_config = bindir / "pg_config"
-    if not os.access(pg_config, os.X_OK):
-        return True  # can't tell cheaply; CREATE EXTENSION will say so if it's missing
-    result = subprocess.run(
-        [str(pg_config), "--pkglibdir", "--sharedir"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=10,
-    )
-    lines = result.stdout.splitlines()
-    if result.returncode != 0 or len(lines) != 2:
-        return True
-    pkglibdir, sharedir = (Path(line.strip()) for line in lines)
-    return (pkglibdir / "pg_stat_statements.so").exists() and (
-        sharedir / "extension" / "pg_stat_statements.control"
-    ).exists()
+# Everything the monitoring role of the demo database holds, in the README's words; {role}
+# is the role. Nothing else: no superuser, no ownership, no write.
+MONITORING_GRANTS = (
+    MonitoringGrant(
+        ("GRANT pg_monitor TO {role}",),
+        "statements: not collected (other roles' statements hidden, setup error); "
+        "connections: other roles' sessions show no state; database sizes: only "
+        "databases the role may connect to; cost disk usage: no WAL size (permission)"),
+    MonitoringGrant(
+        ("GRANT USAGE ON SCHEMA extensions TO {role}",),
+        "statements: not collected (schema extensions not usable, setup error)"),
+    MonitoringGrant(
+        ("GRANT SELECT ON public.users, public.purchases, public.edge_functions_logs "
+         "TO {role}",),
+        "growth, cost and edge-function sources of those tables fail with "
+        "reason=\"permission\""),
+    MonitoringGrant(
+        ("GRANT USAGE ON SCHEMA auth TO {role}",
+         "GRANT SELECT ON auth.users, auth.sessions TO {role}"),
+        "growth and cost (MAU) from auth.users / auth.sessions fail with "
+        "reason=\"permission\""),
+    MonitoringGrant(
+        ("CREATE POLICY piggywatch_read ON auth.users FOR SELECT TO {role} USING (true)",
+         "CREATE POLICY piggywatch_read ON auth.sessions FOR SELECT TO {role} USING (true)"),
+        "auth.users / auth.sessions have row level security on (as on Supabase): without "
+        "a policy the role reads no rows, so MAU and signups read 0",
+        run_as="supabase_auth_admin"),
+)
+
+
+def grant_monitoring(conn: psycopg.Connection[Any], role: str,
+                     grants: Sequence[MonitoringGrant] = MONITORING_GRANTS) -> None:
+    """Give ``role`` the monitoring privileges ``grants`` (all of them by default)."""
+    for grant in grants:
+        if grant.run_as is not None:
+            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(grant.run_as)))
+        for statement in grant.statements:
+            conn.execute(sql.SQL(statement).format(role=sql.Identifier(role)))
+        if grant.run_as is not None:
+            conn.execute("RESET ROLE")
 
 
 def _free_loopback_port() -> int:
@@ -105,6 +147,80 @@ def _server_user_prefix() -> list[str]:
     if os.geteuid() == 0:
         return ["runuser", "-u", _SERVER_OS_USER, "--"]
     return []
+
+
+def _server_user() -> pwd.struct_passwd | None:
+    """The OS user the server runs as when we are root; None when we are not root.
+
+    Raises CannotRunServer when root has no unprivileged user to hand the server to.
+    """
+    if os.geteuid() != 0:
+        return None
+    try:
+        user = pwd.getpwnam(_SERVER_OS_USER)
+    except KeyError:
+        raise CannotRunServer(
+            "running as root: PostgreSQL refuses to run as root, and this machine has no "
+            f"{_SERVER_OS_USER!r} OS user to run it as. Run piggywatch demo as an ordinary "
+            f"user, or create one first (useradd --system --user-group {_SERVER_OS_USER})"
+        ) from None
+    if shutil.which("runuser") is None:
+        raise CannotRunServer(
+            "running as root: PostgreSQL refuses to run as root, and runuser (util-linux), "
+            f"which would start it as the {_SERVER_OS_USER!r} user, is not installed. Run "
+            "piggywatch demo as an ordinary user")
+    return user
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks after boot), to tell a reused pid apart;
+    None where /proc is not available."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    return stat_line.rsplit(")", 1)[-1].split()[19]
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's process: it exists
+    return started is None or _process_start(pid) in (started, None)
+
+
+def _write_owner(base_dir: Path, bindir: Path) -> None:
+    owner = {"pid": os.getpid(), "started": _process_start(os.getpid()), "bindir": str(bindir)}
+    (base_dir / _OWNER_FILE).write_text(json.dumps(owner), encoding="utf-8")
+
+
+def clean_stale_clusters(tmp_root: Path | None = None) -> list[Path]:
+    """Stop and remove the throwaway clusters whose owning process has died; returns them.
+
+    Only directories holding an owner file written by this OS user are considered (the
+    server user can write in a cluster's directory, but cannot make a file owned by root),
+    and only when the process that wrote it is gone: clusters of running test sessions or
+    demos are left alone.
+    """
+    removed: list[Path] = []
+    root = tmp_root or Path(tempfile.gettempdir())
+    for base_dir in root.glob(f"{CLUSTER_DIR_PREFIX}*"):
+        marker = base_dir / _OWNER_FILE
+        try:
+            if marker.lstat().st_uid != os.geteuid() or not marker.is_file():
+                continue
+            owner = json.loads(marker.read_text(encoding="utf-8"))
+            pid, started, bindir = int(owner["pid"]), owner["started"], Path(owner["bindir"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if _alive(pid, started):
+            continue
+        _teardown(bindir, base_dir)
+        removed.append(base_dir)
+    return removed
 
 
 def _run_server_tool(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -131,7 +247,23 @@ def _teardown(bindir: Path, base_dir: Path) -> None:
             )
         except (OSError, subprocess.TimeoutExpired):
             continue
+    _quit_postmaster(data_dir)
     shutil.rmtree(base_dir, ignore_errors=True)
+
+
+def _quit_postmaster(data_dir: Path) -> None:
+    """If pg_ctl could not stop the server (its binaries gone), SIGQUIT the postmaster of
+    ``data_dir`` (PostgreSQL's immediate shutdown), after checking it is that server."""
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text(encoding="utf-8").split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return
+    if str(data_dir).encode() in cmdline:
+        try:
+            os.kill(pid, signal.SIGQUIT)
+        except OSError:
+            return
 
 
 def _conf_line(name: str, value: str) -> str:
@@ -155,7 +287,9 @@ class ThrowawayCluster:
         max_connections: int = 20,
         port: int | None = None,
         settings: Mapping[str, str] | None = None,
+        install: PostgresInstall | None = None,
     ) -> None:
+        self._install = install
         self._max_connections = max_connections
         self._requested_port = port
         self._port = port
@@ -163,6 +297,7 @@ class ThrowawayCluster:
         self._superuser_password = secrets.token_urlsafe(24)
         self._role_passwords: dict[str, str] = {}
         self._bindir: Path | None = None
+        self._running_install: PostgresInstall | None = None
         self._base_dir: Path | None = None
         self._initdb_conf = ""
         self._started_once = False
@@ -186,6 +321,18 @@ class ThrowawayCluster:
     @property
     def running(self) -> bool:
         return self._running
+
+    @property
+    def install(self) -> PostgresInstall:
+        """The server binaries this cluster runs (a readable copy of them, as root)."""
+        if self._running_install is None:
+            raise RuntimeError("the cluster has not been created (call start())")
+        return self._running_install
+
+    @property
+    def server_major(self) -> int:
+        """The PostgreSQL major version this cluster runs, e.g. 15 or 18."""
+        return self.install.major
 
     @property
     def base_dir(self) -> Path:
@@ -264,16 +411,24 @@ class ThrowawayCluster:
         self._role_passwords.clear()
 
     def bootstrap_demo(self) -> None:
-        """Create the ``piggybong`` database with the demo schema and the monitoring roles.
+        """Create the ``piggybong`` database, shaped like a Supabase project, with the demo
+        schema, and the monitoring roles.
 
-        ``piggywatch`` is a member of ``pg_monitor``; ``piggywatch_nomonitor`` is not, to
-        exercise what the daemon sees with too few privileges.
+        The database has Supabase's roles (anon, authenticated, service_role,
+        supabase_admin, …) and schemas (auth with row level security on, storage,
+        extensions holding pg_stat_statements, supabase_migrations). ``piggywatch`` is an
+        ordinary role with exactly ``MONITORING_GRANTS`` (what the README tells users to
+        grant); ``piggywatch_nomonitor`` only may connect, to exercise what the daemon sees
+        with too few privileges.
         """
-        schema = resources.files("piggywatch.demo").joinpath("schema.sql").read_bytes()
+        files = resources.files("piggywatch.demo")
+        scripts = [files.joinpath(name).read_bytes()
+                   for name in ("supabase.sql", "schema.sql", "supabase_seed.sql")]
         passwords = {role: secrets.token_urlsafe(24) for role in (MONITOR_ROLE, NOMONITOR_ROLE)}
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             # Utility statements are recorded verbatim, and CREATE ROLE carries a password.
             conn.execute("SET pg_stat_statements.track_utility = off")
+            conn.execute(SUPABASE_ROLES)
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DATABASE)))
             for role, password in passwords.items():
                 conn.execute(
@@ -281,19 +436,13 @@ class ThrowawayCluster:
                         sql.Identifier(role), sql.Literal(password)
                     )
                 )
-                conn.execute(
-                    sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
-                        sql.Identifier(DEMO_DATABASE), sql.Identifier(role)
-                    )
-                )
-            conn.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(MONITOR_ROLE)))
         with psycopg.connect(self.dsn(DEMO_DATABASE), autocommit=True) as conn:
-            conn.execute(schema)
-            conn.execute(
-                sql.SQL("GRANT USAGE ON SCHEMA extensions TO {}").format(
-                    sql.SQL(", ").join(sql.Identifier(role) for role in passwords)
-                )
-            )
+            conn.execute("SET pg_stat_statements.track_utility = off")
+            for script in scripts:
+                conn.execute(script)
+            grant_monitoring(conn, MONITOR_ROLE)
+            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                sql.Identifier(DEMO_DATABASE), sql.Identifier(NOMONITOR_ROLE)))
         self._role_passwords.update(passwords)
 
     def __enter__(self) -> Self:
@@ -314,9 +463,19 @@ class ThrowawayCluster:
         return self._base_dir
 
     def _initdb(self) -> None:
-        bindir = find_pg_bindir()
-        base_dir = Path(tempfile.mkdtemp(prefix="piggywatch-pg-"))
-        self._bindir, self._base_dir = bindir, base_dir
+        install = self._install or find_postgres()
+        server_user = _server_user()
+        clean_stale_clusters()
+        base_dir = Path(tempfile.mkdtemp(prefix=CLUSTER_DIR_PREFIX))
+        try:
+            if server_user is not None and not readable_by_others(install.bindir / "postgres"):
+                install = stage_install(install, base_dir / "pg")
+        except BaseException:
+            shutil.rmtree(base_dir, ignore_errors=True)
+            raise
+        bindir = install.bindir
+        self._bindir, self._base_dir, self._running_install = bindir, base_dir, install
+        _write_owner(base_dir, bindir)
         # Also runs at interpreter exit, so an aborted test run leaves no server behind.
         self._finalizer = weakref.finalize(self, _teardown, bindir, base_dir)
         try:
@@ -325,8 +484,7 @@ class ThrowawayCluster:
             pwfile = base_dir / "pwfile"
             pwfile.touch(mode=0o600)
             pwfile.write_text(self._superuser_password + "\n", encoding="utf-8")
-            if os.geteuid() == 0:
-                server_user = pwd.getpwnam(_SERVER_OS_USER)
+            if server_user is not None:
                 for path in (base_dir, socket_dir, pwfile):
                     os.chown(path, server_user.pw_uid, server_user.pw_gid)
             result = _run_server_tool(

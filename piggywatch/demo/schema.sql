@@ -2,9 +2,7 @@
 -- Loaded by ThrowawayCluster.bootstrap_demo() into a fresh database, so serial ids start
 -- at 1 and the seed data below can reference them directly.
 
--- Supabase installs extensions into their own schema, and the daemon must cope with that.
-CREATE SCHEMA extensions;
-CREATE EXTENSION pg_stat_statements SCHEMA extensions;
+-- Loaded after supabase.sql: pg_stat_statements is in schema extensions, as on Supabase.
 
 CREATE TABLE users (
     id              bigserial PRIMARY KEY,
