@@ -63,10 +63,11 @@ class DaemonApi:
             found.append(item)
         return found
 
-    def acknowledge(self, fingerprint: str, by: str, comment: str) -> dict[str, Any]:
+    def acknowledge(self, fingerprint: str, by: str, comment: str,
+                    source: str = "api") -> dict[str, Any]:
         """Acknowledge the incident(s) an alert was notified in (or an incident by its key)."""
         dispatcher = self._delivery()
-        result = dispatcher.acknowledge(fingerprint, by, comment)
+        result = dispatcher.acknowledge(fingerprint, by, comment, source=source)
         if result is None:
             raise ApiError(404, f"{fingerprint} is no notified incident nor an alert in one "
                                 "(it is not firing, or its group has not notified yet)")

@@ -81,11 +81,14 @@ def alerts_table(alerts: Sequence[Mapping[str, Any]], now: float | None = None) 
         elif alert.get("inhibited"):
             state += " (inhibited)"
         ack = alert.get("ack") or {}
+        acked_by = ack.get("by", "-")
+        if ack.get("source"):
+            acked_by += f" ({ack['source']})"
         rest = ",".join(f"{k}={v}" for k, v in sorted(labels.items())
                         if k not in ("alertname", "severity"))
         rows.append((alert["fingerprint"], labels.get("alertname", ""),
                      labels.get("severity", ""), state, str(alert.get("level") or "-"),
-                     ack.get("by", "-"), _ago(at - float(alert.get("activeAtUnix", at))), rest))
+                     acked_by, _ago(at - float(alert.get("activeAtUnix", at))), rest))
     return _table(rows)
 
 

@@ -195,7 +195,7 @@ def ack(fingerprint: str, by: str, comment: str, url: str, token: str,
         raise click.UsageError("say who acknowledges with --by NAME")
     client = _client(url, token, cacert)
     data = _call(lambda: client.post(f"/api/v1/alerts/{fingerprint}/ack",
-                                     {"by": by, "comment": comment}))
+                                     {"by": by, "comment": comment, "source": "cli"}))
     ack = data["ack"]
     when = "" if data.get("new") else " (already acknowledged)"
     click.echo(printable(f"incident {data['incident']} acknowledged by {ack['by']}{when}"))

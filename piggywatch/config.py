@@ -194,6 +194,22 @@ class TargetConfig(_Strict):
         return value
 
 
+class AckLinksConfig(_Strict):
+    """Acknowledge and Silence links in mails: ``{external_url}/ack/{token}``, the token
+    signed with ``secret`` and valid for ``ttl``."""
+
+    secret: SecretStr
+    ttl: Duration = 86400.0
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 32:
+            raise ValueError("ack_links.secret needs at least 32 characters (for example "
+                             "the output of: openssl rand -hex 32)")
+        return value
+
+
 class SentryConfig(_Strict):
     """Where the daemon's own errors go; an empty dsn sends nothing."""
 
@@ -270,7 +286,9 @@ class Settings(_Strict):
     # Leader election between replicas sharing a PostgreSQL `state`.
     ha: HaConfig = HaConfig()
     no_data: NoDataConfig = NoDataConfig()
-    external_url: str = ""
+    # How PagerDuty, Slack and mail readers reach PiggyWatch (links, hooks).
+    external_url: str = Field(default="", pattern=r"^(https?://\S+)?$")
+    ack_links: AckLinksConfig | None = None
     external_labels: dict[str, str] = {}
     receivers: list[Receiver] = []
     route: Route | None = None
@@ -304,6 +322,13 @@ class Settings(_Strict):
                                                           {"message": message}),
                                  loc=path, input=None)
                 for path, message in found])
+        return self
+
+    @model_validator(mode="after")
+    def _ack_links_need_external_url(self) -> Settings:
+        if self.ack_links is not None and not self.external_url:
+            raise ValueError("ack_links needs external_url: the links in mails point there "
+                             "(for example https://piggywatch.example.com)")
         return self
 
     @field_validator("targets")
@@ -358,8 +383,11 @@ class Settings(_Strict):
                 if channel is None:
                     continue
                 for value in channel.__dict__.values():
-                    if isinstance(value, SecretStr):
-                        found.append(value.get_secret_value())
+                    values = value if isinstance(value, list) else [value]
+                    found.extend(v.get_secret_value() for v in values
+                                 if isinstance(v, SecretStr))
+        if self.ack_links is not None:
+            found.append(self.ack_links.secret.get_secret_value())
         return [s for s in found if s]
 
 

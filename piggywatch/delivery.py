@@ -7,6 +7,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from piggywatch import ack
+from piggywatch.ack.runtime import AckHooks, ack_links, wants_hooks
 from piggywatch.alerting import dispatcher as dispatch
 from piggywatch.alerting import outbox as outboxes
 from piggywatch.alerting.dispatcher import Dispatcher
@@ -31,8 +33,9 @@ class AlertDelivery:
                  in_flight_grace: float = 0.0) -> None:
         self._http_channels = any(r.pagerduty or r.webhook or r.alertmanager or
                                   (r.slack and r.slack.webhook_url) for r in settings.receivers)
+        links = ack_links(settings)
         notifiers: dict[str, Notifier] = {
-            r.name: build_notifier(r, external_url=settings.external_url)
+            r.name: build_notifier(r, external_url=settings.external_url, ack_links=links)
             for r in settings.receivers}
         self.outbox = Outbox(state, notifiers,
                              throttles=default_throttles(settings.receivers),
@@ -45,6 +48,9 @@ class AlertDelivery:
                              inhibit_rules=settings.inhibit_rules,
                              time_intervals=settings.time_intervals),
             self.outbox, state, external_url=settings.external_url)
+        # PagerDuty webhooks or polling, Slack buttons, mail links: None when none is set.
+        self.hooks = AckHooks(settings, self.dispatcher, state) if wants_hooks(settings) \
+            else None
 
     def _failed(self, notification: Notification, delivery: Delivery) -> None:
         # Late-bound: the outbox exists before the dispatcher that hears its failures.
@@ -59,15 +65,21 @@ class AlertDelivery:
                              daemon=True).start()
         self.outbox.start()
         self.dispatcher.start(firing)
+        if self.hooks is not None:
+            self.hooks.start()
 
     def publish(self, store: MemoryStore) -> None:
         """Write the delivery metrics to the store."""
         now = time.time()
         store.publish(dispatch.SOURCE, self.dispatcher.samples(now), now)
         store.publish(outboxes.SOURCE, self.outbox.samples(now), now)
+        if self.hooks is not None:
+            store.publish(ack.SOURCE, self.hooks.samples(), now)
 
     def stop(self, grace: float) -> None:
         """Stop dispatching, deliver for up to ``grace`` seconds, close the state."""
+        if self.hooks is not None:
+            self.hooks.stop()
         self.dispatcher.close()
         self.outbox.stop(grace)
         self.outbox.close()
@@ -77,6 +89,7 @@ def register_delivery_metrics(store: MemoryStore) -> None:
     """Declare the delivery metrics."""
     store.register(dispatch.SPECS)
     store.register(outboxes.SPECS)
+    store.register(ack.SPECS)
 
 
 def clear_delivery_metrics(store: MemoryStore) -> None:
@@ -84,6 +97,7 @@ def clear_delivery_metrics(store: MemoryStore) -> None:
     now = time.time()
     store.publish(dispatch.SOURCE, [], now)
     store.publish(outboxes.SOURCE, [], now)
+    store.publish(ack.SOURCE, [], now)
 
 
 def firing_events(rules: RuleManager | None) -> list[AlertEvent] | None:

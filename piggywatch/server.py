@@ -63,8 +63,10 @@ class AlertingApi(Protocol):
         """Pending and firing alerts with their delivery state."""
         ...
 
-    def acknowledge(self, fingerprint: str, by: str, comment: str) -> dict[str, Any]:
-        """Acknowledge the incident of an alert; ApiError(404) if there is none."""
+    def acknowledge(self, fingerprint: str, by: str, comment: str,
+                    source: str = "api") -> dict[str, Any]:
+        """Acknowledge the incident of an alert (``source``: api or cli); ApiError(404) if
+        there is none."""
         ...
 
     def silences(self) -> list[dict[str, Any]]:
@@ -142,6 +144,11 @@ class Endpoints:
         # (status, JSON body), or None to answer here.
         self.forward: Forward | None = None
         self._access = access
+        # /hooks/* and /ack/*: each request proves itself (a signature, a signed token), so
+        # no API token; the daemon points ``hooks.service`` at the leader's delivery.
+        from piggywatch.ack.http import HookEndpoints
+
+        self.hooks = HookEndpoints()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
@@ -154,6 +161,8 @@ class Endpoints:
             return metrics
         if path == "/healthz":
             return _text(start_response, "200 OK", "ok\n")
+        if path.startswith(("/hooks/", "/ack/")):
+            return self.hooks(environ, start_response)
         if path == "/readyz":
             ready, why = self._ready()
             return _text(start_response, "200 OK" if ready else "503 Service Unavailable",
@@ -206,7 +215,10 @@ class Endpoints:
                 raise ApiError(400, 'give "by": who acknowledges (1 to 200 characters)')
             if not isinstance(comment, str) or len(comment) > 2000:
                 raise ApiError(400, '"comment" must be text of at most 2000 characters')
-            return self.alerting.acknowledge(match.group(1), by.strip(), comment)
+            source = body.get("source", "api")
+            if source not in ("api", "cli"):
+                raise ApiError(400, '"source" is "api" (the default) or "cli"')
+            return self.alerting.acknowledge(match.group(1), by.strip(), comment, source)
         if path == "/api/v1/silences":
             if method == "POST":
                 return self.alerting.add_silence(_body(environ))

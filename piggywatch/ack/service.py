@@ -175,6 +175,11 @@ class AckService:
         self._count("pagerduty", outcome)
         return outcome
 
+    def last_pagerduty_status(self, incident: str) -> str | None:
+        """The PagerDuty status last applied to an incident (for the poller)."""
+        found = self._ledger.external(incident, "pagerduty")
+        return None if found is None else found[1]
+
     def _apply_pagerduty(self, change: PagerDutyChange) -> str:
         status = _STATUS.get(change.event_type)
         esc = self._dispatcher.incident(change.incident_key) if change.incident_key else None

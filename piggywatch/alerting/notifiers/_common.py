@@ -217,3 +217,16 @@ def post_json(url: str, body: Any, *, timeout: float, channel: str,
     delivery = http_delivery(response.status_code, response.headers, response.text,
                              channel=channel, secrets=secrets)
     return delivery, response
+
+
+# How a message names where an acknowledgement was made (Notification.ack_source).
+ACK_PLACES = {"pagerduty": " in PagerDuty", "slack": " in Slack", "email": " by mail link",
+              "cli": " with piggywatch ack"}
+
+
+def ack_note(notification: Notification) -> str:
+    """What the message adds about an acknowledgement: that PagerDuty resolved the
+    incident while the alert still fires (other notes stay in the ack log)."""
+    note = notification.ack_note
+    return note if notification.ack_source == "pagerduty" and note.startswith(
+        "resolved in PagerDuty") else ""

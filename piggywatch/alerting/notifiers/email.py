@@ -9,17 +9,20 @@ import re
 import smtplib
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import format_datetime, parseaddr
+from typing import TYPE_CHECKING
 
 from piggywatch.alerting.model import Action, AlertInfo, Delivery, Notification, Outcome
 from piggywatch.alerting.notifiers._common import (
+    ACK_PLACES,
     DASHBOARD_KEYS,
     RUNBOOK_KEYS,
     THRESHOLD_KEYS,
+    ack_note,
     first_start,
     is_http_url,
     iso8601,
@@ -31,6 +34,9 @@ from piggywatch.alerting.notifiers._common import (
     status_line,
 )
 from piggywatch.alerting.settings import EmailReceiver
+
+if TYPE_CHECKING:
+    from piggywatch.ack.links import AckLinks
 
 __all__ = ["EmailNotifier", "root_message_id"]
 
@@ -80,9 +86,11 @@ class EmailNotifier:
     system's trust store (which honours SSL_CERT_FILE) verifies the server."""
 
     def __init__(self, settings: EmailReceiver, *, external_url: str = "",
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 ack_links: AckLinks | None = None) -> None:
         self._settings = settings
         self._external_url = external_url
+        self._ack_links = ack_links
         self._ssl_context = ssl_context
         host, _, port = settings.smarthost.rpartition(":")
         self._host, self._port = host, int(port)
@@ -141,9 +149,21 @@ class EmailNotifier:
         message["X-PiggyWatch-Incident"] = notification.incident
         message["X-PiggyWatch-Action"] = notification.action.value
         external_url = notification.external_url or self._external_url
-        message.set_content(_text_body(notification, external_url))
-        message.add_alternative(_html_body(notification, external_url), subtype="html")
+        actions = self._actions(notification)
+        message.set_content(_text_body(notification, external_url, actions))
+        message.add_alternative(_html_body(notification, external_url, actions),
+                                subtype="html")
         return message
+
+    def _actions(self, notification: Notification) -> list[tuple[str, str]]:
+        """Acknowledge and Silence links for a firing, unacknowledged incident's mail: each
+        a signed token for this incident, this action and this mail's recipients."""
+        links = self._ack_links
+        if links is None or notification.action is not Action.TRIGGER or not notification.firing:
+            return []
+        who = ", ".join(self._settings.to)
+        return [(label, links.url(notification.incident, action, notification.receiver, who))
+                for action, label in (("ack", "Acknowledge"), ("silence_1h", "Silence 1 h"))]
 
     def _deliver(self, message: EmailMessage) -> Delivery | None:
         settings = self._settings
@@ -222,7 +242,10 @@ def _subject(notification: Notification) -> str:
 def _headline(notification: Notification) -> str:
     if notification.action is Action.ACKNOWLEDGE and notification.firing:
         when = iso8601(notification.acked_at or notification.created_at)
-        return f"Acknowledged by {notification.acked_by or 'someone'} at {when}"
+        where = ACK_PLACES.get(notification.ack_source, "")
+        text = f"Acknowledged by {notification.acked_by or 'someone'}{where} at {when}"
+        note = ack_note(notification)
+        return f"{text}: {note}" if note else text
     if notification.action is Action.RESOLVE or not notification.firing:
         return "Resolved"
     if notification.level > 1:
@@ -251,8 +274,12 @@ def _links(notification: Notification, external_url: str) -> list[tuple[str, str
     return [(name, url) for name, url in candidates if is_http_url(url)]
 
 
-def _text_body(notification: Notification, external_url: str) -> str:
+def _text_body(notification: Notification, external_url: str,
+               actions: Sequence[tuple[str, str]] = ()) -> str:
     lines = [_subject(notification), _headline(notification), ""]
+    if actions:
+        lines += [f"{name}: {url}" for name, url in actions]
+        lines.append("")
     threshold = pick(notification, THRESHOLD_KEYS)
     if threshold:
         lines += [f"Threshold: {threshold}", ""]
@@ -266,7 +293,8 @@ def _text_body(notification: Notification, external_url: str) -> str:
     return "\n".join(lines).strip() + "\n"
 
 
-def _html_body(notification: Notification, external_url: str) -> str:
+def _html_body(notification: Notification, external_url: str,
+               actions: Sequence[tuple[str, str]] = ()) -> str:
     e = html.escape
     parts = [
         "<!DOCTYPE html>",
@@ -274,6 +302,9 @@ def _html_body(notification: Notification, external_url: str) -> str:
         f"<h2>{e(_subject(notification))}</h2>",
         f"<p><strong>{e(_headline(notification))}</strong></p>",
     ]
+    if actions:
+        parts.append("<p>" + " · ".join(f'<a href="{e(url, quote=True)}"><strong>{e(name)}'
+                                        "</strong></a>" for name, url in actions) + "</p>")
     threshold = pick(notification, THRESHOLD_KEYS)
     if threshold:
         parts.append(f"<p>Threshold: {e(threshold)}</p>")

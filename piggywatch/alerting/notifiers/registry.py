@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from piggywatch.alerting.model import Notifier
 from piggywatch.alerting.settings import Receiver
+
+if TYPE_CHECKING:
+    from piggywatch.ack.links import AckLinks
 
 __all__ = ["build_notifier"]
 
 
-def build_notifier(receiver: Receiver, *, external_url: str = "") -> Notifier:
+def build_notifier(receiver: Receiver, *, external_url: str = "",
+                   ack_links: AckLinks | None = None) -> Notifier:
     """The notifier for ``receiver``'s one channel. Each channel's module (and its library:
     slack-sdk, httpx, smtplib) is imported here, on first use, so a configuration without
     Slack never pays for slack-sdk's memory."""
@@ -23,7 +29,7 @@ def build_notifier(receiver: Receiver, *, external_url: str = "") -> Notifier:
     if receiver.email is not None:
         from piggywatch.alerting.notifiers.email import EmailNotifier
 
-        return EmailNotifier(receiver.email, external_url=external_url)
+        return EmailNotifier(receiver.email, external_url=external_url, ack_links=ack_links)
     if receiver.webhook is not None:
         from piggywatch.alerting.notifiers.webhook import WebhookNotifier
 

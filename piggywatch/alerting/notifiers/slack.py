@@ -8,12 +8,20 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from piggywatch.ack.slack_interactions import (
+    ACK_ACTION,
+    SILENCE_HOUR_ACTION,
+    SILENCE_RESOLVED_ACTION,
+    block_id,
+)
 from piggywatch.alerting.model import Action, Delivery, Notification, Outcome
 from piggywatch.alerting.notifiers._common import (
+    ACK_PLACES,
     DASHBOARD_KEYS,
     DEFAULT_RETRY_AFTER,
     RUNBOOK_KEYS,
     THRESHOLD_KEYS,
+    ack_note,
     first_start,
     is_http_url,
     iso8601,
@@ -81,7 +89,8 @@ class SlackNotifier:
 
     def send(self, notification: Notification, receipt: Mapping[str, str]) -> Delivery:
         """Post or update the incident's message; never raises."""
-        message = slack_message(notification, self._external_url)
+        message = slack_message(notification, self._external_url,
+                                interactive=self._settings.interactive)
         if self._client is None:
             return self._send_webhook(message)
         if not receipt.get("ts") or not receipt.get("channel") or starts_over(notification,
@@ -179,13 +188,16 @@ def _header(headers: Mapping[str, Any], name: str) -> str | None:
 
 # --- the message ------------------------------------------------------------------------
 
-def slack_message(notification: Notification, external_url: str = "") -> dict[str, Any]:
+def slack_message(notification: Notification, external_url: str = "", *,
+                  interactive: bool = False) -> dict[str, Any]:
     """``text`` (the fallback notifications and screen readers show) and one attachment
-    whose colour tells the state and whose blocks tell the rest."""
+    whose colour tells the state and whose blocks tell the rest. ``interactive``: the
+    receiver's app takes button presses (Acknowledge, Silence)."""
     return {
         "text": fallback_text(notification),
         "attachments": [{"color": colour(notification),
-                         "blocks": blocks(notification, external_url)}],
+                         "blocks": blocks(notification, external_url,
+                                          interactive=interactive)}],
     }
 
 
@@ -217,7 +229,10 @@ def _state(notification: Notification) -> str:
     """The state in words, unescaped (the callers escape it for mrkdwn)."""
     if notification.action is Action.ACKNOWLEDGE and notification.firing:
         when = iso8601(notification.acked_at or notification.created_at)
-        return f"Acknowledged by {notification.acked_by or 'someone'} at {when}"
+        where = ACK_PLACES.get(notification.ack_source, "")
+        text = f"Acknowledged by {notification.acked_by or 'someone'}{where} at {when}"
+        note = ack_note(notification)
+        return f"{text}: {note}" if note else text
     return status_line(notification)
 
 
@@ -229,14 +244,18 @@ def thread_reply(notification: Notification, *, escalated: bool) -> str:
         return f":white_check_mark: Resolved {when}"
     if notification.action is Action.ACKNOWLEDGE:
         who = _escape(notification.acked_by or "someone")
-        return f":eyes: Acknowledged by {who} {_date(notification.acked_at or when_ts)}"
+        where = ACK_PLACES.get(notification.ack_source, "")
+        note = ack_note(notification)
+        return (f":eyes: Acknowledged by {who}{where} {_date(notification.acked_at or when_ts)}"
+                + (f": {_escape(note)}" if note else ""))
     if escalated:
         return (f":arrow_double_up: Escalated to level {notification.level} {when}: "
                 f"{status_line(notification)}, still unacknowledged")
     return f":repeat: Still firing {when}: {status_line(notification)}"
 
 
-def blocks(notification: Notification, external_url: str = "") -> list[dict[str, Any]]:
+def blocks(notification: Notification, external_url: str = "", *,
+           interactive: bool = False) -> list[dict[str, Any]]:
     """The Block Kit blocks of the incident's message."""
     alert = primary_alert(notification)
     result: list[dict[str, Any]] = [{
@@ -260,9 +279,29 @@ def blocks(notification: Notification, external_url: str = "") -> list[dict[str,
         result.append(_section_text("\n".join(lines)))
     result.append({"type": "context", "elements": _context(notification)})
     buttons = _buttons(notification, external_url)
-    if buttons:
-        result.append({"type": "actions", "elements": buttons})
+    actions: dict[str, Any] = {"type": "actions", "elements": buttons}
+    if interactive and notification.action is not Action.RESOLVE and notification.firing:
+        actions["elements"] = [*_action_buttons(notification), *buttons]
+        # Names the receiver whose app handles the press (several may share a channel).
+        actions["block_id"] = block_id(notification.receiver)
+    if actions["elements"]:
+        result.append(actions)
     return result
+
+
+def _action_buttons(notification: Notification) -> list[dict[str, Any]]:
+    """Acknowledge (until somebody did), Silence 1 h and Silence until resolved; the value
+    is the incident key."""
+    found: list[dict[str, Any]] = []
+    if notification.action is not Action.ACKNOWLEDGE:
+        found.append({"type": "button", "action_id": ACK_ACTION, "style": "primary",
+                      "text": {"type": "plain_text", "text": "Acknowledge"},
+                      "value": notification.incident})
+    found += [{"type": "button", "action_id": action_id, "value": notification.incident,
+               "text": {"type": "plain_text", "text": text}}
+              for action_id, text in ((SILENCE_HOUR_ACTION, "Silence 1 h"),
+                                      (SILENCE_RESOLVED_ACTION, "Silence until resolved"))]
+    return found
 
 
 def _section_text(text: str) -> dict[str, Any]:
