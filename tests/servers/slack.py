@@ -17,6 +17,7 @@ from tests.servers._http import LocalHTTPServer, RecordedRequest, Reply
 from tests.servers.blockkit import validate_attachments, validate_blocks
 
 WEBHOOK_PATH = "/services/T0PIGGY00/B0PIGGY00/piggywatchwebhooksecret01"
+RESPONSE_PATH = "/actions/T0PIGGY01/1234567890/response-url-secret"
 
 
 @dataclass
@@ -63,6 +64,12 @@ class SlackServer(LocalHTTPServer):
         self._webhook_messages: list[dict[str, Any]] = []
         self._seq = itertools.count(1)
         self._state_lock = threading.Lock()
+        # Socket Mode: the app-level token apps.connections.open takes, and the WebSocket
+        # URL it hands out (tests.servers.slack_socket_mode sets it).
+        self.app_token = "xapp-1-A0PIGGY-1-piggywatch-test-app-token"
+        self.socket_url = ""
+        # usergroups.users.list: members by user group id.
+        self.user_groups: dict[str, list[str]] = {}
 
     # --- what tests use --------------------------------------------------------------
     @property
@@ -121,10 +128,29 @@ class SlackServer(LocalHTTPServer):
         with self._state_lock:
             self._messages.remove(doomed)
 
+    @property
+    def response_url(self) -> str:
+        """Where interaction payloads say to answer (Slack's hooks.slack.com/actions/…)."""
+        return self.base_url + RESPONSE_PATH
+
+    @property
+    def responses(self) -> list[dict[str, Any]]:
+        """The bodies posted to the response_url, in order."""
+        return [r.json() for r in self.requests if r.path == RESPONSE_PATH]
+
     # --- the API ---------------------------------------------------------------------
     def handle(self, request: RecordedRequest) -> Reply:
         if request.path == WEBHOOK_PATH:
             return self._webhook(request)
+        if request.path == RESPONSE_PATH:
+            return Reply(200, {"ok": True})
+        if request.path == "/api/apps.connections.open":
+            app = (request.header("authorization") or "").removeprefix("Bearer ").strip()
+            if app != self.app_token:
+                return _error("invalid_auth")
+            if not self.socket_url:
+                return _error("internal_error")
+            return Reply(200, {"ok": True, "url": self.socket_url})
         if request.path.startswith("/services/"):
             return Reply(404, "no_service")
         if not request.path.startswith("/api/"):
@@ -143,6 +169,11 @@ class SlackServer(LocalHTTPServer):
             return self._post(params)
         if method == "chat.update":
             return self._update(params)
+        if method == "usergroups.users.list":
+            group = str(params.get("usergroup") or request.query.get("usergroup", [""])[0])
+            if group not in self.user_groups:
+                return _error("no_such_subteam")
+            return Reply(200, {"ok": True, "users": self.user_groups[group]})
         return _error("unknown_method")
 
     def _post(self, params: dict[str, Any]) -> Reply:
