@@ -20,7 +20,8 @@ from piggywatch.api_client import (
     printable,
     silences_table,
 )
-from piggywatch.config import ConfigError, Settings, load_settings
+from piggywatch.config import ConfigError, Settings, check_listen, load_settings
+from piggywatch.yamlpos import FileProblems
 
 CONFIG_OPTION = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -37,6 +38,28 @@ def _load(config_path: Path) -> Settings:
         raise SystemExit(1) from None
 
 
+def _unmatched_rule_files(config_path: Path, settings: Settings) -> bool:
+    """Print an error for each rule_files pattern that matches no file; True if one did not.
+
+    Both check and run refuse them: starting without rules that were meant to be there
+    would look healthy while no alert can fire."""
+    from piggywatch.rules.loader import unmatched_patterns
+
+    unmatched = unmatched_patterns(settings.rule_files, config_path.resolve().parent)
+    for pattern in unmatched:
+        click.echo(f"error: {config_path}: rule_files: {pattern!r} matches no file", err=True)
+    return bool(unmatched)
+
+
+def _listen_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return check_listen(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="piggywatch")
 def main() -> None:
@@ -45,14 +68,21 @@ def main() -> None:
 
 @main.command()
 @CONFIG_OPTION
-@click.option("--listen", metavar="HOST:PORT", help="Override server.listen.")
+@click.option("--listen", metavar="HOST:PORT", callback=_listen_option,
+              help="Override server.listen.")
 def run(config_path: Path, listen: str | None) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
+    import logging
+
     from piggywatch.daemon import Daemon, exit_now_if_stuck
     from piggywatch.observability import setup_logging, setup_sentry
 
     settings = _load(config_path)
+    if _unmatched_rule_files(config_path, settings):
+        raise SystemExit(1)
     setup_logging(settings.logging.level, settings.logging.format)
+    for warning in settings.load_warnings():
+        logging.getLogger(__name__).warning("%s", warning)
     setup_sentry(settings.sentry.dsn.get_secret_value(), settings.sentry.environment,
                  __version__)
     from piggywatch.state import StateUnusable
@@ -62,6 +92,10 @@ def run(config_path: Path, listen: str | None) -> None:
         clean = daemon.run_forever()
     except StateUnusable as exc:
         click.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+    except FileProblems as exc:  # rule files that do not load: not started without them
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
         raise SystemExit(1) from None
     exit_now_if_stuck(clean)
 
@@ -73,6 +107,8 @@ def check(config_path: Path) -> None:
     from piggywatch.rules.loader import RuleFileError, expand_globs, load_rule_files
 
     settings = _load(config_path)
+    for warning in settings.load_warnings():
+        click.echo(f"warning: {warning}", err=True)
     if any(c.enabled for c in settings.sources.cost):
         from piggywatch.collectors.cost import stale_prices_warning
 
@@ -85,10 +121,7 @@ def check(config_path: Path) -> None:
                      t.collectors.statements, t.collectors.tables)
         if opts.enabled)
     paths = expand_globs(settings.rule_files, config_path.resolve().parent)
-    unmatched = [p for p in settings.rule_files
-                 if not expand_globs([p], config_path.resolve().parent)]
-    for pattern in unmatched:
-        click.echo(f"error: {config_path}: rule_files: {pattern!r} matches no file", err=True)
+    unmatched = _unmatched_rule_files(config_path, settings)
     try:
         groups = load_rule_files(paths)
     except RuleFileError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import ssl
 import types
 import typing
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -55,6 +57,7 @@ from piggywatch.yamlpos import (
     dotted,
     line_for,
     load_with_lines,
+    read_yaml_file,
 )
 
 
@@ -68,6 +71,13 @@ class BasicAuth(_Strict):
     username: str = Field(min_length=1)
     password: SecretStr
 
+    @field_validator("password")
+    @classmethod
+    def _password_set(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value():
+            raise ValueError("the password is empty (is its ${VARIABLE} set?)")
+        return value
+
 
 class TlsConfig(_Strict):
     """A PEM certificate (with its chain) and its private key."""
@@ -76,16 +86,62 @@ class TlsConfig(_Strict):
     key_file: str
 
 
+_LISTEN = r"^\[?[0-9A-Za-z.:_-]*\]?:\d{1,5}$"
+# Shorter API tokens are refused: they can be guessed.
+MIN_API_TOKEN_LENGTH = 16
+
+
+def check_listen(value: str) -> str:
+    """``HOST:PORT`` with a port from 1 to 65535, or ValueError saying what is wrong."""
+    if not re.match(_LISTEN, value):
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 0.0.0.0:9790 or [::1]:9790)")
+    port = int(value.rpartition(":")[2])
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is outside 1 to 65535")
+    return value
+
+
+def _warn(info: ValidationInfo, path: KeyPath, message: str) -> None:
+    """Note something loaded but worth saying (printed by check, logged by run)."""
+    if info.context is not None:
+        info.context.setdefault("warnings", []).append((path, message))
+
+
 class ServerConfig(_Strict):
     """Where the daemon listens, and who may call it."""
 
-    listen: str = Field(default="0.0.0.0:9790", pattern=r"^\[?[0-9A-Za-z.:_-]*\]?:\d{1,5}$")
+    listen: str = Field(default="0.0.0.0:9790", pattern=_LISTEN)
     # Bearer token every /api/v1/* call must carry; empty: the API answers 401 to all.
     api_token: SecretStr = SecretStr("")
     # Unset: /metrics is open, as Prometheus scrapes usually are.
     metrics_basic_auth: BasicAuth | None = None
     # Unset: plain HTTP. Set: every endpoint is served over TLS only.
     tls: TlsConfig | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _port_in_range(cls, value: str) -> str:
+        return check_listen(value)
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _token_without_newline(cls, value: Any, info: ValidationInfo) -> Any:
+        # Kubernetes Secrets made with `echo token | kubectl create secret` end in one.
+        if isinstance(value, str) and value != value.rstrip("\r\n"):
+            _warn(info, ("server", "api_token"), "the token ends with a newline (as a "
+                  "Kubernetes Secret made with echo does); the newline was removed")
+            return value.rstrip("\r\n")
+        return value
+
+    @field_validator("api_token")
+    @classmethod
+    def _token_long_enough(cls, value: SecretStr) -> SecretStr:
+        token = value.get_secret_value()
+        if token and len(token) < MIN_API_TOKEN_LENGTH:
+            raise ValueError(f"the token must be at least {MIN_API_TOKEN_LENGTH} characters "
+                             "long, or empty to refuse every API call (make one with: "
+                             "openssl rand -hex 32)")
+        return value
     # Open connections at most; at the limit a client still sending its request makes room
     # for a new one, and when every connection is being answered a new one gets 503.
     max_connections: int = Field(default=DEFAULT_MAX_CONNECTIONS, ge=1, le=10000)
@@ -271,6 +327,8 @@ class Settings(_Strict):
 
     server: ServerConfig = ServerConfig()
     targets: list[TargetConfig] = Field(min_length=1)
+    # What loading noticed and corrected, each "file:line: key: what" (see load_warnings).
+    _warnings: list[str] = PrivateAttr(default_factory=list)
     sources: SourcesConfig = SourcesConfig()
     rule_files: list[str] = []
     evaluation_interval: Duration = 15.0
@@ -362,6 +420,10 @@ class Settings(_Strict):
                                  "has more)")
         return self
 
+    def load_warnings(self) -> list[str]:
+        """What loading the file noticed and corrected (check prints them, run logs them)."""
+        return list(self._warnings)
+
     def secrets(self) -> list[str]:
         """Every secret value in the configuration, for log and error scrubbing."""
         found = [t.dsn.get_secret_value() for t in self.targets]
@@ -411,19 +473,26 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
     env = os.environ if environ is None else environ
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_yaml_file(Path(path))
     except OSError as exc:
         problem = Problem(file, None, "", f"cannot read the file: {exc.strerror}")
         raise ConfigError([problem]) from exc
-    return parse_settings(text, file, env)
+    except YamlSyntaxError as exc:
+        raise ConfigError([Problem(file, exc.line, "", exc.message)]) from exc
+    return parse_settings(text, file, env, check_files=True)
 
 
-def parse_settings(text: str, file: str, environ: Mapping[str, str]) -> Settings:
-    """Validate YAML ``text`` (named ``file`` in messages) into Settings."""
+def parse_settings(text: str, file: str, environ: Mapping[str, str], *,
+                   check_files: bool = False) -> Settings:
+    """Validate YAML ``text`` (named ``file`` in messages) into Settings.
+
+    ``check_files``: also open the TLS and CA files the settings name (relative to the
+    working directory, as the daemon opens them), so that what passes here starts.
+    """
     try:
         data, lines = load_with_lines(text)
     except YamlSyntaxError as exc:
-        raise ConfigError([Problem(file, exc.line, "", f"not valid YAML: {exc}")]) from exc
+        raise ConfigError([Problem(file, exc.line, "", exc.message)]) from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -431,13 +500,65 @@ def parse_settings(text: str, file: str, environ: Mapping[str, str]) -> Settings
     problems: list[Problem] = []
     data = _interpolate(data, (), environ, lines, file, problems)
     _apply_overrides(data, environ, problems)
+    context: dict[str, list[tuple[KeyPath, str]]] = {"warnings": []}
     try:
-        settings = Settings.model_validate(data)
+        settings = Settings.model_validate(data, context=context)
     except ValidationError as exc:
         problems.extend(_explain(exc, file, lines))
+    else:
+        if check_files:
+            problems.extend(_file_problems(settings, file, lines))
     if problems:
         raise ConfigError(problems)
+    settings._warnings = [str(Problem(file, line_for(path, lines), dotted(path), message))
+                          for path, message in context["warnings"]]
     return settings
+
+
+def _file_problems(settings: Settings, file: str, lines: dict[KeyPath, int]) -> list[Problem]:
+    """The TLS and CA files the settings name that cannot be used on this machine."""
+    found: list[Problem] = []
+
+    def problem(path: KeyPath, message: str) -> None:
+        found.append(Problem(file, line_for(path, lines), dotted(path), message))
+
+    tls = settings.server.tls
+    if tls is not None:
+        unreadable = [(key, _unreadable(getattr(tls, key))) for key in ("cert_file", "key_file")]
+        for key, reason in unreadable:
+            if reason:
+                problem(("server", "tls", key), reason)
+        if not any(reason for _, reason in unreadable):
+            try:
+                # A key with a passphrase fails here rather than prompting (the server
+                # cannot be given one either).
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                    tls.cert_file, tls.key_file, password=lambda: b"")
+            except (ssl.SSLError, OSError) as exc:
+                problem(("server", "tls"), f"cannot serve TLS with {tls.cert_file!r} and "
+                        f"{tls.key_file!r} ({exc}): they must be PEM files, an unencrypted "
+                        "key and its certificate")
+    ca_file = settings.ha.ca_file
+    if ca_file:
+        reason = _unreadable(ca_file)
+        if reason:
+            problem(("ha", "ca_file"), reason)
+        else:
+            try:
+                ssl.create_default_context(cafile=ca_file)
+            except (ssl.SSLError, OSError) as exc:
+                problem(("ha", "ca_file"), f"{ca_file!r} is not a PEM bundle of CA "
+                        f"certificates ({exc})")
+    return found
+
+
+def _unreadable(name: str) -> str:
+    """Why ``name`` cannot be read, or ""."""
+    try:
+        with open(name, "rb"):
+            return ""
+    except OSError as exc:
+        return f"cannot read {name!r} ({Path(name).absolute()}): {exc.strerror}"
 
 
 def _interpolate(

@@ -27,7 +27,7 @@ from piggywatch.jobs import (
 from piggywatch.leadership import AdvisoryLockLeadership, Leadership, SoleLeader
 from piggywatch.observability import redactor
 from piggywatch.rules.alerts import AlertEvent
-from piggywatch.rules.loader import expand_globs
+from piggywatch.rules.loader import RuleFileError, expand_globs
 from piggywatch.rules.manager import NoData, RuleManager
 from piggywatch.rules.state_db import AlertStateDB
 from piggywatch.selfmetrics import SelfMetrics
@@ -126,6 +126,10 @@ class Daemon:
         state_problem = self.state.problem()  # a SQLite file deleted or read-only
         if state_problem:
             return False, state_problem
+        if self.rules is not None and self.rules.last_problems:
+            # The last good rules still run, but what is on disk is not what runs.
+            return False, ("the last rule file reload failed (the rules loaded before still "
+                           f"run): {self.rules.last_problems[0]}")
         attempted = {job.owner for job in self.jobs if job.attempted}
         waiting = sorted({job.owner for job in self.jobs} - attempted)
         if waiting:
@@ -330,6 +334,10 @@ class Daemon:
         # A state file that cannot be used stops the start with one clear error (StateUnusable,
         # printed by the CLI) before anything listens or runs.
         self.state.check_usable()
+        if self.rules is not None and not self.reload_rules():
+            # As in Prometheus, rule files that do not load stop the start (the CLI prints
+            # why): running without them would look healthy while their alerts cannot fire.
+            raise RuleFileError(self.rules.last_problems)
         host, port = split_listen(self.listen)
         server = self.settings.server
         access = Access.from_config(server)
@@ -362,7 +370,6 @@ class Daemon:
                 misfire_grace_time=max(1, int(job.interval / 2)),
             )
         if self.rules is not None:
-            self.reload_rules()
             self._schedule_rule_groups()
             self._scheduler.add_job(self._check_rule_files, "interval",
                                     seconds=RULE_FILE_POLL_SECONDS, id="rule-files",

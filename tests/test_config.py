@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from piggywatch.config import ConfigError, load_settings, parse_settings
-from piggywatch.config_types import parse_duration
+from piggywatch.config_types import MAX_DURATION_SECONDS, parse_duration
 
 GOOD = """\
 server:
@@ -115,7 +116,17 @@ def test_broken_yaml_names_the_line(tmp_path: Path) -> None:
 @given(st.integers(min_value=1, max_value=10**6),
        st.sampled_from([("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]))
 def test_durations_parse_to_seconds(amount: int, unit: tuple[str, float]) -> None:
-    assert parse_duration(f"{amount}{unit[0]}") == pytest.approx(amount * unit[1])
+    if amount * unit[1] > MAX_DURATION_SECONDS:
+        with pytest.raises(ValueError, match="at most 3650d"):
+            parse_duration(f"{amount}{unit[0]}")
+    else:
+        assert parse_duration(f"{amount}{unit[0]}") == pytest.approx(amount * unit[1])
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 1e300, "99999999999w"])
+def test_durations_that_nothing_could_wait_for_are_refused(value: object) -> None:
+    with pytest.raises(ValueError, match=r"finite|at most"):
+        parse_duration(value)
 
 
 @given(st.text().filter(lambda s: not re.match(r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d|w)?\s*$", s)))
@@ -127,7 +138,7 @@ def test_non_durations_are_rejected_with_an_example(text: str) -> None:
 def test_shipped_example_and_demo_configs_are_valid() -> None:
     env = {"DATABASE_URL": SECRET_DSN, "PIGGYWATCH_DEMO_DSN": SECRET_DSN,
            "PIGGYWATCH_DEMO_RULES": "rules", "PIGGYWATCH_DEMO_STATE": "/tmp/state.db",
-           "PIGGYWATCH_DEMO_API_TOKEN": "t",
+           "PIGGYWATCH_DEMO_API_TOKEN": "demo-token-0123456789",
            "PD_ROUTING_KEY": "R0UTING", "SLACK_BOT_TOKEN": "xoxb-1", "SMTP_PASSWORD": "pw"}
     example = load_settings(Path(__file__).parent.parent / "examples" / "piggywatch.yaml", env)
     assert example.sentry.dsn.get_secret_value() == ""
@@ -168,7 +179,8 @@ escalations:
 
 
 def test_example_config_passes_check_with_its_rule_files() -> None:
-    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": SECRET_DSN, "PIGGYWATCH_API_TOKEN": "t",
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": SECRET_DSN,
+           "PIGGYWATCH_API_TOKEN": "example-token-0123456789",
            "PD_ROUTING_KEY": "a" * 32, "SLACK_BOT_TOKEN": "xoxb-1", "SMTP_PASSWORD": "p"}
     example = Path(__file__).parent.parent / "examples" / "piggywatch.yaml"
     result = subprocess.run([sys.executable, "-m", "piggywatch", "check", "--config",

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from piggywatch.config_types import MAX_DURATION_SECONDS, MAX_DURATION_TEXT
 from piggywatch.rules.promql.parse import (
     Expr,
     ExpressionSyntaxError,
@@ -27,6 +28,7 @@ from piggywatch.yamlpos import (
     dotted,
     line_for,
     load_with_lines,
+    read_yaml_file,
 )
 
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -42,7 +44,8 @@ def parse_prom_duration(text: str) -> float:
     """A Prometheus duration (``90s``, ``1h30m``, ``7d``, ``0s``) in seconds.
 
     Read as Prometheus reads rule and test files: a unit is required (``5`` is refused)
-    and zero is allowed (``for: 0s``).
+    and zero is allowed (``for: 0s``); longer than MAX_DURATION_SECONDS is refused, as
+    nothing could be scheduled that far ahead.
     """
     found = _DURATION.match(text)
     if text == "0":
@@ -51,6 +54,8 @@ def parse_prom_duration(text: str) -> float:
         raise ValueError(f"not a valid duration string: {text!r}")
     ms = sum(int(part) * unit for part, unit in zip(found.groups(), _DURATION_UNITS_MS,
                                                      strict=True) if part)
+    if ms / 1000 > MAX_DURATION_SECONDS:
+        raise ValueError(f"duration {text!r} is too long: at most {MAX_DURATION_TEXT}")
     return ms / 1000
 
 
@@ -152,19 +157,34 @@ def expand_globs(patterns: Iterable[str], base: Path) -> list[Path]:
     return list(found.values())
 
 
+def unmatched_patterns(patterns: Iterable[str], base: Path) -> list[str]:
+    """The ``rule_files`` patterns that match no file now."""
+    return [p for p in patterns if not expand_globs([p], base)]
+
+
 def load_rule_files(paths: Iterable[Path]) -> list[RuleGroup]:
-    """Load every file, or raise RuleFileError listing every problem in all of them."""
+    """Load every file, or raise RuleFileError listing every problem in all of them
+    (including a group name used in two files: they would share alert state)."""
     groups: list[RuleGroup] = []
     problems: list[RuleProblem] = []
     for path in paths:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_yaml_file(path)
         except OSError as exc:
             problems.append(RuleProblem(str(path), None, "", f"cannot read: {exc.strerror}"))
+            continue
+        except YamlSyntaxError as exc:
+            problems.append(RuleProblem(str(path), exc.line, "", exc.message))
             continue
         file_groups, file_problems = parse_rule_file(text, str(path))
         groups.extend(file_groups)
         problems.extend(file_problems)
+    names = [g.name for g in groups]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        files = sorted({g.file for g in groups if g.name == name})
+        if len(files) > 1:  # twice in one file is that file's own problem, reported above
+            problems.append(RuleProblem(files[-1], None, f"group {name!r}",
+                                        f"group name also used in {files[0]}"))
     if problems:
         raise RuleFileError(problems)
     return groups
@@ -175,7 +195,7 @@ def parse_rule_file(text: str, file: str) -> tuple[list[RuleGroup], list[RulePro
     try:
         data, lines = load_with_lines(text)
     except YamlSyntaxError as exc:
-        return [], [RuleProblem(file, exc.line, "", f"not valid YAML: {exc}")]
+        return [], [RuleProblem(file, exc.line, "", exc.message)]
     problems: list[RuleProblem] = []
 
     def problem(path: KeyPath, where: str, reason: str) -> None:
@@ -211,7 +231,7 @@ def parse_rule_file(text: str, file: str) -> tuple[list[RuleGroup], list[RulePro
             try:
                 interval = parse_prom_duration(group.interval)
             except ValueError as exc:
-                problem((*gpath, "interval"), where_group, str(exc))
+                problem((*gpath, "interval"), where_group, f"interval: {exc}")
         rules: list[Rule] = []
         for ri, raw_rule in enumerate(group.rules):
             rpath: KeyPath = (*gpath, "rules", ri)

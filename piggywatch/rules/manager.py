@@ -128,6 +128,8 @@ class RuleManager:
         self._runs: dict[str, _GroupRun] = {}
         self._reload_ok = 1.0
         self._reload_at = 0.0
+        # Why the last (re)load was refused; empty when it worked.
+        self.last_problems: list[RuleProblem] = []
         self._events: dict[str, int] = {"firing": 0, "resolved": 0}
         self._restored: dict[tuple[str, str], list[Alert]] = (
             state_db.load() if state_db is not None else {})
@@ -173,25 +175,23 @@ class RuleManager:
     # --- loading ------------------------------------------------------------------------
 
     def load(self, paths: Sequence[Path]) -> list[RuleProblem]:
-        """Load rule files; on any problem keep the running rules and return the problems."""
+        """Load rule files; on any problem keep the running rules and return the problems.
+
+        A reload that would drop a whole file that had rule groups (gone, emptied,
+        unreadable, or a glob that no longer matches it) is refused like a broken file: a
+        ConfigMap being swapped or a half-written file must not resolve every alert of it.
+        """
         try:
             groups = load_rule_files(paths)
-            problems: list[RuleProblem] = []
-            names = [g.name for g in groups]
-            for name in {n for n in names if names.count(n) > 1}:
-                files = sorted({g.file for g in groups if g.name == name})
-                problems.append(RuleProblem(files[-1], None, f"group {name!r}",
-                                            f"group name also used in {files[0]}"))
-            if problems:
-                raise RuleFileError(problems)
+            vanished = self._vanished_files(groups)
+            if vanished:
+                raise RuleFileError(vanished)
         except RuleFileError as exc:
-            self._reload_ok = 0.0
-            for problem in exc.problems:
-                log.error("rule file problem: %s", problem)
-            if self._runs:
-                log.error("keeping the %d rule groups loaded before", len(self._runs))
-            self._publish_meta(self._clock())
-            return exc.problems
+            return self._refuse(exc.problems)
+        except Exception as exc:  # a bug must not stop the daemon: the old rules stay
+            log.exception("rule files could not be loaded")
+            return self._refuse([RuleProblem("rule_files", None, "",
+                                             f"internal error while loading: {exc!r}")])
         with self._lock:
             old = self._runs
             self._runs = {}
@@ -217,10 +217,35 @@ class RuleManager:
                                         for r in run.states})
             self._reload_ok = 1.0
             self._reload_at = self._clock()
+            self.last_problems = []
         log.info("loaded %d rule groups with %d rules from %d files", len(groups),
                  sum(len(g.rules) for g in groups), len({g.file for g in groups}))
         self._publish_meta(self._clock())
         return []
+
+    def _vanished_files(self, groups: list[RuleGroup]) -> list[RuleProblem]:
+        with self._lock:
+            before: dict[str, int] = {}
+            for run in self._runs.values():
+                before[run.group.file] = before.get(run.group.file, 0) + 1
+        now = {g.file for g in groups}
+        return [RuleProblem(file, None, "",
+                            f"this file had {count} rule group(s) and now has none (removed, "
+                            "emptied, or no longer matched by rule_files); its alerts would "
+                            "all resolve, so the rules loaded before stay. To remove its rules "
+                            "on purpose, restart PiggyWatch")
+                for file, count in sorted(before.items()) if file not in now]
+
+    def _refuse(self, problems: list[RuleProblem]) -> list[RuleProblem]:
+        self._reload_ok = 0.0
+        self.last_problems = problems
+        for problem in problems:
+            log.error("rule file problem: %s", problem)
+        if self._runs:
+            log.error("rule file reload refused: keeping the %d rule groups loaded before",
+                      len(self._runs))
+        self._publish_meta(self._clock())
+        return problems
 
     def groups(self) -> list[RuleGroup]:
         """The rule groups running now."""

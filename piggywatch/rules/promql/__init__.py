@@ -1,4 +1,4 @@
-"""A documented PromQL subset, parsed by promql-parser and evaluated against the store."""
+"""PromQL as Prometheus 2.x evaluates it: parsed by promql-parser, evaluated against the store."""
 
 from piggywatch.rules.promql.errors import (
     EvaluationError,
@@ -14,16 +14,26 @@ from piggywatch.rules.promql.parse import (
     lookback_window,
     parse_expr,
 )
+from piggywatch.rules.promql.registry import (
+    AGGREGATIONS,
+    FUNCTIONS,
+    AggregationSpec,
+    FunctionSpec,
+)
 from piggywatch.rules.promql.values import Scalar, String, Vector, VectorSample
 
 __all__ = [
+    "AGGREGATIONS",
     "DEFAULT_LOOKBACK",
+    "FUNCTIONS",
     "SUPPORTED_AGGREGATIONS",
     "SUPPORTED_FUNCTIONS",
+    "AggregationSpec",
     "EvaluationError",
     "Evaluator",
     "Expr",
     "ExpressionSyntaxError",
+    "FunctionSpec",
     "PromQLError",
     "Scalar",
     "String",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable
 
@@ -27,7 +28,12 @@ ARITHMETIC: dict[str, Callable[[float, float], float]] = {
     "/": floats.div,
     "%": floats.mod,
     "^": floats.power,
+    "atan2": math.atan2,
 }
+# Prometheus 2.x drops the metric name after these (and after `bool` comparisons), but not
+# after atan2.
+_DROPS_NAME = frozenset({"+", "-", "*", "/", "%", "^"})
+
 COMPARISON: dict[str, Callable[[float, float], bool]] = {
     "==": operator.eq,
     "!=": operator.ne,
@@ -57,6 +63,10 @@ def vector_scalar_binop(
     compare = COMPARISON.get(op)
     if compare is None:
         arith = ARITHMETIC[op]
+        if op not in _DROPS_NAME:
+            if scalar_on_left:
+                return [(labels, arith(scalar, v)) for labels, v in vector]
+            return [(labels, arith(v, scalar)) for labels, v in vector]
         if scalar_on_left:
             out = [(drop_name(labels), arith(scalar, v)) for labels, v in vector]
         else:
@@ -110,7 +120,7 @@ def vector_binop(
 
     compare = COMPARISON.get(op)
     arith = ARITHMETIC.get(op)
-    drop = compare is None or return_bool
+    drop = op in _DROPS_NAME or return_bool
     swapped = card is Cardinality.ONE_TO_MANY
     matched: dict[Labels, set[Labels] | None] = {}
     out: Samples = []

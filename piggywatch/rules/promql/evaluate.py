@@ -3,20 +3,22 @@
 Selection follows Prometheus 2.x exactly: an instant selector takes each series' newest
 point in ``[t - lookback, t]`` unless that point is a stale marker; a range selector ``[d]``
 takes the points in ``[t - d, t]`` (both ends included, as in 2.x; 3.x excludes the start),
-dropping stale markers. ``offset o`` shifts ``t`` to ``t - o``.
+dropping stale markers. ``offset o`` shifts ``t`` to ``t - o``; ``@ a`` replaces ``t`` with
+``a`` (``start()`` and ``end()`` are the time the query was asked for, even in a subquery).
+A subquery ``e[d:s]`` evaluates ``e`` at every multiple of ``s`` in ``[t - d, t]``.
+Functions and aggregations come from ``registry``; this module is the ``Context`` they use.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import threading
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
-from piggywatch.rules.promql import functions
-from piggywatch.rules.promql.aggregations import aggregate
 from piggywatch.rules.promql.binary import (
     scalar_binop,
     set_binop,
@@ -26,6 +28,7 @@ from piggywatch.rules.promql.binary import (
 from piggywatch.rules.promql.errors import EvaluationError
 from piggywatch.rules.promql.nodes import (
     AggregateExpr,
+    At,
     BinaryExpr,
     Call,
     Expr,
@@ -33,11 +36,13 @@ from piggywatch.rules.promql.nodes import (
     NumberLiteral,
     ParenExpr,
     StringLiteral,
+    SubqueryExpr,
     UnaryExpr,
     VectorSelector,
 )
 from piggywatch.rules.promql.parse import SET_OPERATORS, parse_expr
-from piggywatch.rules.promql.range_functions import RANGE_FUNCTIONS, RangeWindow
+from piggywatch.rules.promql.range_functions import RangeFunction, RangeWindow
+from piggywatch.rules.promql.registry import AGGREGATIONS, FUNCTIONS
 from piggywatch.rules.promql.values import (
     METRIC_NAME,
     Samples,
@@ -66,6 +71,10 @@ __all__ = [
 DEFAULT_LOOKBACK = 300.0
 """Prometheus's default lookback delta: how old an instant selector's newest point may be."""
 
+DEFAULT_SUBQUERY_STEP = 60.0
+"""The step of a subquery written without one (``x[1h:]``): Prometheus's default global
+evaluation interval."""
+
 _Window = tuple[Labels, Sequence[float], Sequence[float]]
 
 
@@ -75,11 +84,25 @@ def _parse_cached(text: str) -> Expr:
 
 
 class Evaluator:
-    """Evaluates PromQL-subset expressions at a given time against a series source."""
+    """Evaluates PromQL expressions at a given time against a series source.
 
-    def __init__(self, source: SeriesSource, *, lookback: float = DEFAULT_LOOKBACK) -> None:
+    ``subquery_step`` is the step of subqueries written without one: Prometheus takes its
+    global evaluation interval.
+    """
+
+    def __init__(
+        self,
+        source: SeriesSource,
+        *,
+        lookback: float = DEFAULT_LOOKBACK,
+        subquery_step: float = DEFAULT_SUBQUERY_STEP,
+    ) -> None:
         self._source = source
         self._lookback = lookback
+        self._subquery_step = subquery_step
+        # The time instant() was asked for, which @ start() / end() mean; per thread, since
+        # templates may query from another thread while rules evaluate.
+        self._query = threading.local()
         self._eval_by_node: dict[type, Callable[[Any, float], Value]] = {
             NumberLiteral: lambda node, t: Scalar(node.value),
             StringLiteral: lambda node, t: String(node.value),
@@ -90,30 +113,6 @@ class Evaluator:
             AggregateExpr: self._aggregate,
             Call: self._call,
         }
-        self._eval_by_function: dict[str, Callable[[Call, float], Value]] = {
-            "absent": self._absent,
-            "absent_over_time": self._absent_over_time,
-            "clamp_min": lambda c, t: functions.clamp_min(
-                self._vector(c.args[0], t), self._scalar(c.args[1], t), c.text
-            ),
-            "clamp_max": lambda c, t: functions.clamp_max(
-                self._vector(c.args[0], t), self._scalar(c.args[1], t), c.text
-            ),
-            "round": lambda c, t: functions.round_to(
-                self._vector(c.args[0], t),
-                self._scalar(c.args[1], t) if len(c.args) > 1 else 1.0,
-                c.text,
-            ),
-            "histogram_quantile": lambda c, t: functions.histogram_quantile(
-                self._scalar(c.args[0], t), self._vector(c.args[1], t), c.text
-            ),
-            "label_replace": self._label_replace,
-            "time": lambda c, t: Scalar(t),
-            "vector": lambda c, t: [((), self._scalar(c.args[0], t))],
-            "scalar": self._to_scalar,
-        }
-        for name in functions.ELEMENTWISE:
-            self._eval_by_function[name] = self._elementwise
 
     def instant(self, expr: Expr | str, t: float) -> Vector | Scalar | String:
         """Evaluate ``expr`` (a tree from ``parse_expr``, or text) at time ``t`` (seconds).
@@ -122,6 +121,7 @@ class Evaluator:
         duplicate label sets), and the errors of ``parse_expr`` for bad text.
         """
         tree = _parse_cached(expr) if isinstance(expr, str) else expr
+        self._query.time = t
         value = self._eval(tree, t)
         return to_vector(value) if isinstance(value, list) else value
 
@@ -131,22 +131,65 @@ class Evaluator:
             raise EvaluationError(f"cannot evaluate {getattr(expr, 'text', expr)} on its own")
         return evaluate(expr, t)
 
-    def _vector(self, expr: Expr, t: float) -> Samples:
+    # -- the Context the registry's implementations use ------------------------------------------
+
+    def vector(self, expr: Expr, t: float) -> Samples:
+        """``expr`` at ``t`` as an instant vector (``EvaluationError`` if it is not one)."""
         value = self._eval(expr, t)
         if not isinstance(value, list):
             raise EvaluationError(f"expected an instant vector, got {value!r}")
         return value
 
-    def _scalar(self, expr: Expr, t: float) -> float:
+    def scalar(self, expr: Expr, t: float) -> float:
+        """``expr`` at ``t`` as a scalar (``EvaluationError`` if it is not one)."""
         value = self._eval(expr, t)
         if not isinstance(value, Scalar):
             raise EvaluationError(f"expected a scalar, got {value!r}")
         return value.value
 
+    def sample_times(self, expr: Expr, t: float) -> Samples:
+        """``timestamp()``'s view: a selector's samples carry their own times, as values;
+        anything else is computed at ``t``."""
+        inner = expr
+        while isinstance(inner, ParenExpr):
+            inner = inner.expr
+        if isinstance(inner, VectorSelector):
+            return self._select_instant(inner, t, times=True)
+        return [(labels, t) for labels, _ in self.vector(expr, t)]
+
+    def over_range(self, call: Call, t: float, fn: RangeFunction, keep_name: bool) -> Samples:
+        """``fn`` applied to each series of the call's range argument."""
+        matrix = _range_arg(call)
+        params = [self.scalar(arg, t) for arg in call.args if arg is not matrix]
+        if isinstance(matrix, SubqueryExpr):
+            return self._over_subquery(call, matrix, t, fn, keep_name, params)
+        return self._over_selector(call, matrix, t, fn, keep_name, params)
+
+    def range_has_data(self, call: Call, t: float) -> bool:
+        """Whether any series has a point in the call's range argument."""
+        matrix = _range_arg(call)
+        if isinstance(matrix, SubqueryExpr):
+            return bool(self._subquery_series(matrix, t)[2])
+        selector = matrix.selector
+        end = self._anchor(selector.at, t) - selector.offset
+        return any(True for _ in self._select_range(selector, end - matrix.range, end))
+
     # -- selection ---------------------------------------------------------------------------
 
-    def _select_instant(self, selector: VectorSelector, t: float) -> Samples:
-        reference = t - selector.offset
+    def _anchor(self, at: At, t: float) -> float:
+        """The time a selector or subquery with ``@ at`` looks from, evaluated at ``t``."""
+        if at is None:
+            return t
+        if isinstance(at, str):  # start() / end(): the time of the whole query
+            query_time: float = getattr(self._query, "time", t)
+            return query_time
+        return at
+
+    def _select_instant(
+        self, selector: VectorSelector, t: float, *, times: bool = False
+    ) -> Samples:
+        at = selector.at
+        reference = (t if at is None else self._anchor(at, t)) - selector.offset
         start = reference - self._lookback
         out: Samples = []
         append = out.append
@@ -163,7 +206,7 @@ class Evaluator:
             value = series.values[newest]
             if value != value and is_stale(value):
                 continue  # the series ended: absent at once, not for the whole lookback
-            append((series.labels, value))
+            append((series.labels, timestamps[newest] if times else value))
         return out
 
     def _select_range(
@@ -207,28 +250,35 @@ class Evaluator:
         raise EvaluationError(f"operator {node.op!r} cannot combine these operands: {node.text}")
 
     def _aggregate(self, node: AggregateExpr, t: float) -> Samples:
-        param = self._scalar(node.param, t) if node.param is not None else math.nan
-        vector = self._vector(node.expr, t)
-        return aggregate(node.op, vector, node.grouping, node.without, param)
+        spec = AGGREGATIONS[node.op]
+        param: float | str = math.nan
+        if node.param is not None:
+            if spec.param == "string":
+                param = _string_arg(node.param)
+            else:
+                param = self.scalar(node.param, t)
+        vector = self.vector(node.expr, t)
+        return spec.evaluate(vector, node.grouping, node.without, param)
 
     # -- functions ---------------------------------------------------------------------------
 
     def _call(self, node: Call, t: float) -> Value:
-        if node.func in RANGE_FUNCTIONS:
-            return self._range_call(node, t)
-        return self._eval_by_function[node.func](node, t)
+        return FUNCTIONS[node.func].evaluate(self, node, t)
 
-    def _range_call(self, node: Call, t: float) -> Samples:
-        matrix = _matrix_arg(node)
-        params = [arg for arg in node.args if arg is not matrix]
-        param = self._scalar(params[0], t) if params else math.nan
+    def _over_selector(
+        self,
+        node: Call,
+        matrix: MatrixSelector,
+        t: float,
+        function: RangeFunction,
+        keep_name: bool,
+        params: list[float],
+    ) -> Samples:
         selector = matrix.selector
-        end = t - selector.offset
+        at = selector.at
+        end = (t if at is None else self._anchor(at, t)) - selector.offset
         start = end - matrix.range
-        window = RangeWindow(start, end, matrix.range, t, param)
-        function = RANGE_FUNCTIONS[node.func]
-        # last_over_time acts like a selector, so it alone keeps the metric name.
-        keep_name = node.func == "last_over_time"
+        window = _range_window(start, end, matrix.range, t, params)
         out: Samples = []
         append = out.append
         # The selection loop is written out here, not taken from _select_range: this is the
@@ -238,8 +288,12 @@ class Evaluator:
         for series in self._source.select(selector.matchers, start, end):
             timestamps = series.timestamps
             values = series.values
-            if (not timestamps or timestamps[0] < start or timestamps[-1] > end
-                    or type(values) is not list):
+            if (
+                not timestamps
+                or timestamps[0] < start
+                or timestamps[-1] > end
+                or type(values) is not list
+            ):
                 points = _range_points(series, start, end)
                 if points is None:
                     continue
@@ -258,41 +312,69 @@ class Evaluator:
             return out  # distinct series of one metric stay distinct without the name
         return ensure_unique(out, node.text)
 
-    def _elementwise(self, node: Call, t: float) -> Samples:
-        function = functions.ELEMENTWISE[node.func]
-        return functions.elementwise(function, self._vector(node.args[0], t), node.text)
+    def _over_subquery(
+        self,
+        node: Call,
+        subquery: SubqueryExpr,
+        t: float,
+        function: RangeFunction,
+        keep_name: bool,
+        params: list[float],
+    ) -> Samples:
+        start, end, series = self._subquery_series(subquery, t)
+        window = _range_window(start, end, subquery.range, t, params)
+        out: Samples = []
+        for labels, (timestamps, values) in series.items():
+            value = function(timestamps, values, window)
+            if value is not None:
+                out.append((labels if keep_name else drop_name(labels), value))
+        return ensure_unique(out, node.text)
 
-    def _absent(self, node: Call, t: float) -> Samples:
-        if self._vector(node.args[0], t):
-            return []
-        return [(functions.absent_labels(node.args[0]), 1.0)]
+    def _subquery_series(
+        self, subquery: SubqueryExpr, t: float
+    ) -> tuple[float, float, dict[Labels, tuple[list[float], list[float]]]]:
+        """``[start, end]`` and, per label set, the inner expression's values at each step.
 
-    def _absent_over_time(self, node: Call, t: float) -> Samples:
-        matrix = _matrix_arg(node)
-        end = t - matrix.selector.offset
-        for _ in self._select_range(matrix.selector, end - matrix.range, end):
-            return []
-        return [(functions.absent_labels(matrix), 1.0)]
-
-    def _label_replace(self, node: Call, t: float) -> Samples:
-        vector = self._vector(node.args[0], t)
-        dst, replacement, src, regex = (_string_arg(arg) for arg in node.args[1:5])
-        return functions.label_replace(vector, dst, replacement, src, regex, node.text)
-
-    def _to_scalar(self, node: Call, t: float) -> Scalar:
-        vector = self._vector(node.args[0], t)
-        return Scalar(vector[0][1] if len(vector) == 1 else math.nan)
+        Prometheus counts in whole milliseconds and evaluates at the multiples of the step
+        (from the Unix epoch) in ``[start, end]``, so the points do not move with ``t``.
+        """
+        end = self._anchor(subquery.at, t) - subquery.offset
+        start = end - subquery.range
+        step_ms = round((subquery.step or self._subquery_step) * 1000)
+        start_ms, end_ms = round(start * 1000), round(end * 1000)
+        step_time = -(-start_ms // step_ms) * step_ms  # the first multiple at or after start
+        series: dict[Labels, tuple[list[float], list[float]]] = {}
+        while step_time <= end_ms:
+            at = step_time / 1000
+            for labels, value in self.vector(subquery.expr, at):
+                points = series.get(labels)
+                if points is None:
+                    points = series[labels] = ([], [])
+                points[0].append(at)
+                points[1].append(value)
+            step_time += step_ms
+        return start, end, series
 
 
 def _one_metric_name(selector: VectorSelector) -> bool:
     return any(m.name == METRIC_NAME and m.op is MatchOp.EQUAL for m in selector.matchers)
 
 
-def _matrix_arg(node: Call) -> MatrixSelector:
+def _range_arg(node: Call) -> MatrixSelector | SubqueryExpr:
     for arg in node.args:
-        if isinstance(arg, MatrixSelector):
+        if isinstance(arg, MatrixSelector | SubqueryExpr):
             return arg
     raise EvaluationError(f"{node.func}() needs a range selector such as x[5m]: {node.text}")
+
+
+def _range_window(
+    start: float, end: float, length: float, t: float, params: list[float]
+) -> RangeWindow:
+    # A range function's scalar arguments, in order: quantile_over_time's q,
+    # predict_linear's seconds, holt_winters's two factors.
+    first = params[0] if params else math.nan
+    second = params[1] if len(params) > 1 else math.nan
+    return RangeWindow(start, end, length, t, first, second)
 
 
 def _string_arg(arg: Expr) -> str:

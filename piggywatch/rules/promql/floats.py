@@ -7,7 +7,7 @@ Python raises on ``1 / 0``, ``math.log(0)`` or ``math.exp(1000)``; Prometheus (G
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 INF = math.inf
 NAN = math.nan
@@ -94,6 +94,16 @@ def go_min(a: float, b: float) -> float:
     if a != a or b != b:
         return NAN
     return a if a < b else b
+
+
+def kahan_inc(inc: float, total: float, c: float) -> tuple[float, float]:
+    """One step of a Kahan-Neumaier sum: ``total + inc`` and the new compensation."""
+    t = total + inc
+    if abs(total) >= abs(inc):
+        c += (total - t) + inc
+    else:
+        c += (inc - t) + total
+    return t, c
 
 
 def kahan_sum(values: Sequence[float]) -> float:
@@ -210,3 +220,87 @@ def quantile(q: float, values: Sequence[float]) -> float:
     upper = min(n - 1, lower + 1)
     weight = rank - math.floor(rank)
     return ordered[lower] * (1 - weight) + ordered[upper] * weight
+
+
+def _libm(fn: Callable[[float], float], *, overflow: float = INF) -> Callable[[float], float]:
+    """``fn`` with Go's answers where Python raises: NaN outside the domain, ±Inf on overflow."""
+
+    def wrapped(x: float) -> float:
+        try:
+            return fn(x)
+        except ValueError:
+            return NAN
+        except OverflowError:
+            return math.copysign(overflow, x) if overflow == INF else overflow
+
+    wrapped.__name__ = fn.__name__
+    wrapped.__doc__ = f"Go's ``math.{fn.__name__.capitalize()}``, NaN outside its domain."
+    return wrapped
+
+
+sin = _libm(math.sin)
+cos = _libm(math.cos)
+tan = _libm(math.tan)
+asin = _libm(math.asin)
+acos = _libm(math.acos)
+atan = _libm(math.atan)
+sinh = _libm(math.sinh)
+tanh = _libm(math.tanh)
+asinh = _libm(math.asinh)
+acosh = _libm(math.acosh)
+
+
+def cosh(x: float) -> float:
+    """Go's ``math.Cosh``: +Inf on overflow, whatever the sign of ``x``."""
+    try:
+        return math.cosh(x)
+    except OverflowError:
+        return INF
+
+
+def atanh(x: float) -> float:
+    """Go's ``math.Atanh``: ±Inf at ±1, NaN beyond."""
+    if x == 1.0 or x == -1.0:
+        return math.copysign(INF, x)
+    try:
+        return math.atanh(x)
+    except ValueError:
+        return NAN
+
+
+def log2(x: float) -> float:
+    """Go's ``math.Log2``: exact for powers of two, ``Log(frac) / Ln2 + exp`` otherwise."""
+    if not x > 0 or math.isinf(x):
+        return ln(x)
+    frac, exponent = math.frexp(x)
+    if frac == 0.5:
+        return float(exponent - 1)
+    return ln(frac) * (1 / _LN2) + float(exponent)
+
+
+def log10(x: float) -> float:
+    """Go's ``math.Log10``: ``Log2(x) * (Ln2 / Ln10)``, so ``log10(1000)`` is 2.9999999999999996."""
+    return log2(x) * (_LN2 / _LN10)
+
+
+_LN2 = 0.693147180559945309417232121458176568075500134360255254120680009
+_LN10 = 2.30258509299404568401799145468436420760110148862877297603332790
+
+
+def sgn(x: float) -> float:
+    """1 for positive, -1 for negative; zeros (with their sign) and NaN stay as they are."""
+    if x < 0:
+        return -1.0
+    if x > 0:
+        return 1.0
+    return x
+
+
+def deg(x: float) -> float:
+    """Radians to degrees, in Prometheus's order of operations."""
+    return x * 180 / math.pi
+
+
+def rad(x: float) -> float:
+    """Degrees to radians, in Prometheus's order of operations."""
+    return x * math.pi / 180

@@ -1,4 +1,4 @@
-"""Functions over instant vectors: math, clamping, histogram_quantile, label_replace, absent."""
+"""Functions over instant vectors: math, clamping, sorting, histogram_quantile, labels, absent."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable
 
 from piggywatch.rules.promql import floats
+from piggywatch.rules.promql.errors import EvaluationError
 from piggywatch.rules.promql.nodes import Expr, MatrixSelector, ParenExpr, VectorSelector
 from piggywatch.rules.promql.values import (
     METRIC_NAME,
@@ -20,17 +21,8 @@ from piggywatch.rules.promql.values import (
 from piggywatch.store.samples import Labels
 from piggywatch.store.series import MatchOp
 
-ELEMENTWISE: dict[str, Callable[[float], float]] = {
-    "abs": abs,
-    "ceil": floats.ceil,
-    "floor": floats.floor,
-    "sqrt": floats.sqrt,
-    "ln": floats.ln,
-    "exp": floats.exp,
-}
-"""Functions applied to each sample's value on its own (the metric name is dropped)."""
-
 BUCKET_LABEL = "le"
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 def elementwise(fn: Callable[[float], float], vector: Samples, where: str) -> Samples:
@@ -47,6 +39,35 @@ def clamp_min(vector: Samples, bound: float, where: str) -> Samples:
 def clamp_max(vector: Samples, bound: float, where: str) -> Samples:
     """Values above ``bound`` lowered to it (NaN stays NaN)."""
     return elementwise(lambda v: floats.go_min(bound, v), vector, where)
+
+
+def clamp(vector: Samples, low: float, high: float, where: str) -> Samples:
+    """Values limited to ``[low, high]``; nothing at all when ``high < low``."""
+    if high < low:
+        return []
+    return elementwise(lambda v: floats.go_max(low, floats.go_min(high, v)), vector, where)
+
+
+def sort(vector: Samples, descending: bool) -> Samples:
+    """Ordered by value (labels kept); NaN last either way."""
+    sign = -1.0 if descending else 1.0
+    return sorted(vector, key=lambda sample: (sample[1] != sample[1], sign * sample[1]))
+
+
+def label_join(
+    vector: Samples, dst: str, separator: str, sources: list[str], where: str
+) -> Samples:
+    """Set ``dst`` to the values of ``sources`` joined by ``separator`` (empty removes it)."""
+    if not _LABEL_NAME.fullmatch(dst):
+        raise EvaluationError(f"invalid destination label name in label_join(): {dst!r}")
+    for name in sources:
+        if not _LABEL_NAME.fullmatch(name):
+            raise EvaluationError(f"invalid source label name in label_join(): {name!r}")
+    out: Samples = []
+    for labels, value in vector:
+        joined = separator.join(label_value(labels, name) for name in sources)
+        out.append((with_label(labels, dst, joined), value))
+    return ensure_unique(out, where)
 
 
 def round_to(vector: Samples, to_nearest: float, where: str) -> Samples:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeAlias
+from typing import Literal, TypeAlias
 
 from piggywatch.store.series import LabelMatcher
 
@@ -51,13 +51,19 @@ class StringLiteral:
     value: str
 
 
+At: TypeAlias = float | Literal["start", "end"] | None
+"""An ``@`` modifier: a Unix time, ``start()`` / ``end()`` (in a rule, both are the evaluation
+time of the rule, even inside a subquery), or None without one."""
+
+
 @dataclass(frozen=True, slots=True)
 class VectorSelector:
-    """``name{matchers} offset d``; ``matchers`` include the ``__name__`` one if named."""
+    """``name{matchers} [@ at] [offset d]``; ``matchers`` include the ``__name__`` one if named."""
 
     matchers: tuple[LabelMatcher, ...]
     offset: float
     text: str
+    at: At = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +72,19 @@ class MatrixSelector:
 
     selector: VectorSelector
     range: float
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubqueryExpr:
+    """``expr[range:step] [@ at] [offset d]``: ``expr`` evaluated at every multiple of ``step``
+    (counted from the Unix epoch, as Prometheus aligns them) inside the range."""
+
+    expr: Expr
+    range: float
+    step: float
+    offset: float
+    at: At
     text: str
 
 
@@ -114,7 +133,8 @@ class AggregateExpr:
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """``func(args...)``; a range argument is always a ``MatrixSelector`` (parentheses removed)."""
+    """``func(args...)``; a range argument is a ``MatrixSelector`` or a ``SubqueryExpr``
+    (parentheses removed)."""
 
     func: str
     args: tuple[Expr, ...]
@@ -126,6 +146,7 @@ Expr: TypeAlias = (
     | StringLiteral
     | VectorSelector
     | MatrixSelector
+    | SubqueryExpr
     | ParenExpr
     | UnaryExpr
     | BinaryExpr

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Any
 
 import promql_parser as pp
 
@@ -17,6 +17,7 @@ from piggywatch.rules.promql.nodes import (
     DEFAULT_MATCHING,
     DEFAULT_SET_MATCHING,
     AggregateExpr,
+    At,
     BinaryExpr,
     Call,
     Cardinality,
@@ -25,34 +26,37 @@ from piggywatch.rules.promql.nodes import (
     NumberLiteral,
     ParenExpr,
     StringLiteral,
+    SubqueryExpr,
     UnaryExpr,
     VectorMatching,
     VectorSelector,
 )
+from piggywatch.rules.promql.registry import AGGREGATIONS, FUNCTIONS, ValueType
 from piggywatch.store.series import LabelMatcher, MatchOp
 
-SUPPORTED_FUNCTIONS: tuple[str, ...] = (
-    "rate", "irate", "increase", "delta", "avg_over_time", "min_over_time", "max_over_time",
-    "sum_over_time", "count_over_time", "quantile_over_time", "last_over_time", "absent",
-    "absent_over_time", "changes", "resets", "deriv", "predict_linear", "clamp_min", "clamp_max",
-    "abs", "ceil", "floor", "round", "sqrt", "ln", "exp", "histogram_quantile", "time", "vector",
-    "scalar", "label_replace",
-)  # fmt: skip
-"""PromQL functions PiggyWatch evaluates (the README lists them)."""
+SUPPORTED_FUNCTIONS: tuple[str, ...] = tuple(FUNCTIONS)
+"""PromQL functions PiggyWatch evaluates (from the registry; the README lists them)."""
 
-SUPPORTED_AGGREGATIONS: tuple[str, ...] = (
-    "sum", "avg", "min", "max", "count", "topk", "bottomk", "quantile",
-)  # fmt: skip
+SUPPORTED_AGGREGATIONS: tuple[str, ...] = tuple(AGGREGATIONS)
 """Aggregation operators PiggyWatch evaluates, each with ``by`` / ``without``."""
 
-ARITHMETIC_OPERATORS: tuple[str, ...] = ("+", "-", "*", "/", "%", "^")
+ARITHMETIC_OPERATORS: tuple[str, ...] = ("+", "-", "*", "/", "%", "^", "atan2")
 COMPARISON_OPERATORS: tuple[str, ...] = ("==", "!=", ">", "<", ">=", "<=")
 SET_OPERATORS: tuple[str, ...] = ("and", "or", "unless")
 
-# Prometheus 2.x functions that newer promql-parser releases no longer know: rejecting them as
-# "not supported" (rather than "unknown") tells the user the rule is fine for Prometheus.
-_REMOVED_PROMETHEUS_FUNCTIONS = frozenset({"holt_winters"})
-_SCALAR_FUNCTIONS = frozenset({"time", "scalar"})
+_PARSER_TYPES = {
+    "scalar": pp.ValueType.Scalar,
+    "vector": pp.ValueType.Vector,
+    "matrix": pp.ValueType.Matrix,
+    "string": pp.ValueType.String,
+}
+# Prometheus 2.x functions newer promql-parser releases have dropped (holt_winters is
+# double_exponential_smoothing in Prometheus 3): taught to the parser with 2.x's signature.
+pp.register_extra_functions([
+    pp.Function(spec.name, [_PARSER_TYPES[arg] for arg in spec.args],
+                _PARSER_TYPES[spec.returns], spec.optional)
+    for spec in FUNCTIONS.values() if not spec.parser_knows
+])  # fmt: skip
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # Quoted strings and comments, blanked out before searching the text for a construct.
 _NOT_CODE = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`|#[^\n]*')
@@ -72,8 +76,6 @@ _CARDINALITIES = (
     (pp.VectorMatchCardinality.OneToMany, Cardinality.ONE_TO_MANY),
     (pp.VectorMatchCardinality.ManyToMany, Cardinality.MANY_TO_MANY),
 )
-
-ValueType = Literal["scalar", "vector", "matrix", "string"]
 
 __all__ = [
     "ARITHMETIC_OPERATORS",
@@ -129,7 +131,7 @@ def value_type(expr: Expr) -> ValueType:
             return "scalar"
         case StringLiteral():
             return "string"
-        case MatrixSelector():
+        case MatrixSelector() | SubqueryExpr():
             return "matrix"
         case ParenExpr(inner) | UnaryExpr(inner):
             return value_type(inner)
@@ -137,7 +139,7 @@ def value_type(expr: Expr) -> ValueType:
             both_scalar = value_type(lhs) == value_type(rhs) == "scalar"
             return "scalar" if both_scalar else "vector"
         case Call(func=func):
-            return "scalar" if func in _SCALAR_FUNCTIONS else "vector"
+            return FUNCTIONS[func].returns
         case _:
             return "vector"
 
@@ -150,6 +152,8 @@ def walk(expr: Expr) -> Iterator[Expr]:
             yield from walk(inner)
         case MatrixSelector(selector):
             yield from walk(selector)
+        case SubqueryExpr(expr=inner):
+            yield from walk(inner)
         case BinaryExpr(lhs=lhs, rhs=rhs):
             yield from walk(lhs)
             yield from walk(rhs)
@@ -168,18 +172,33 @@ def lookback_window(expr: Expr | str, *, lookback: float = 300.0) -> float:
     """Seconds of history before the evaluation time that ``expr`` reads.
 
     The longest ``range + offset`` of its range selectors and ``lookback + offset`` of its
-    instant selectors, so the store can keep at least this much.
+    instant selectors (a subquery adds its range and offset to what its inside reads), so the
+    store can keep at least this much. A selector pinned with ``@ <time>`` reads around that
+    time instead, which no length of history before the evaluation time covers; it counts
+    as if evaluated now.
     """
     tree = parse_expr(expr) if isinstance(expr, str) else expr
-    longest = 0.0
-    in_range: set[int] = set()
-    for node in walk(tree):
-        if isinstance(node, MatrixSelector):
-            in_range.add(id(node.selector))
-            longest = max(longest, node.range + node.selector.offset)
-        elif isinstance(node, VectorSelector) and id(node) not in in_range:
-            longest = max(longest, lookback + node.offset)
-    return longest
+    return _reach(tree, lookback)
+
+
+def _reach(expr: Expr, lookback: float) -> float:
+    match expr:
+        case VectorSelector(offset=offset):
+            return lookback + offset
+        case MatrixSelector(selector=selector, range=length):
+            return length + selector.offset
+        case SubqueryExpr(expr=inner, range=length, offset=offset):
+            return length + offset + _reach(inner, lookback)
+        case ParenExpr(inner) | UnaryExpr(inner):
+            return _reach(inner, lookback)
+        case BinaryExpr(lhs=lhs, rhs=rhs):
+            return max(_reach(lhs, lookback), _reach(rhs, lookback))
+        case AggregateExpr(expr=inner, param=param):
+            return max(_reach(inner, lookback), _reach(param, lookback) if param else 0.0)
+        case Call(args=args):
+            return max((_reach(arg, lookback) for arg in args), default=0.0)
+        case _:
+            return 0.0
 
 
 class _Converter:
@@ -208,8 +227,6 @@ class _Converter:
         return handler(node)
 
     def _selector(self, node: Any) -> VectorSelector:
-        if node.at is not None:
-            raise self._unsupported("@ modifier", node, r"@")
         if getattr(node.matchers, "or_matchers", None):
             raise self._unsupported("'or' between label matchers", node, r"\bor\b")
         matchers: list[LabelMatcher] = []
@@ -225,14 +242,19 @@ class _Converter:
                     f"({exc}) in {self._text!r}"
                 ) from None
         offset = node.offset.total_seconds() if node.offset is not None else 0.0
-        return VectorSelector(tuple(matchers), offset, str(node))
+        return VectorSelector(tuple(matchers), offset, str(node), _at(node.at))
 
     def _matrix(self, node: Any) -> MatrixSelector:
         selector = self._selector(node.vector_selector)
         return MatrixSelector(selector, node.range.total_seconds(), str(node))
 
-    def _subquery(self, node: Any) -> Expr:
-        raise self._unsupported("subqueries", node, r"\[[^]\[]*:[^]\[]*]", plural=True)
+    def _subquery(self, node: Any) -> SubqueryExpr:
+        step = node.step.total_seconds() if node.step is not None else 0.0
+        offset = node.offset.total_seconds() if node.offset is not None else 0.0
+        return SubqueryExpr(
+            self.convert(node.expr), node.range.total_seconds(), step, offset, _at(node.at),
+            str(node),
+        )  # fmt: skip
 
     def _binary(self, node: Any) -> BinaryExpr:
         op = str(node.op)
@@ -273,6 +295,12 @@ class _Converter:
             grouping = tuple(str(label) for label in modifier.labels)
             without = modifier.type == pp.AggModifierType.Without
         param = self.convert(node.param) if node.param is not None else None
+        if param is not None and AGGREGATIONS[op].param == "string":
+            param = _unwrap_literal_arg(param)
+            if not isinstance(param, StringLiteral):
+                raise ExpressionSyntaxError(
+                    f"{op}() needs a string literal as its first argument in {self._text!r}"
+                )
         return AggregateExpr(op, self.convert(node.expr), param, grouping, without, str(node))
 
     def _call(self, node: Any) -> Call:
@@ -282,6 +310,8 @@ class _Converter:
         args = tuple(_unwrap_literal_arg(self.convert(arg)) for arg in node.args)
         if name == "label_replace":
             _check_label_replace(args, self._text)
+        if name == "label_join":
+            _check_label_join(args, self._text)
         return Call(name, args, str(node))
 
     def _unsupported(
@@ -301,7 +331,30 @@ def _unwrap_literal_arg(arg: Expr) -> Expr:
     inner = arg
     while isinstance(inner, ParenExpr):
         inner = inner.expr
-    return inner if isinstance(inner, MatrixSelector | StringLiteral | NumberLiteral) else arg
+    literal = MatrixSelector | SubqueryExpr | StringLiteral | NumberLiteral
+    return inner if isinstance(inner, literal) else arg
+
+
+def _at(modifier: Any) -> At:
+    if modifier is None:
+        return None
+    if modifier.type == pp.AtModifierType.Start:
+        return "start"
+    if modifier.type == pp.AtModifierType.End:
+        return "end"
+    return float(modifier.at.timestamp())
+
+
+def _check_label_join(args: tuple[Expr, ...], text: str) -> None:
+    # As label_replace: what Prometheus finds at evaluation time, found at load time.
+    for i, arg in enumerate(args[1:], start=1):
+        if i == 2 or not isinstance(arg, StringLiteral):
+            continue  # the separator may be anything
+        if not _LABEL_NAME.fullmatch(arg.value):
+            which = "destination" if i == 1 else "source"
+            raise ExpressionSyntaxError(
+                f"invalid {which} label name in label_join(): {arg.value!r} in {text!r}"
+            )
 
 
 def _check_label_replace(args: tuple[Expr, ...], text: str) -> None:
@@ -327,10 +380,6 @@ def _syntax_error(text: str, masked: str, message: str) -> Exception:
         name = unknown.group(1)
         found = re.search(rf"\b{name}\s*\(", masked)
         line, column = _line_column(masked, found.start()) if found else (None, None)
-        if name in _REMOVED_PROMETHEUS_FUNCTIONS:
-            return UnsupportedExpression(
-                f"function '{name}'", snippet=text, line=line, column=column
-            )
         where = f"line {line}, column {column}: " if line is not None else ""
         return ExpressionSyntaxError(f"unknown function '{name}' ({where}{text})")
     return ExpressionSyntaxError(f"cannot parse expression {text!r}: {message}")

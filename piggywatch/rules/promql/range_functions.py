@@ -16,12 +16,14 @@ from operator import gt, ne
 from typing import TypeAlias
 
 from piggywatch.rules.promql import floats
+from piggywatch.rules.promql.errors import EvaluationError
 
 
 @dataclass(frozen=True, slots=True)
 class RangeWindow:
     """Where a range selector looked: ``[start, end]``, its length, the evaluation time, and
-    the function's scalar argument (``quantile_over_time``'s q, ``predict_linear``'s seconds).
+    the function's scalar arguments (``quantile_over_time``'s q, ``predict_linear``'s seconds,
+    ``holt_winters``'s smoothing and trend factors).
     """
 
     start: float
@@ -29,6 +31,7 @@ class RangeWindow:
     length: float
     at: float
     param: float = math.nan
+    param2: float = math.nan
 
 
 RangeFunction: TypeAlias = Callable[[Sequence[float], Sequence[float], RangeWindow], float | None]
@@ -265,6 +268,70 @@ def predict_linear(ts: Sequence[float], vs: Sequence[float], w: RangeWindow) -> 
     return intercept + slope * w.param
 
 
+def idelta(ts: Sequence[float], vs: Sequence[float], w: RangeWindow) -> float | None:
+    """Difference between the last two samples (no counter-reset handling)."""
+    if len(vs) < 2:
+        return None
+    return vs[-1] - vs[-2]
+
+
+def _stdvar(vs: Sequence[float]) -> float:
+    # Welford's online variance with Kahan-Neumaier compensation, step for step as Prometheus.
+    count = mean = c_mean = aux = c_aux = 0.0
+    for v in vs:
+        count += 1
+        delta = v - (mean + c_mean)
+        mean, c_mean = floats.kahan_inc(delta / count, mean, c_mean)
+        aux, c_aux = floats.kahan_inc(delta * (v - (mean + c_mean)), aux, c_aux)
+    return (aux + c_aux) / count
+
+
+def stdvar_over_time(ts: Sequence[float], vs: Sequence[float], w: RangeWindow) -> float | None:
+    """Population variance of the samples in the range."""
+    return _stdvar(vs)
+
+
+def stddev_over_time(ts: Sequence[float], vs: Sequence[float], w: RangeWindow) -> float | None:
+    """Population standard deviation of the samples in the range."""
+    return floats.sqrt(_stdvar(vs))
+
+
+def present_over_time(ts: Sequence[float], vs: Sequence[float], w: RangeWindow) -> float | None:
+    """1 for every series with a sample in the range."""
+    return 1.0
+
+
+def mad_over_time(ts: Sequence[float], vs: Sequence[float], w: RangeWindow) -> float | None:
+    """Median absolute deviation from the median of the samples in the range."""
+    median = floats.quantile(0.5, vs)
+    return floats.quantile(0.5, [abs(v - median) for v in vs])
+
+
+def holt_winters(ts: Sequence[float], vs: Sequence[float], w: RangeWindow) -> float | None:
+    """Double exponential smoothing with smoothing factor ``w.param`` and trend ``w.param2``.
+
+    Prometheus checks the factors only when a series reaches the function, so an empty
+    selection evaluates without error whatever they are.
+    """
+    sf, tf = w.param, w.param2
+    if not 0 < sf < 1:
+        raise EvaluationError(f"invalid smoothing factor. Expected: 0 < sf < 1, got: {sf:f}")
+    if not 0 < tf < 1:
+        raise EvaluationError(f"invalid trend factor. Expected: 0 < tf < 1, got: {tf:f}")
+    if len(vs) < 2:
+        return None
+    s0 = 0.0
+    s1 = vs[0]
+    trend = vs[1] - vs[0]
+    for i in range(1, len(vs)):
+        x = sf * vs[i]
+        if i > 1:  # the first step keeps the initial trend
+            trend = tf * (s1 - s0) + (1 - tf) * trend
+        y = (1 - sf) * (s1 + trend)
+        s0, s1 = s1, x + y
+    return s1
+
+
 RANGE_FUNCTIONS: dict[str, RangeFunction] = {
     "rate": rate,
     "increase": increase,
@@ -281,5 +348,11 @@ RANGE_FUNCTIONS: dict[str, RangeFunction] = {
     "resets": resets,
     "deriv": deriv,
     "predict_linear": predict_linear,
+    "idelta": idelta,
+    "stddev_over_time": stddev_over_time,
+    "stdvar_over_time": stdvar_over_time,
+    "present_over_time": present_over_time,
+    "mad_over_time": mad_over_time,
+    "holt_winters": holt_winters,
 }
-"""Range-vector functions by name (``absent_over_time`` is handled by the evaluator)."""
+"""Range-vector functions by name, each applied series by series (the registry maps them)."""
