@@ -12,7 +12,8 @@ class CollectorError(Exception):
     """A sampling cycle failed for a reason worth counting and reporting.
 
     ``reason`` is a short, stable word used as a metric label: connect, query, timeout,
-    busy, setup (a prerequisite such as an extension is missing).
+    busy, setup (a prerequisite such as an extension is missing), permission (the monitoring
+    role lacks a grant: the figures are not visible to it).
     """
 
     def __init__(self, reason: str, message: str, samples: Sequence[Sample] = ()) -> None:

@@ -54,7 +54,9 @@ MONITOR_ROLE = "piggywatch"
 NOMONITOR_ROLE = "piggywatch_nomonitor"
 SUPERUSER = "postgres"
 
-_SERVER_OS_USER = "postgres"
+# As root, the server runs as this unprivileged OS user (initdb and postgres refuse root).
+SERVER_OS_USER_ENV = "PIGGYWATCH_POSTGRES_OS_USER"
+_DEFAULT_SERVER_OS_USER = "postgres"
 _PORT_ATTEMPTS = 3
 _COMMAND_TIMEOUT = 120.0
 # Every cluster's directory is tempdir/<prefix>XXXX and holds <owner file>: which process
@@ -145,8 +147,12 @@ def _free_loopback_port() -> int:
 def _server_user_prefix() -> list[str]:
     # initdb and pg_ctl refuse to run as root.
     if os.geteuid() == 0:
-        return ["runuser", "-u", _SERVER_OS_USER, "--"]
+        return ["runuser", "-u", _server_os_user(), "--"]
     return []
+
+
+def _server_os_user() -> str:
+    return os.environ.get(SERVER_OS_USER_ENV, "").strip() or _DEFAULT_SERVER_OS_USER
 
 
 def _server_user() -> pwd.struct_passwd | None:
@@ -156,18 +162,20 @@ def _server_user() -> pwd.struct_passwd | None:
     """
     if os.geteuid() != 0:
         return None
+    name = _server_os_user()
     try:
-        user = pwd.getpwnam(_SERVER_OS_USER)
+        user = pwd.getpwnam(name)
     except KeyError:
         raise CannotRunServer(
             "running as root: PostgreSQL refuses to run as root, and this machine has no "
-            f"{_SERVER_OS_USER!r} OS user to run it as. Run piggywatch demo as an ordinary "
-            f"user, or create one first (useradd --system --user-group {_SERVER_OS_USER})"
+            f"{name!r} OS user to run it as. Run piggywatch demo as an ordinary user, create "
+            f"that user (useradd --system --user-group {name}), or name another "
+            f"unprivileged user in {SERVER_OS_USER_ENV}"
         ) from None
     if shutil.which("runuser") is None:
         raise CannotRunServer(
             "running as root: PostgreSQL refuses to run as root, and runuser (util-linux), "
-            f"which would start it as the {_SERVER_OS_USER!r} user, is not installed. Run "
+            f"which would start it as the {name!r} user, is not installed. Run "
             "piggywatch demo as an ordinary user")
     return user
 

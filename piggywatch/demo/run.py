@@ -27,22 +27,6 @@ def shipped_rules_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "rules"
 
 
-# The least privilege the app-telemetry sources need: pg_monitor (granted by the
-# bootstrap) plus SELECT on the app tables they read.
-APP_TABLES = ("users", "purchases", "edge_functions_logs")
-
-
-def grant_app_tables(cluster: ThrowawayCluster) -> None:
-    """Let the monitoring role read the app tables the demo's sources query."""
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(cluster.dsn(dbname="piggybong"), autocommit=True) as conn:
-        for table in APP_TABLES:
-            conn.execute(sql.SQL("GRANT SELECT ON {} TO piggywatch").format(
-                sql.Identifier(table)))
-
-
 def reachable_address(listen: str) -> str:
     """Where the demo's own probe reaches the daemon: a wildcard listen is on loopback too."""
     from piggywatch.server import split_listen
@@ -67,15 +51,16 @@ def run_demo(listen: str) -> int:
 
     signal.signal(signal.SIGTERM, interrupt)
     clean = True
+    cluster = ThrowawayCluster(max_connections=DEMO_MAX_CONNECTIONS)
     try:
-        cluster = ThrowawayCluster(max_connections=DEMO_MAX_CONNECTIONS)
-    except PostgresNotFound as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    try:
-        cluster.start()
+        try:
+            cluster.start()
+        except PostgresNotFound as exc:
+            # No server binaries, or root with no unprivileged user to run them as.
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        # The monitoring role holds only the README's grants (MONITORING_GRANTS).
         cluster.bootstrap_demo()
-        grant_app_tables(cluster)
         dsn = cluster.dsn(dbname="piggybong", user="piggywatch",
                           password=cluster.role_password("piggywatch"))
         config = resources.files("piggywatch.demo").joinpath(DEMO_CONFIG)
@@ -93,7 +78,8 @@ def run_demo(listen: str) -> int:
         with SyntheticWorkload(cluster.dsn(dbname="piggybong"), workers=2):
             daemon = Daemon(settings, listen=listen, base_dir=cluster.base_dir)
             print(f"PiggyWatch demo: PostgreSQL on {cluster.host}:{cluster.port} "
-                  f"(database piggybong) under synthetic load.\n"
+                  f"(version {cluster.server_major}, {cluster.install.origin} binaries; "
+                  f"database piggybong) under synthetic load.\n"
                   f"  metrics:    http://{listen}/metrics\n"
                   f"  statements: http://{listen}/api/v1/statements\n"
                   f"  alerts:     http://{listen}/api/v1/alerts\n"

@@ -154,6 +154,13 @@ class Session:
             rows = self._run(query, params, binary, str(min(remaining_ms, 600_000)))
         except pg_errors.QueryCanceled:
             raise CollectorError("timeout", "a query hit the statement timeout") from None
+        except pg_errors.InsufficientPrivilege as exc:
+            # A privilege the monitoring role lacks: a grant to add, not a fault (README,
+            # "Grants"); counted as reason="permission" and logged once by the job.
+            raise CollectorError(
+                "permission",
+                f"not visible to role {self._conn.info.user!r}: {_first_line(exc)} "
+                "(see the README's grants for the monitoring role)") from None
         except psycopg.OperationalError as exc:
             if self._conn.broken or self._conn.closed:
                 message = f"connection lost: {_first_line(exc)}"
