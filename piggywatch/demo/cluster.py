@@ -117,8 +117,8 @@ MONITORING_GRANTS = (
         "growth and cost (MAU) from auth.users / auth.sessions fail with "
         "reason=\"permission\""),
     MonitoringGrant(
-        ("CREATE POLICY piggywatch_read ON auth.users FOR SELECT TO {role} USING (true)",
-         "CREATE POLICY piggywatch_read ON auth.sessions FOR SELECT TO {role} USING (true)"),
+        ("CREATE POLICY {role} ON auth.users FOR SELECT TO {role} USING (true)",
+         "CREATE POLICY {role} ON auth.sessions FOR SELECT TO {role} USING (true)"),
         "auth.users / auth.sessions have row level security on (as on Supabase): without "
         "a policy the role reads no rows, so MAU and signups read 0",
         run_as="supabase_auth_admin"),
