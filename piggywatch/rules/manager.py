@@ -111,7 +111,9 @@ class RuleManager:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
-        self._evaluator = Evaluator(source)
+        # A subquery without a step ([1h:]) steps by the global evaluation_interval, as in
+        # Prometheus.
+        self._evaluator = Evaluator(source, subquery_step=default_interval)
         self._sink = sink
         self._db = state_db
         self.default_interval = default_interval

@@ -322,7 +322,8 @@ class _TestGroupRun:
             self.failures.append(Failure(text, expr=test.expr, eval_time=test.eval_time))
 
         try:
-            value = Evaluator(self.source).instant(test.expr, test.eval_time)
+            evaluator = Evaluator(self.source, subquery_step=self.step_ms / 1000)
+            value = evaluator.instant(test.expr, test.eval_time)
         except PromQLError as exc:
             fail(f"{head}, err: {exc}")
             return

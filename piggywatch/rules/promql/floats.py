@@ -53,11 +53,41 @@ def sqrt(x: float) -> float:
     return math.sqrt(x) if x >= 0 or x != x else NAN
 
 
+# Go's math.Log (FreeBSD's e_log.c), ported so that ln, log2 and log10 give Prometheus's
+# results to the last bit; the C library's log differs in the last bit for about one value
+# in twenty.
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_L1, _L2, _L3, _L4, _L5, _L6, _L7 = (
+    6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01,
+    2.222219843214978396e-01, 1.818357216161805012e-01, 1.531383769920937332e-01,
+    1.479819860511658591e-01,
+)  # fmt: skip
+_HALF_SQRT2 = math.sqrt(2) / 2
+
+
 def ln(x: float) -> float:
-    """Natural logarithm; -Inf at zero, NaN for negative numbers."""
-    if x > 0 or x != x:
-        return math.log(x)
-    return -INF if x == 0 else NAN
+    """Go's ``math.Log``: -Inf at zero, NaN for negative numbers."""
+    if x != x or x == INF:
+        return x
+    if x < 0:
+        return NAN
+    if x == 0:
+        return -INF
+    f1, exponent = math.frexp(x)
+    if f1 < _HALF_SQRT2:
+        f1 *= 2
+        exponent -= 1
+    f = f1 - 1
+    k = float(exponent)
+    s = f / (2 + f)
+    s2 = s * s
+    s4 = s2 * s2
+    t1 = s2 * (_L1 + s4 * (_L3 + s4 * (_L5 + s4 * _L7)))
+    t2 = s4 * (_L2 + s4 * (_L4 + s4 * _L6))
+    r = t1 + t2
+    hfsq = 0.5 * f * f
+    return k * _LN2_HI - ((hfsq - (s * (hfsq + r) + k * _LN2_LO)) - f)
 
 
 def exp(x: float) -> float:
@@ -244,18 +274,23 @@ tan = _libm(math.tan)
 asin = _libm(math.asin)
 acos = _libm(math.acos)
 atan = _libm(math.atan)
-sinh = _libm(math.sinh)
 tanh = _libm(math.tanh)
 asinh = _libm(math.asinh)
 acosh = _libm(math.acosh)
 
 
+def sinh(x: float) -> float:
+    """Go's ``math.Sinh``; past 21 it is ``Exp(x) / 2``, so it overflows to ±Inf from 709.8."""
+    if abs(x) > 21:
+        return math.copysign(exp(abs(x)) * 0.5, x)
+    return math.sinh(x)
+
+
 def cosh(x: float) -> float:
-    """Go's ``math.Cosh``: +Inf on overflow, whatever the sign of ``x``."""
-    try:
-        return math.cosh(x)
-    except OverflowError:
-        return INF
+    """Go's ``math.Cosh``; past 21 it is ``Exp(|x|) / 2``, so it overflows to +Inf from 709.8."""
+    if abs(x) > 21:
+        return exp(abs(x)) * 0.5
+    return math.cosh(x)
 
 
 def atanh(x: float) -> float:
@@ -275,16 +310,17 @@ def log2(x: float) -> float:
     frac, exponent = math.frexp(x)
     if frac == 0.5:
         return float(exponent - 1)
-    return ln(frac) * (1 / _LN2) + float(exponent)
+    return ln(frac) * _INV_LN2 + float(exponent)
 
 
 def log10(x: float) -> float:
     """Go's ``math.Log10``: ``Log2(x) * (Ln2 / Ln10)``, so ``log10(1000)`` is 2.9999999999999996."""
-    return log2(x) * (_LN2 / _LN10)
+    return log2(x) * _LN2_OVER_LN10
 
 
-_LN2 = 0.693147180559945309417232121458176568075500134360255254120680009
-_LN10 = 2.30258509299404568401799145468436420760110148862877297603332790
+# Go folds constant expressions exactly, then rounds once: 1/Ln2 and Ln2/Ln10 as doubles.
+_INV_LN2 = 1.4426950408889634
+_LN2_OVER_LN10 = 0.3010299956639812
 
 
 def sgn(x: float) -> float:
