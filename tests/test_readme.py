@@ -35,7 +35,19 @@ def test_every_exported_metric_is_in_the_readme() -> None:
 
 def test_readme_starts_with_the_two_setup_commands_ci_runs() -> None:
     commands = re.findall(r"```sh\n(.+?)\n```", README, re.DOTALL)[:2]
-    assert commands == ['pip install . && piggywatch demo',
+    assert commands == ['pip install ".[demo]" && piggywatch demo',
                         'pip install -e ".[dev]" && python -m pytest']
     ci = (Path(__file__).parent.parent / ".ci" / "run").read_text()
     assert commands[1] in ci.splitlines()
+    # The first one, in a new virtualenv with the system's PostgreSQL hidden.
+    assert ".ci/fresh-demo" in ci.splitlines()
+    fresh = (Path(__file__).parent.parent / ".ci" / "fresh-demo").read_text()
+    assert 'pip" install -q ".[demo]"' in fresh
+
+
+def test_readme_lists_every_grant_the_monitoring_role_holds() -> None:
+    from piggywatch.demo.cluster import MONITORING_GRANTS
+
+    for grant in MONITORING_GRANTS:
+        for statement in grant.statements:
+            assert statement.format(role="piggywatch") + ";" in README, statement
