@@ -82,6 +82,7 @@ RULE_SPECS = (
 @dataclass
 class _GroupRun:
     group: RuleGroup
+    # By rule key (see rule_keys): a group may hold several rules of one alert name.
     states: dict[str, AlertingRuleState] = field(default_factory=dict)
     evaluations: int = 0
     failures: int = 0
@@ -91,6 +92,19 @@ class _GroupRun:
     # alerts of the last export only.
     export_labels: dict[tuple[Labels, str], tuple[Labels, Labels]] = field(
         default_factory=dict)
+
+
+def rule_keys(group: RuleGroup) -> list[str]:
+    """A key per rule of ``group``, unique within it: the rule's name, and ``name#N`` for
+    the N-th rule of a name used before in the group (Prometheus allows several alerting
+    rules of one name, e.g. a warning and a critical threshold; each keeps its own state).
+    The first keeps the bare name, so the state saved by earlier versions stays its own."""
+    seen: dict[str, int] = {}
+    keys = []
+    for rule in group.rules:
+        n = seen[rule.name] = seen.get(rule.name, 0) + 1
+        keys.append(rule.name if n == 1 else f"{rule.name}#{n}")
+    return keys
 
 
 class RuleManager:
@@ -147,8 +161,8 @@ class RuleManager:
         saved = state_db.load() if state_db is not None else {}
         with self._lock:
             for run in self._runs.values():
-                for state in run.states.values():
-                    state.restore(saved.pop((run.group.name, state.name), []))
+                for key, state in run.states.items():
+                    state.restore(saved.pop((run.group.name, key), []))
             self._restored = saved
             self._db = state_db
             if state_db is not None and self._runs:
@@ -199,18 +213,18 @@ class RuleManager:
             self._runs = {}
             for group in groups:
                 run = _GroupRun(group)
-                for rule in group.rules:
+                for rule, key in zip(group.rules, rule_keys(group), strict=True):
                     if isinstance(rule, AlertingRule):
                         state = AlertingRuleState(group.name, rule.name, hold=rule.hold,
                                                   keep_firing_for=rule.keep_firing_for,
                                                   labels=rule.labels,
                                                   annotations=rule.annotations)
                         previous = old.get(group.name)
-                        if previous is not None and rule.name in previous.states:
-                            state.active = previous.states[rule.name].active
-                        elif (group.name, rule.name) in self._restored:
-                            state.restore(self._restored.pop((group.name, rule.name)))
-                        run.states[rule.name] = state
+                        if previous is not None and key in previous.states:
+                            state.active = previous.states[key].active
+                        elif (group.name, key) in self._restored:
+                            state.restore(self._restored.pop((group.name, key)))
+                        run.states[key] = state
                     else:
                         self._register_recording(rule, group)
                 self._runs[group.name] = run
@@ -287,12 +301,12 @@ class RuleManager:
             events: list[AlertEvent] = []
             down = self._down_targets(at)
             policy = self._no_data_groups.get(name, self._no_data)
-            for rule in run.group.rules:
+            for rule, key in zip(run.group.rules, rule_keys(run.group), strict=True):
                 try:
                     if isinstance(rule, RecordingRule):
-                        self._record(rule, run.group, at)
+                        self._record(rule, key, run.group, at)
                     else:
-                        events += self._alert(rule, run.states[rule.name], at, down, policy,
+                        events += self._alert(rule, run.states[key], at, down, policy,
                                               run.group.limit)
                 except AlertLimitError as exc:
                     # As Prometheus: the rule's evaluation fails and its alerts are dropped.
@@ -303,15 +317,15 @@ class RuleManager:
                     run.failures += 1
                     log.warning("rule %r of group %r failed: %s", rule.name, name, exc)
                     if isinstance(rule, AlertingRule):
-                        events += self._alert_without_data(run.states[rule.name], at, policy)
+                        events += self._alert_without_data(run.states[key], at, policy)
             run.evaluations += 1
             run.last_duration = time.monotonic() - started
             run.last_at = at
             self._publish_alerts(run, at)
             if self._db is not None:
                 try:
-                    for state in run.states.values():
-                        self._db.save(name, state.name, state.active.values())
+                    for key, state in run.states.items():
+                        self._db.save(name, key, state.active.values())
                 except NotLeader:
                     # Deposed since the evaluation began: the new leader evaluates and
                     # notifies from the state it loaded; these events are not ours to send.
@@ -375,7 +389,7 @@ class RuleManager:
         return state.evaluate([Result((("no_data", "query_failed"),), math.nan)], at,
                               self._expander(at), cache_context=context)
 
-    def _record(self, rule: RecordingRule, group: RuleGroup, at: float) -> None:
+    def _record(self, rule: RecordingRule, key: str, group: RuleGroup, at: float) -> None:
         value = self._evaluator.instant(rule.expr, at)
         if isinstance(value, Scalar):
             samples = [Sample(rule.name, labels_of(rule.labels), value.value, at)]
@@ -391,7 +405,7 @@ class RuleManager:
             # As Prometheus: nothing is recorded (and, as there, the last values stay).
             raise EvaluationError(f"exceeded limit of {group.limit} with {len(samples)} "
                                   "series")
-        self._store.publish(f"rules/{group.name}/{rule.name}", samples, at)
+        self._store.publish(f"rules/{group.name}/{key}", samples, at)
 
     def _register_recording(self, rule: RecordingRule, group: RuleGroup) -> None:
         spec = MetricSpec(rule.name, MetricKind.GAUGE,
