@@ -112,6 +112,7 @@ def measure(kind: str, args: argparse.Namespace, tmp: Path, tls: list[str]) -> N
             scrape_latencies(client, url, 3)
             rss_idle, threads_idle = status(proc.pid)
             quiet = scrape_latencies(client, url, args.scrapes)
+            rss_scraped, _ = status(proc.pid)
             slow = []
             began = time.perf_counter()
             for _ in range(args.slow):
@@ -128,9 +129,10 @@ def measure(kind: str, args: argparse.Namespace, tmp: Path, tls: list[str]) -> N
                 sock.close()
         print(f"{kind} ({scheme}, {args.series} series):")
         print(f"  idle: RSS {rss_idle:.1f} MB, {threads_idle} threads")
-        print(f"  /metrics alone:                {figures(quiet)}")
+        print(f"  /metrics alone:                {figures(quiet)}; RSS after "
+              f"{rss_scraped:.1f} MB")
         print(f"  {args.slow} slow clients opened in {opened:.2f} s: RSS {rss_slow:.1f} MB "
-              f"(+{rss_slow - rss_idle:.1f}), {threads_slow} threads")
+              f"(+{rss_slow - rss_scraped:.1f}), {threads_slow} threads")
         print(f"  /metrics under {args.slow} slow clients: {figures(loaded)}")
     finally:
         proc.kill()
@@ -164,12 +166,14 @@ def main() -> None:
         tmp = Path(directory)
         tls: list[str] = []
         if args.tls:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
             from tests.servers.tls import make_certificate
 
             cert = make_certificate(tmp / "tls")
             tls = [str(cert.cert_path), str(cert.key_path)]
         import_cost()
-        for kind in ("piggywatch", "wsgiref-threads"):
+        # The replaced server is compared over plain HTTP only.
+        for kind in ("piggywatch",) if args.tls else ("piggywatch", "wsgiref-threads"):
             measure(kind, args, tmp, tls)
 
 

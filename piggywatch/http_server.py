@@ -1,12 +1,14 @@
 """The HTTP transport under the endpoints: slow or many clients cannot starve /metrics.
 
-One thread reads every connection without blocking (TLS handshake included) and hands only
-complete requests to a fixed pool of threads that run the WSGI app through wsgiref. So:
+One thread reads and writes every connection without blocking (TLS handshake included); only
+complete requests go to a small fixed pool of threads that run the WSGI app through wsgiref,
+into memory, and the reading thread sends their responses. So:
 
-- a client that sends half a request, or none, costs a socket and a buffer, not a thread;
+- a client that sends half a request, or none, or reads its response slowly, costs a socket
+  and a buffer, not a thread;
 - the whole request (handshake, head and body) must arrive within ``request_timeout`` of the
-  connection's accept, however the client paces its bytes, and the response must be sent
-  within ``request_timeout`` of its first byte;
+  connection's accept, however the client paces its bytes, and the response must be taken
+  within ``request_timeout`` of its being ready;
 - at most ``max_connections`` are open: when all are taken, a new connection displaces the one
   that has waited longest for its client's request; only when every connection is being
   answered does a new one get 503;
@@ -44,8 +46,10 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_REQUEST_TIMEOUT_SECONDS = 10.0
-# Threads that run the app; every other connection waits for one while it reads.
-WORKER_THREADS = 16
+# Threads that run the app (no client I/O: the app answers into memory). Few, because each
+# thread that builds a large /metrics keeps its own malloc arena: 4 threads add ~0.5 MB of
+# RSS after 100 scrapes, 16 add ~4 MB (bench/http_bench.py).
+WORKER_THREADS = 4
 # The reader waits for a body up to this size; the app refuses anything over its own limit.
 MAX_BUFFERED_BODY_BYTES = 256 * 1024
 # A head longer than this is handed over as it is, and wsgiref answers 414 / 431.
@@ -67,6 +71,8 @@ class _Connection:
     data: bytearray = field(default_factory=bytearray)
     handshaken: bool = True
     lingering: bool = False
+    # A response being sent: what is left of it.
+    out: memoryview | None = None
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,7 @@ class _Request:
 
     sock: socket.socket
     data: bytes
-    timeout: float
+    response: _ResponseBuffer = field(default_factory=lambda: _ResponseBuffer())
 
 
 class HttpServer:
@@ -112,6 +118,9 @@ class HttpServer:
         # Oldest first: expiry and displacement both look at the front.
         self._reading: collections.OrderedDict[int, _Connection] = collections.OrderedDict()
         self._lingering: dict[int, _Connection] = {}
+        self._writing: dict[int, _Connection] = {}
+        # Responses the workers have finished, for the reader thread to send.
+        self._responses: queue.SimpleQueue[tuple[socket.socket, bytes]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._answering = 0  # handed to the workers and not yet closed
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
@@ -141,10 +150,12 @@ class HttpServer:
             self._reader.join(5)
         for _ in self._workers:
             self._queue.put(None)
-        for connection in [*self._reading.values(), *self._lingering.values()]:
+        for connection in [*self._reading.values(), *self._lingering.values(),
+                           *self._writing.values()]:
             _close(connection.sock)
         self._reading.clear()
         self._lingering.clear()
+        self._writing.clear()
         self._selector.close()
         self._wsgi.server_close()
         self._wake_r.close()
@@ -169,16 +180,21 @@ class HttpServer:
                         self._accept()
                     elif key.data == "wake":
                         _drain(self._wake_r)
+                        self._take_responses()
                     else:
                         self._on_readable(key.data)
                 except Exception:  # a bug: drop that connection, keep serving the others
                     log.exception("http: reading a connection failed")
                     if isinstance(key.data, _Connection):
-                        self._forget(key.data)
+                        if key.data.out is not None:
+                            self._done_writing(key.data)
+                        else:
+                            self._forget(key.data)
             self._expire(time.monotonic())
 
     def _next_deadline(self) -> float:
-        deadlines = [c.deadline for c in self._lingering.values()]
+        deadlines = [c.deadline for c in (*self._lingering.values(),
+                                          *self._writing.values())]
         if self._reading:
             deadlines.append(next(iter(self._reading.values())).deadline)
         return min(deadlines, default=time.monotonic() + 1.0)
@@ -250,6 +266,9 @@ class HttpServer:
         self._selector.register(sock, selectors.EVENT_READ, connection)
 
     def _on_readable(self, connection: _Connection) -> None:
+        if connection.out is not None:
+            self._send(connection)
+            return
         if connection.lingering:
             if not _drain(connection.sock):
                 self._forget(connection)
@@ -264,7 +283,7 @@ class HttpServer:
             del self._reading[connection.sock.fileno()]
             with self._lock:
                 self._answering += 1
-            self._queue.put(_Request(connection.sock, bytes(connection.data), self._timeout))
+            self._queue.put(_Request(connection.sock, bytes(connection.data)))
 
     def _handshake(self, connection: _Connection) -> bool:
         sock = connection.sock
@@ -291,7 +310,7 @@ class HttpServer:
         data = connection.data
         while True:
             try:
-                chunk = connection.sock.recv(65536)
+                chunk = connection.sock.recv(16384)
             except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
                     ssl.SSLWantWriteError):
                 break
@@ -315,6 +334,52 @@ class HttpServer:
             self._forget(oldest)
         for connection in [c for c in self._lingering.values() if c.deadline <= now]:
             self._forget(connection)
+        for connection in [c for c in self._writing.values() if c.deadline <= now]:
+            log.debug("http: %s dropped: it did not read its response within %gs "
+                      "(server.request_timeout)", connection.address, self._timeout)
+            self._done_writing(connection)
+
+    def _take_responses(self) -> None:
+        while True:
+            try:
+                sock, data = self._responses.get_nowait()
+            except queue.Empty:
+                return
+            connection = _Connection(sock, None, time.monotonic() + self._timeout,
+                                     out=memoryview(data))
+            try:
+                sock.setblocking(False)
+                connection.address = sock.getpeername()
+            except OSError:
+                self._done_writing(connection)
+                continue
+            self._writing[sock.fileno()] = connection
+            self._selector.register(sock, selectors.EVENT_WRITE, connection)
+            self._send(connection)
+
+    def _send(self, connection: _Connection) -> None:
+        """Send what the socket takes now; the whole response goes before its deadline."""
+        out = connection.out
+        assert out is not None
+        try:
+            while out:
+                sent = connection.sock.send(out[:16384])
+                out = out[sent:]
+        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError,
+                ssl.SSLWantReadError):
+            connection.out = out
+            return
+        except OSError as exc:
+            log.debug("http: sending to %s failed: %s", connection.address, exc)
+        self._done_writing(connection)
+
+    def _done_writing(self, connection: _Connection) -> None:
+        self._writing.pop(connection.sock.fileno(), None)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(connection.sock)
+        _finish(connection.sock)
+        with self._lock:
+            self._answering -= 1
 
     def _forget(self, connection: _Connection) -> None:
         fileno = connection.sock.fileno()
@@ -327,20 +392,22 @@ class HttpServer:
     # The workers: run the app on complete requests.
 
     def _work(self) -> None:
+        """Run the app; the response is written to memory and the reader thread sends it,
+        so a client that reads slowly holds no worker either."""
         while (request := self._queue.get()) is not None:
             try:
+                address = request.sock.getpeername()
                 # wsgiref types its request as a socket; ours carries the bytes read as well.
-                _RequestHandler(request, request.sock.getpeername(),  # type: ignore[arg-type]
-                                self._wsgi)
-            except Exception as exc:  # the client went away, or a bug: log it, keep serving
-                if isinstance(exc, OSError):
-                    log.debug("http: answering a request failed: %s", exc)
-                else:
-                    log.exception("http: answering a request failed")
-            finally:
-                _finish(request.sock)
-                with self._lock:
-                    self._answering -= 1
+                _RequestHandler(request, address, self._wsgi)  # type: ignore[arg-type]
+            except OSError as exc:  # the client is gone: nothing to send
+                log.debug("http: answering a request failed: %s", exc)
+            except Exception:  # a bug: log it, keep serving
+                log.exception("http: answering a request failed")
+            self._responses.put((request.sock, request.response.getvalue()))
+            try:
+                self._wake_w.send(b"x")
+            except OSError:  # stopped meanwhile
+                _close(request.sock)
 
 
 def _is_complete(data: bytearray) -> bool:
@@ -393,30 +460,23 @@ class _IPv6WSGIServer(_WSGIServer):
     address_family = socket.AF_INET6
 
 
-class _DeadlineWriter(io.BufferedIOBase):
-    """The socket a response goes to: all of it must be sent within the deadline, counted
-    from its first byte, however slowly the client reads."""
+class _ResponseBuffer(io.BufferedIOBase):
+    """Where wsgiref writes the response (the reader thread sends it afterwards)."""
 
-    def __init__(self, sock: socket.socket, seconds: float) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._sock = sock
-        self._seconds = seconds
-        self._deadline: float | None = None
+        self._parts: list[bytes] = []
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        if self._deadline is None:
-            self._deadline = time.monotonic() + self._seconds
-        for start in range(0, len(view), 16384):
-            remaining = self._deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"the response was not read within {self._seconds:g}s")
-            self._sock.settimeout(remaining)
-            self._sock.sendall(view[start:start + 16384])
-        return len(view)
+        chunk = bytes(data)
+        self._parts.append(chunk)
+        return len(chunk)
+
+    def getvalue(self) -> bytes:
+        return b"".join(self._parts)
 
 
 class _LogStream(io.TextIOBase):
@@ -451,7 +511,7 @@ class _RequestHandler(WSGIRequestHandler):
     def setup(self) -> None:
         self.connection = self.request.sock
         self.rfile = io.BytesIO(self.request.data)
-        self.wfile = _DeadlineWriter(self.connection, self.request.timeout)
+        self.wfile = self.request.response
 
     def get_stderr(self) -> Any:
         return _LogStream()

@@ -207,6 +207,34 @@ def test_a_client_dribbling_one_byte_a_second_is_cut_at_the_whole_request_deadli
         assert cut_after >= DEFAULT_REQUEST_TIMEOUT_SECONDS - 1
 
 
+def test_clients_that_do_not_read_their_responses_hold_no_worker() -> None:
+    # More than the kernel buffers of a loopback connection hold.
+    big = b"x" * (24 * 1024 * 1024)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        body = big if environ["PATH_INFO"] == "/big" else b"ok\n"
+        start_response("200 OK", [("Content-Type", "text/plain"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
+    with ExitStack() as stack:
+        server = stack.enter_context(running(app, threads=1, request_timeout=2.0))
+        readers = []
+        for _ in range(2):
+            sock = stack.enter_context(socket.create_connection(("127.0.0.1", server.port)))
+            sock.sendall(b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            readers.append(sock)
+        time.sleep(0.5)
+        status, took = timed_get(httpx.Client(timeout=10),
+                                 f"http://127.0.0.1:{server.port}/healthz")
+        assert (status, took < 3.0) == (200, True), (status, took)
+        time.sleep(2.5)
+        # Past the deadline the non-readers are cut: what they can still read ends early.
+        for sock in readers:
+            received = answer_or_closed(sock, 5)
+            assert received is not None and len(received) < len(big)
+
+
 def test_a_tls_client_that_never_completes_its_handshake_is_cut_at_the_deadline(
         tmp_path: Path, certificate: SelfSignedCertificate) -> None:
     tls = (str(certificate.cert_path), str(certificate.key_path))
