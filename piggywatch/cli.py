@@ -130,9 +130,27 @@ def check(config_path: Path) -> None:
         raise SystemExit(1) from None
     if unmatched:
         raise SystemExit(1)
+    state_problem, state_warning = _state_file_problem(settings.state)
+    if state_warning:
+        click.echo(f"warning: {config_path}: state: {state_warning}", err=True)
+    if state_problem:
+        click.echo(f"error: {config_path}: state: {state_problem}", err=True)
+        raise SystemExit(1)
     rules = sum(len(g.rules) for g in groups)
     click.echo(f"{config_path}: OK ({len(settings.targets)} targets, "
                f"{collectors} collectors, {rules} rules in {len(paths)} rule files)")
+
+
+def _state_file_problem(state_url: str) -> tuple[str | None, str | None]:
+    """(error, warning) about a SQLite state file, looked at without creating it (`run`
+    opens it relative to the working directory, as this does)."""
+    if state_url.startswith(("postgresql://", "postgres://")):
+        return None, None  # a state database that is down is waited for, not refused
+    from piggywatch.state import sqlite_path
+    from piggywatch.state.sqlite_file import inspect_state_file
+
+    path = sqlite_path(state_url)
+    return inspect_state_file(path if path.is_absolute() else Path.cwd() / path)
 
 
 @main.command()

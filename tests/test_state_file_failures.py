@@ -52,8 +52,19 @@ logging: {{level: INFO, format: json}}
     return config
 
 
-def start_must_fail(config: Path) -> str:
-    """Run the daemon; it must exit 1 by itself. Everything it printed."""
+def start_must_fail(config: Path, *, check_exits: int = 1) -> str:
+    """Run the daemon; it must exit 1 by itself, and `check` must have said so first
+    (without creating or changing the file; a lock held now is only its warning). Everything
+    the daemon printed."""
+    before = sorted((p.name, p.stat().st_size) for p in config.parent.rglob("*")
+                    if p.is_file())
+    checked = subprocess.run([sys.executable, "-m", "piggywatch", "check", "--config",
+                              str(config)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == check_exits, f"check:\n{checked.stdout}{checked.stderr}"
+    assert "Traceback" not in checked.stderr, checked.stderr
+    assert "state file" in checked.stderr, checked.stderr
+    assert sorted((p.name, p.stat().st_size) for p in config.parent.rglob("*")
+                  if p.is_file()) == before, "check changed the files"
     result = subprocess.run(
         [sys.executable, "-m", "piggywatch", "run", "--config", str(config), "--listen",
          f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60)
@@ -134,7 +145,7 @@ def test_a_state_file_another_process_keeps_locked_stops_the_start(
          str(state)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-        output = start_must_fail(write_config(tmp_path, pg_cluster, state))
+        output = start_must_fail(write_config(tmp_path, pg_cluster, state), check_exits=0)
     finally:
         holder.kill()
         holder.wait()

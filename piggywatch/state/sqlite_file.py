@@ -19,7 +19,8 @@ import sqlite3
 import threading
 from pathlib import Path
 
-__all__ = ["FileWatch", "StateUnusable", "explain_open_error", "move_aside", "unusable_path"]
+__all__ = ["FileWatch", "StateUnusable", "explain_open_error", "inspect_state_file",
+           "move_aside", "unusable_path"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,64 @@ def unusable_path(path: Path) -> str | None:
                         "from a file moved aside?); SQLite would replay it into a new file. "
                         f"Move {path}-wal and {path}-shm aside too, or put the file back.")
     return _unwritable(path, at_start=True)
+
+
+def inspect_state_file(path: Path) -> tuple[str | None, str | None]:
+    """What ``run`` would refuse about the state file at ``path``, found without creating
+    or changing any file (for ``piggywatch check``): (error, warning), None where none.
+
+    A lock held by another process is only a warning: it is a moment's state (a running
+    PiggyWatch on this file), not the configuration's.
+    """
+    found = unusable_path(path)
+    if found or not path.exists():
+        return found, None
+    from piggywatch.state.migrations import LATEST
+
+    live = any(Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-shm"))
+    # Without -wal/-shm beside it, even a read-only open of a WAL file would create them:
+    # read the file as it is (immutable) instead. With them, read through them.
+    mode = "mode=ro" if live else "immutable=1"
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=0.5)
+        try:
+            row = conn.execute("PRAGMA quick_check(1)").fetchone()
+            if row is None or row[0] != "ok":
+                return (f"state file {path}: is damaged ({row[0] if row else 'no answer'}). "
+                        + move_aside(path)), None
+            tables = {name for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "schema_migrations" in tables:
+                (version,) = conn.execute(
+                    "SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+                if int(version) > LATEST:
+                    return (f"state file {path}: was written by a newer PiggyWatch (schema "
+                            f"version {version}; this one knows {LATEST}). Run the newer "
+                            "version, or move the file aside. " + move_aside(path)), None
+        finally:
+            conn.close()
+        if live:
+            return None, _held_by_another(path)
+    except sqlite3.Error as exc:
+        message = explain_open_error(path, exc)
+        return (None, message) if "locked" in str(exc) else (message, None)
+    return None, None
+
+
+def _held_by_another(path: Path) -> str | None:
+    """Whether another process holds the file's write lock now (its -wal/-shm exist)."""
+    try:
+        conn = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return (f"state file {path}: is locked by another process now (a running "
+                    "PiggyWatch on this file?): `run` refuses to start while it is.")
+    return None
 
 
 def _unwritable(path: Path, *, at_start: bool) -> str | None:
