@@ -22,7 +22,7 @@ from piggywatch.collectors.edge_functions import (
     EdgeStateDB,
     build_edge_functions_collector,
 )
-from piggywatch.collectors.edge_functions_http import HttpEdgeSource, percentile_cont
+from piggywatch.collectors.edge_functions.http_source import HttpEdgeSource, percentile_cont
 from piggywatch.collectors.postgres.target import PostgresTarget
 from piggywatch.demo.cluster import ThrowawayCluster
 from piggywatch.store import Sample

@@ -22,13 +22,14 @@ from typing import Any
 import httpx
 
 from piggywatch.collectors.base import CollectorError
-from piggywatch.collectors.edge_functions import (
+from piggywatch.collectors.edge_functions.model import (
     QUANTILES,
     EdgeHttpSourceConfig,
     Ranker,
     Reading,
     Totals,
     WindowStats,
+    add_to,
 )
 
 # One row per invocation: id, timestamp, function id, status and duration. The nested
@@ -221,7 +222,7 @@ def _count(totals: Totals, function: str, status: int, seconds: float,
     index = next((i for i, b in enumerate(buckets) if seconds <= b), len(buckets))
     for series, value in ((f"status:{status_class}", 1.0), (f"bucket:{index}", 1.0),
                           ("sum", seconds)):
-        totals[(function, series)] = totals.get((function, series), 0.0) + value
+        add_to(totals, function, series, value)
 
 
 def _row(item: dict[str, Any]) -> Row:
