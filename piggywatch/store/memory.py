@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from piggywatch.store.buffers import SeriesHistory, Timeline, TimeRange
+from piggywatch.store.exposition import Exposition
 from piggywatch.store.samples import Labels, MetricSpec, Sample
 from piggywatch.store.series import LabelMatcher, MatchOp, Series
 
@@ -123,6 +124,8 @@ class MemoryStore:
         self._name_generation: dict[str, int] = {}
         self._match_cache: dict[tuple[str, frozenset[LabelMatcher]],
                                 tuple[int, list[SeriesHistory]]] = {}
+        # The current snapshots in the text format, rendered by each publish (see exposition).
+        self.exposition = Exposition()
 
     @property
     def retention(self) -> float:
@@ -144,6 +147,8 @@ class MemoryStore:
                 if known is not None and known != spec:
                     raise ValueError(f"metric {spec.name} declared twice with different meaning")
                 self._specs[spec.name] = spec
+                if known is None:
+                    self.exposition.declare(spec)
 
     def specs(self) -> list[MetricSpec]:
         """Every declared metric family, sorted by name."""
@@ -161,6 +166,8 @@ class MemoryStore:
         """
         batch = tuple(samples)
         now_ms = _to_ms(now)
+        # Rendered here, in the publishing thread and outside the lock: a scrape only joins.
+        chunks = self.exposition.render(source, batch, stamped)
         with self._lock:
             undeclared = {s.name for s in batch}.difference(self._specs)
             if undeclared:
@@ -191,6 +198,7 @@ class MemoryStore:
                 owned.add(hist)
             previous = self._sources.get(source)
             self._sources[source] = _Snapshot(batch, owned, stamped)
+            self.exposition.put(source, stamped, chunks)
             self._hand_over(set() if previous is None else previous.owned, owned, now_ms,
                             timeline)
             self._appends_since_sweep += len(batch)
@@ -206,6 +214,7 @@ class MemoryStore:
             snapshot = self._sources.pop(source, None)
             if snapshot is None:
                 return
+            self.exposition.drop(source)
             if now is not None:
                 self._advance(_to_ms(now))
             at_ms = self._now_ms if now is None else _to_ms(now)

@@ -1,0 +1,240 @@
+"""The store's samples in the Prometheus text format (0.0.4), rendered once per publish.
+
+A scrape of a store of 100,000 series must cost about a millisecond per thousand series, and
+must never wait for a collector. So each source's samples are rendered to bytes when the
+source publishes them (in the publishing thread, before the store's lock is taken), family
+by family, and a scrape only joins the bytes of the current snapshots: each family's HELP
+and TYPE lines, then its chunk from every source, stamped sources first. The joined body is
+cached until the next publish, and so is its gzip form, family by family (see ``Gzipped``).
+
+What is rendered is exactly what prometheus-client's renderer made of the same samples
+(tests/test_exposition_cache.py parses both and compares them): labels sorted, values as
+Go formats them, timestamps in whole milliseconds. ``job`` and ``instance`` are left out:
+they are the labels Prometheus gives the scrape target itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Callable, Collection, Iterable
+from typing import cast
+
+from prometheus_client.utils import floatToGoString
+
+from piggywatch.store.samples import Labels, MetricKind, MetricSpec, Sample
+
+# Prometheus's own target labels: kept in the store for the evaluator, not exposed.
+HIDDEN_LABELS = frozenset({"job", "instance"})
+_TYPES = {MetricKind.COUNTER: "counter", MetricKind.GAUGE: "gauge",
+          MetricKind.UNTYPED: "untyped"}
+_go_float_slow = cast(Callable[[float], str], floatToGoString)
+# (name, labels) → "name{labels}" of one source's current series.
+Prefixes = dict[tuple[str, Labels], str]
+
+
+def go_float(value: float) -> str:
+    """``value`` as Go (and prometheus-client) write it: ``1.0``, ``1e+06``, ``+Inf``, ``NaN``."""
+    if value.__class__ is not float:
+        value = float(value)
+    text = repr(value)
+    # Python and Go agree below a million, finite values only (inf, nan end in f / n).
+    if value >= 1e6 or text[-1] in "fn":
+        return _go_float_slow(value)
+    return text
+
+
+def escape(value: str) -> str:
+    """A label value as the text format quotes it."""
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def family_header(spec: MetricSpec) -> bytes:
+    """The HELP and TYPE lines of a family."""
+    doc = spec.help.replace("\\", r"\\").replace("\n", r"\n")
+    return (f"# HELP {spec.name} {doc}\n# TYPE {spec.name} {_TYPES[spec.kind]}\n").encode()
+
+
+def series_prefix(name: str, labels: Labels) -> str:
+    """``name{label="value",...}``, the exposed labels sorted, or ``name`` alone."""
+    pairs = ",".join(f'{key}="{escape(value)}"' for key, value in sorted(labels)
+                     if key not in HIDDEN_LABELS)
+    return f"{name}{{{pairs}}}" if pairs else name
+
+
+def render_source(samples: Iterable[Sample], stamped: bool, previous: Prefixes
+                  ) -> tuple[dict[str, bytes], Prefixes]:
+    """One source's samples as text lines, by family in order of first appearance.
+
+    ``previous`` is the prefixes the last publish of the source rendered: a series present
+    again costs a dict lookup, not its labels' formatting. Returns the chunks and the
+    prefixes of this publish (only the series it has, so the cache never outgrows it).
+    """
+    lines: dict[str, list[str]] = {}
+    prefixes: Prefixes = {}
+    last_ts: float | None = None
+    stamp = ""
+    for sample in samples:
+        name, labels = sample.name, sample.labels
+        key = (name, labels)
+        prefix = previous.get(key)
+        if prefix is None:
+            prefix = series_prefix(name, labels)
+        prefixes[key] = prefix
+        out = lines.get(name)
+        if out is None:
+            out = lines[name] = []
+        if stamped:
+            if sample.timestamp != last_ts:
+                last_ts = sample.timestamp
+                stamp = f" {round(float(last_ts) * 1000)}\n"
+            out.append(f"{prefix} {go_float(sample.value)}{stamp}")
+        else:
+            out.append(f"{prefix} {go_float(sample.value)}\n")
+    return {name: "".join(out).encode() for name, out in lines.items()}, prefixes
+
+
+# A raw deflate stream's last block: empty, final. Each family's block before it is
+# compressed on its own and ends on a byte boundary (Z_SYNC_FLUSH), so blocks concatenate.
+_DEFLATE_END = b"\x03\x00"
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+
+
+def _deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+class _Family:
+    """One family's pieces at one version, and their deflated form once asked for."""
+
+    __slots__ = ("deflated", "name", "pieces")
+
+    def __init__(self, name: str, pieces: tuple[bytes, ...]) -> None:
+        self.name = name
+        self.pieces = pieces
+        self.deflated: bytes | None = None
+
+    def same_as(self, other: _Family) -> bool:
+        return len(self.pieces) == len(other.pieces) and all(
+            a is b for a, b in zip(self.pieces, other.pieces, strict=True))
+
+
+class _Body:
+    """The exposition at one version of the store: families, joined bytes, gzip parts."""
+
+    __slots__ = ("crc", "data", "families", "version")
+
+    def __init__(self, version: int, families: list[_Family]) -> None:
+        self.version = version
+        self.families = families
+        self.data = b"".join(piece for family in families for piece in family.pieces)
+        self.crc: int | None = None
+
+
+class Exposition:
+    """Rendered chunks of every source's current snapshot, joined and cached for scrapes.
+
+    Its own lock is held only to swap references, so a scrape never waits for a publish.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._headers: dict[str, bytes] = {}
+        # source → (stamped, {family: chunk}), in the order sources first published.
+        self._sources: dict[str, tuple[bool, dict[str, bytes]]] = {}
+        self._prefixes: dict[str, Prefixes] = {}
+        self._version = 0
+        self._body: _Body | None = None
+
+    def declare(self, spec: MetricSpec) -> None:
+        """Remember the HELP and TYPE lines of ``spec``'s family."""
+        header = family_header(spec)
+        with self._lock:
+            if self._headers.get(spec.name) != header:
+                self._headers[spec.name] = header
+                self._version += 1
+
+    def render(self, source: str, samples: Iterable[Sample], stamped: bool
+               ) -> dict[str, bytes]:
+        """Render ``source``'s samples (outside any lock); ``put`` them once published."""
+        chunks, prefixes = render_source(samples, stamped, self._prefixes.get(source, {}))
+        self._prefixes[source] = prefixes
+        return chunks
+
+    def put(self, source: str, stamped: bool, chunks: dict[str, bytes]) -> None:
+        """Make ``chunks`` (from ``render``) the source's exposition."""
+        with self._lock:
+            self._sources[source] = (stamped, chunks)
+            self._version += 1
+
+    def drop(self, source: str) -> None:
+        """The source has no current snapshot any more."""
+        with self._lock:
+            if self._sources.pop(source, None) is not None:
+                self._version += 1
+
+    def body(self, names: Collection[str] | None = None) -> bytes:
+        """The text exposition of every family (or of the families in ``names``)."""
+        if names is not None:
+            return b"".join(piece for family in self._families(names) for piece in family.pieces)
+        return self._current().data
+
+    def gzipped_parts(self) -> tuple[list[bytes], int, int]:
+        """The deflate blocks of ``body()`` (no header, no end block), its CRC-32 and length.
+
+        Each family's block is compressed once and reused until its content changes.
+        """
+        body = self._current()
+        blocks = []
+        for family in body.families:
+            if family.deflated is None:
+                family.deflated = _deflate(b"".join(family.pieces))
+            blocks.append(family.deflated)
+        if body.crc is None:
+            body.crc = zlib.crc32(body.data)
+        return blocks, body.crc, len(body.data)
+
+    def _current(self) -> _Body:
+        with self._lock:
+            body, version = self._body, self._version
+        if body is not None and body.version == version:
+            return body
+        families = self._families(None)
+        if body is not None:
+            # Unchanged families keep their deflated block.
+            before = {family.name: family for family in body.families}
+            for family in families:
+                old = before.get(family.name)
+                if old is not None and old.deflated is not None and family.same_as(old):
+                    family.deflated = old.deflated
+        fresh = _Body(version, families)
+        with self._lock:
+            if self._body is None or self._body.version < version:
+                self._body = fresh
+        return fresh
+
+    def _families(self, names: Collection[str] | None) -> list[_Family]:
+        with self._lock:
+            sources = list(self._sources.values())
+            headers = self._headers
+        stamped: dict[str, list[bytes]] = {}
+        unstamped: dict[str, list[bytes]] = {}
+        for is_stamped, chunks in sources:
+            into = stamped if is_stamped else unstamped
+            for name, chunk in chunks.items():
+                if names is None or name in names:
+                    into.setdefault(name, []).append(chunk)
+        return [_Family(name, (headers[name], *stamped.get(name, ()), *unstamped.get(name, ())))
+                for name in sorted(stamped.keys() | unstamped.keys())]
+
+
+def gzip_member(parts: list[bytes], crc: int, size: int) -> bytes:
+    """One gzip member from deflate blocks that each end on a byte boundary."""
+    trailer = (crc & 0xFFFFFFFF).to_bytes(4, "little") + (size & 0xFFFFFFFF).to_bytes(4, "little")
+    return b"".join((_GZIP_HEADER, *parts, _DEFLATE_END, trailer))
+
+
+def deflate_block(data: bytes) -> bytes:
+    """``data`` as a deflate block that ``gzip_member`` can append to others."""
+    return _deflate(data)

@@ -1,0 +1,173 @@
+"""/metrics from bytes rendered at publish time: the same exposition as rendering at scrape time.
+
+The reference is prometheus-client's own path: the store read through ``StoreCollector`` into
+metric families at scrape time (what /metrics served before the cache), rendered by
+``render_text`` on a plain registry and by prometheus-client's ``generate_latest``. Both are
+parsed with prometheus-client's parser and compared with what the cached exposition serves.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import threading
+import zlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from piggywatch.exporter import StoreCollector, build_registry, metrics_app, render_text
+from piggywatch.store import MemoryStore, MetricKind, MetricSpec, Sample, labels_of
+
+NAMES = ["pg_fam_a", "pg_fam_b_total", "pg_fam_c_seconds", "piggywatch_fam_d"]
+LABEL_KEYS = ["datname", "job", "instance", "server", "user", "a"]
+label_values = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]),
+                       max_size=8) | st.sampled_from(['"', "\\", "\n", "a\\\"b\nc", ""])
+values = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-2**53, 2**53).map(float) \
+    | st.sampled_from([0.0, -0.0, 1e6, 123456789.0, 1e-7, 5e-324, 1.7976931348623157e308])
+timestamps = st.floats(min_value=1.0e9, max_value=2.0e9, allow_nan=False)
+
+
+@st.composite
+def stores(draw: st.DrawFn) -> MemoryStore:
+    store = MemoryStore()
+    helps = draw(st.lists(st.text(max_size=12) | st.sampled_from(["a\\b", "line\nbreak"]),
+                          min_size=len(NAMES), max_size=len(NAMES)))
+    kinds = draw(st.lists(st.sampled_from(list(MetricKind)), min_size=len(NAMES),
+                          max_size=len(NAMES)))
+    store.register(MetricSpec(n, k, h) for n, k, h in zip(NAMES, kinds, helps, strict=True))
+    now = draw(timestamps)
+    sources = draw(st.lists(st.sampled_from(["s1", "s2", "s3"]), min_size=1, max_size=6))
+    for step, source in enumerate(sources):
+        if draw(st.booleans()) and step:
+            store.clear(source)
+            continue
+        stamp = now + step
+        series = draw(st.dictionaries(
+            st.tuples(st.sampled_from(NAMES),
+                      st.dictionaries(st.sampled_from(LABEL_KEYS), label_values, max_size=4)
+                      .map(lambda d: labels_of(d))),
+            st.tuples(values, st.sampled_from([stamp, stamp - 0.0004, stamp - 7.25])),
+            max_size=12))
+        store.publish(source, [Sample(name, labels, value, ts)
+                               for (name, labels), (value, ts) in series.items()],
+                      stamp, stamped=draw(st.booleans()))
+    return store
+
+
+def scrape(app: Callable[..., Iterable[bytes]], **environ: Any) -> tuple[dict[str, str], bytes]:
+    got: dict[str, str] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+        got.update(headers)
+        got["status"] = status
+
+    body = b"".join(app({"QUERY_STRING": "", **environ}, start_response))
+    return got, body
+
+
+def parsed(text: str) -> tuple[list[tuple[str, tuple[tuple[str, str], ...], str, Any]],
+                               dict[str, str]]:
+    """Every sample (name, labels, value, timestamp) sorted, and each family's HELP.
+
+    Names are compared without ``_total``: prometheus-client's renderer adds it to a
+    counter's TYPE line, and its parser to a counter's samples; ours keep upstream names.
+    """
+    samples = []
+    docs = {}
+    for family in text_string_to_metric_families(text):
+        if family.documentation:
+            docs[family.name.removesuffix("_total")] = family.documentation
+        for s in family.samples:
+            value = "NaN" if math.isnan(s.value) else repr(s.value)
+            labels = tuple(sorted(s.labels.items()))
+            samples.append((s.name.removesuffix("_total"), labels, value, s.timestamp))
+    return sorted(samples, key=lambda s: (repr(s[:3]), s[3] or 0)), docs
+
+
+def reference_text(store: MemoryStore) -> str:
+    """What /metrics served before the cache: the store read at scrape time."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(StoreCollector(store))
+    return render_text(registry).decode()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stores())
+def test_cached_exposition_is_what_rendering_at_scrape_time_gives(store: MemoryStore) -> None:
+    before = reference_text(store)
+    headers, served = scrape(metrics_app(build_registry(store, process_metrics=False)))
+    assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    # Byte for byte the renderer it replaces, and the same samples as prometheus-client's own.
+    assert served.decode() == before
+    ours = parsed(served.decode())
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(StoreCollector(store))
+    theirs = parsed(generate_latest(registry).decode())
+    # prometheus-client truncates a timestamp to the millisecond; the store keeps it rounded.
+    assert [s[:3] for s in ours[0]] == [s[:3] for s in theirs[0]]
+    for mine, its in zip(ours[0], theirs[0], strict=True):
+        assert (mine[3] is None) == (its[3] is None)
+        assert mine[3] is None or abs(float(mine[3]) - float(its[3])) <= 0.0011
+    assert ours[1] == theirs[1]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stores(), st.sets(st.sampled_from(NAMES), min_size=1))
+def test_gzip_and_name_filter_serve_the_same_samples(store: MemoryStore,
+                                                     names: set[str]) -> None:
+    app = metrics_app(build_registry(store, process_metrics=False))
+    _, plain = scrape(app)
+    headers, zipped = scrape(app, HTTP_ACCEPT_ENCODING="gzip, deflate")
+    assert headers.get("Content-Encoding") == "gzip"
+    assert gzip.decompress(zipped) == plain
+    # As Prometheus, httpx and curl read it: one member, no trailing data.
+    decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    assert decoder.decompress(zipped) + decoder.flush() == plain
+    assert decoder.eof and not decoder.unused_data
+    query = "&".join(f"name[]={n}" for n in sorted(names))
+    _, filtered = scrape(app, QUERY_STRING=query)
+    short = {n.removesuffix("_total") for n in names}
+    wanted = [s for s in parsed(plain.decode())[0] if s[0] in short]
+    assert parsed(filtered.decode())[0] == wanted
+
+
+def test_warm_scrape_serves_the_bytes_rendered_at_publish() -> None:
+    store = MemoryStore()
+    store.register([MetricSpec("pg_up", MetricKind.GAUGE, "up"),
+                    MetricSpec("pg_x_total", MetricKind.COUNTER, "x")])
+    store.publish("a", [Sample("pg_up", labels_of(server="s"), 1.0, 100.0)], 100.0, stamped=True)
+    store.publish("b", [Sample("pg_x_total", labels_of(), 2.0, 100.0)], 100.0)
+    app = metrics_app(build_registry(store, process_metrics=False))
+    first = scrape(app)[1]
+    assert first == reference_text(store).encode()
+    # Nothing published since: the same bytes, not a new rendering.
+    assert store.exposition.body() is store.exposition.body()
+    parts, _, _ = store.exposition.gzipped_parts()
+    store.publish("b", [Sample("pg_x_total", labels_of(), 3.0, 101.0)], 101.0)
+    again, _, _ = store.exposition.gzipped_parts()
+    # Only the family that changed was compressed again.
+    assert again[0] is parts[0] and again[1] is not parts[1]
+    assert scrape(app)[1] == reference_text(store).encode()
+
+
+def test_scrape_answers_while_a_publish_holds_the_store() -> None:
+    store = MemoryStore()
+    store.register([MetricSpec("pg_up", MetricKind.GAUGE, "up")])
+    store.publish("a", [Sample("pg_up", labels_of(), 1.0, 100.0)], 100.0)
+    app = metrics_app(build_registry(store, process_metrics=False))
+    answered = threading.Event()
+
+    def scrape_in_thread() -> None:
+        scrape(app)
+        answered.set()
+
+    with store._lock:  # what a publish of thousands of series holds for milliseconds
+        thread = threading.Thread(target=scrape_in_thread)
+        thread.start()
+        assert answered.wait(5), "the scrape waited for the store's lock"
+    thread.join()
