@@ -14,8 +14,8 @@ from pydantic import ValidationError
 
 from piggywatch.alerting.grouping import DueKind, Grouper
 from piggywatch.alerting.routing import Router
-from piggywatch.alerting.settings import Route, TimeInterval
-from piggywatch.alerting.time_intervals import TimeIntervals
+from piggywatch.alerting.settings import Route
+from piggywatch.alerting.time_intervals import TimeInterval, TimeIntervals
 from piggywatch.rules.alerts import Alert, AlertEvent, AlertState, EventKind
 
 LONDON = ZoneInfo("Europe/London")

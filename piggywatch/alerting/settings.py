@@ -11,7 +11,7 @@ from typing import Annotated, Literal, Protocol
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from piggywatch.alerting.matchers import MatcherError, parse_matcher
-from piggywatch.alerting.time_intervals import parse_time_interval
+from piggywatch.alerting.time_intervals import TimeInterval
 from piggywatch.config_types import Duration, DurationOrZero
 from piggywatch.yamlpos import KeyPath, dotted
 
@@ -193,37 +193,6 @@ class InhibitRule(_Strict):
         for name in self.equal:
             if not _LABEL_NAME.match(name):
                 raise ValueError(f"equal: {name!r} is not a label name")
-        return self
-
-
-class TimeRange(_Strict):
-    """``09:00`` to ``18:00`` (end exclusive)."""
-
-    start_time: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
-    end_time: str = Field(pattern=r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$")
-
-    @model_validator(mode="after")
-    def _start_before_end(self) -> TimeRange:
-        # Zero-padded HH:MM compares correctly as text.
-        if self.start_time >= self.end_time:
-            raise ValueError(f"{self.start_time} to {self.end_time} is empty: the start must be "
-                             "before the end (split a range across midnight in two)")
-        return self
-
-
-class TimeInterval(_Strict):
-    """A named, time-zone aware set of opening times (business hours)."""
-
-    name: str
-    time_zone: str = "UTC"
-    weekdays: list[str] = []  # "monday:friday", "saturday"
-    times: list[TimeRange] = []
-    days_of_month: list[str] = []  # "1:7", "-1"
-    months: list[str] = []  # "january:march", "12"
-
-    @model_validator(mode="after")
-    def _parses(self) -> TimeInterval:
-        parse_time_interval(self)  # the zone exists, the ranges read and run forwards
         return self
 
 

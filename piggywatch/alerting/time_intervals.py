@@ -22,13 +22,11 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-if TYPE_CHECKING:
-    from piggywatch.alerting.settings import TimeInterval
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["TimeIntervals", "parse_time_interval"]
+__all__ = ["TimeInterval", "TimeIntervals", "TimeRange", "parse_time_interval"]
 
 _WEEKDAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
 _MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august",
@@ -39,6 +37,41 @@ _DAY = 86400.0
 _HORIZON_DAYS = 5 * 366
 
 Range = tuple[int, int]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TimeRange(_Strict):
+    """``09:00`` to ``18:00`` (end exclusive)."""
+
+    start_time: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    end_time: str = Field(pattern=r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$")
+
+    @model_validator(mode="after")
+    def _start_before_end(self) -> TimeRange:
+        # Zero-padded HH:MM compares correctly as text.
+        if self.start_time >= self.end_time:
+            raise ValueError(f"{self.start_time} to {self.end_time} is empty: the start must be "
+                             "before the end (split a range across midnight in two)")
+        return self
+
+
+class TimeInterval(_Strict):
+    """A named, time-zone aware set of opening times (business hours)."""
+
+    name: str
+    time_zone: str = "UTC"
+    weekdays: list[str] = []  # "monday:friday", "saturday"
+    times: list[TimeRange] = []
+    days_of_month: list[str] = []  # "1:7", "-1"
+    months: list[str] = []  # "january:march", "12"
+
+    @model_validator(mode="after")
+    def _parses(self) -> TimeInterval:
+        parse_time_interval(self)  # the zone exists, the ranges read and run forwards
+        return self
 
 
 @dataclass(frozen=True)
@@ -162,11 +195,8 @@ def parse_time_interval(config: TimeInterval) -> _Spec:
                          "as Europe/London or UTC") from None
     times = []
     for item in config.times:
-        start, end = _minutes(item.start_time), _minutes(item.end_time)
-        if start >= end:
-            raise ValueError(f"times: {item.start_time} to {item.end_time} is empty; the start "
-                             "must be before the end (use two ranges across midnight)")
-        times.append((start, end))
+        # TimeRange has checked that the start is before the end.
+        times.append((_minutes(item.start_time), _minutes(item.end_time)))
     return _Spec(
         zone=zone,
         times=tuple(times),
