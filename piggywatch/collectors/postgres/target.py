@@ -180,14 +180,26 @@ class Session:
             with conn.cursor(binary=binary) as cur:
                 # All four go out together and are answered after one Sync (psycopg's
                 # transaction() would add round trips).
-                with conn.pipeline():
-                    conn.execute("BEGIN READ ONLY")
-                    # A bound parameter keeps pg_stat_statements from recording one entry
-                    # per distinct value.
-                    conn.execute("SELECT set_config('statement_timeout', %s, true)",
-                                 (timeout_ms,))
-                    cur.execute(query, params)  # type: ignore[arg-type]
-                    conn.execute("COMMIT")
+                # A statement's error is kept and raised after the pipeline block: raised
+                # inside it, psycopg would log a second, uninformative warning ("error
+                # ignored terminating <Pipeline>: pipeline aborted") every failing cycle.
+                failure: psycopg.Error | None = None
+                try:
+                    with conn.pipeline():
+                        try:
+                            conn.execute("BEGIN READ ONLY")
+                            # A bound parameter keeps pg_stat_statements from recording one
+                            # entry per distinct value.
+                            conn.execute("SELECT set_config('statement_timeout', %s, true)",
+                                         (timeout_ms,))
+                            cur.execute(query, params)  # type: ignore[arg-type]
+                            conn.execute("COMMIT")
+                        except psycopg.Error as exc:
+                            failure = exc
+                except psycopg.Error as exc:
+                    failure = failure or exc
+                if failure is not None:
+                    raise failure
                 return cur.fetchall() if cur.description is not None else []
         except BaseException:
             # A failed statement skips the rest of the pipeline, COMMIT included: the
