@@ -19,7 +19,7 @@ from piggywatch.collectors.postgres.target import PostgresTarget
 from piggywatch.config import Settings, TargetConfig
 from piggywatch.selfmetrics import SelfMetrics
 from piggywatch.state import StateStore
-from piggywatch.store import MemoryStore, Sample, labels_of
+from piggywatch.store import Labels, MemoryStore, Sample, labels_of
 
 log = logging.getLogger("piggywatch.daemon")
 
@@ -47,6 +47,9 @@ class CollectorJob:
     attempted: bool = False
     running: bool = False
     _failing: str | None = field(default=None, repr=False)
+    # The last cycle's label sets with the target's labels merged in, by id of the original.
+    _merged: dict[int, tuple[Labels, Labels]] = field(default_factory=dict, repr=False)
+    _merge_key: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     @property
     def source(self) -> str:
@@ -77,10 +80,7 @@ class CollectorJob:
             # An unexpected error is a bug in PiggyWatch: full traceback, and Sentry if set.
             log.exception("collector %s of %s crashed", self.collector.name, self.owner)
         if self.target is not None:
-            name = self.target.name
-            extra = dict(self.target.labels)
-            samples = [Sample(s.name, labels_of(dict(s.labels), **extra, target=name),
-                              s.value, s.timestamp) for s in samples]
+            samples = self._with_target_labels(samples)
         if getattr(self.collector, "dynamic_specs", False):
             # Families discovered by this cycle (e.g. the server's settings).
             self.store.register(self.collector.specs())
@@ -101,6 +101,36 @@ class CollectorJob:
             self.owner, self.collector.name, duration=time.monotonic() - started, now=now,
             error=error, samples=len(samples),
             up=self.target.up if self.target is not None else None)
+
+    def _with_target_labels(self, samples: list[Sample]) -> list[Sample]:
+        """``samples`` with the target's labels, merged once per distinct label set.
+
+        Collectors hand the same labels object to the samples of one series' families (and
+        keep it from cycle to cycle), so the merge is looked up by identity: thousands of
+        statement series cost a lookup each, not a dict built and sorted per sample.
+        """
+        assert self.target is not None
+        extra = (*self.target.labels, ("target", self.target.name))
+        if self._merge_key != extra:
+            self._merge_key, self._merged = extra, {}
+        merged = self._merged
+        fresh: dict[int, tuple[Labels, Labels]] = {}
+        out = []
+        for s in samples:
+            key = id(s.labels)
+            hit = fresh.get(key) or merged.get(key)
+            if hit is None or hit[0] is not s.labels:
+                merged_labels = labels_of(dict(s.labels), **dict(extra))
+                # Labels that already carry the target's (the statements collector's) stay
+                # the same object, and their samples are kept as they are.
+                hit = (s.labels, s.labels if merged_labels == s.labels else merged_labels)
+            fresh[key] = hit
+            out.append(s if hit[1] is s.labels else Sample(s.name, hit[1], s.value,
+                                                           s.timestamp))
+        # Only this cycle's label sets are kept (each entry holds its key object alive,
+        # so an id is never reused while its entry is here).
+        self._merged = fresh
+        return out
 
     def _report_failure(self, reason: str, message: str) -> None:
         # Log a failure when it starts or changes, not every cycle it persists: a database

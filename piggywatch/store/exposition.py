@@ -29,7 +29,10 @@ HIDDEN_LABELS = frozenset({"job", "instance"})
 _TYPES = {MetricKind.COUNTER: "counter", MetricKind.GAUGE: "gauge",
           MetricKind.UNTYPED: "untyped"}
 _go_float_slow = cast(Callable[[float], str], floatToGoString)
-# (name, labels) → "name{labels}" of one source's current series.
+# id(labels) → (labels, '{label="value",...}') of one source's current series: collectors
+# keep a series' labels object from cycle to cycle, so a lookup by identity (checked) saves
+# hashing a tuple of pairs per sample.
+Prefixes = dict[int, tuple[Labels, str]]
 Prefixes = dict[tuple[str, Labels], str]
 
 
@@ -55,32 +58,36 @@ def family_header(spec: MetricSpec) -> bytes:
     return (f"# HELP {spec.name} {doc}\n# TYPE {spec.name} {_TYPES[spec.kind]}\n").encode()
 
 
-def series_prefix(name: str, labels: Labels) -> str:
-    """``name{label="value",...}``, the exposed labels sorted, or ``name`` alone."""
+def label_text(labels: Labels) -> str:
+    """``{label="value",...}``, the exposed labels sorted, or nothing without any."""
     pairs = ",".join(f'{key}="{escape(value)}"' for key, value in sorted(labels)
                      if key not in HIDDEN_LABELS)
-    return f"{name}{{{pairs}}}" if pairs else name
+    return f"{{{pairs}}}" if pairs else ""
 
 
 def render_source(samples: Iterable[Sample], stamped: bool, previous: Prefixes
                   ) -> tuple[dict[str, bytes], Prefixes]:
     """One source's samples as text lines, by family in order of first appearance.
 
-    ``previous`` is the prefixes the last publish of the source rendered: a series present
-    again costs a dict lookup, not its labels' formatting. Returns the chunks and the
-    prefixes of this publish (only the series it has, so the cache never outgrows it).
+    ``previous`` is what the last publish of the source rendered of its labels: a series
+    present again costs a lookup, not its labels' formatting. Returns the chunks and this
+    publish's label texts (only of the series it has, so the cache never outgrows it).
     """
     lines: dict[str, list[str]] = {}
-    prefixes: Prefixes = {}
+    texts: Prefixes = {}
     last_ts: float | None = None
-    stamp = ""
+    last_labels: Labels | None = None
+    text = stamp = ""
     for sample in samples:
         name, labels = sample.name, sample.labels
-        key = (name, labels)
-        prefix = previous.get(key)
-        if prefix is None:
-            prefix = series_prefix(name, labels)
-        prefixes[key] = prefix
+        if labels is not last_labels:
+            last_labels = labels
+            key = id(labels)
+            hit = texts.get(key) or previous.get(key)
+            if hit is None or hit[0] is not labels:
+                hit = (labels, label_text(labels))
+            texts[key] = hit
+            text = hit[1]
         out = lines.get(name)
         if out is None:
             out = lines[name] = []
@@ -88,10 +95,10 @@ def render_source(samples: Iterable[Sample], stamped: bool, previous: Prefixes
             if sample.timestamp != last_ts:
                 last_ts = sample.timestamp
                 stamp = f" {round(float(last_ts) * 1000)}\n"
-            out.append(f"{prefix} {go_float(sample.value)}{stamp}")
+            out.append(f"{name}{text} {go_float(sample.value)}{stamp}")
         else:
-            out.append(f"{prefix} {go_float(sample.value)}\n")
-    return {name: "".join(out).encode() for name, out in lines.items()}, prefixes
+            out.append(f"{name}{text} {go_float(sample.value)}\n")
+    return {name: "".join(out).encode() for name, out in lines.items()}, texts
 
 
 # A raw deflate stream's last block: empty, final. Each family's block before it is

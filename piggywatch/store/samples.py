@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 # Sorted (name, value) pairs: hashable and cheap to compare, so a series key is just
 # (metric name, labels).
@@ -36,9 +37,12 @@ class MetricSpec:
     help: str
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One observation of one series."""
+class Sample(NamedTuple):
+    """One observation of one series.
+
+    A named tuple rather than a frozen dataclass: collectors build tens of thousands a cycle,
+    and a tuple is built in a third of the time.
+    """
 
     name: str
     labels: Labels
