@@ -38,9 +38,9 @@ from piggywatch.alerting.settings import (
     InhibitRule,
     Receiver,
     Route,
-    TimeInterval,
     alerting_problem_locations,
 )
+from piggywatch.alerting.time_intervals import TimeInterval
 from piggywatch.collectors.cost import CostConfig
 from piggywatch.collectors.custom_sql import CustomQueryConfig
 from piggywatch.collectors.edge_functions import EdgeFunctionsConfig

@@ -43,10 +43,7 @@ class AlertDelivery:
                              completion_state=completion_state,
                              in_flight_grace=in_flight_grace)
         self.dispatcher = Dispatcher(
-            AlertingSettings(receivers=settings.receivers, route=settings.route,
-                             escalations=settings.escalations,
-                             inhibit_rules=settings.inhibit_rules,
-                             time_intervals=settings.time_intervals),
+            AlertingSettings.of(settings),
             self.outbox, state, external_url=settings.external_url)
         # PagerDuty webhooks or polling, Slack buttons, mail links: None when none is set.
         self.hooks = AckHooks(settings, self.dispatcher, state) if wants_hooks(settings) \

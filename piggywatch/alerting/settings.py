@@ -10,7 +10,7 @@ from typing import Annotated, Literal, Protocol
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from piggywatch.alerting.matchers import MatcherError, parse_matcher
+from piggywatch.alerting.matchers import parse_matcher
 from piggywatch.alerting.time_intervals import TimeInterval
 from piggywatch.config_types import Duration, DurationOrZero
 from piggywatch.yamlpos import KeyPath, dotted
@@ -210,6 +210,16 @@ class AlertingSettings(_Strict):
         check_alerting_references(self)
         return self
 
+    @classmethod
+    def of(cls, fields: AlertingFields) -> AlertingSettings:
+        """The alerting settings held by an already validated model (the top-level
+        settings), handed on as they are: validated once, where they were loaded."""
+        return cls.model_construct(receivers=list(fields.receivers), route=fields.route,
+                                   escalations={k: list(v) for k, v in
+                                                fields.escalations.items()},
+                                   inhibit_rules=list(fields.inhibit_rules),
+                                   time_intervals=list(fields.time_intervals))
+
 
 # --- cross references ----------------------------------------------------------------
 
@@ -274,13 +284,7 @@ def alerting_problem_locations(
         problems.extend(_root_problems(route))
         problems.extend(_route_problems(route, ("route",), receiver_names, set(escalations),
                                         interval_names))
-    for i, rule in enumerate(inhibit_rules):
-        for side in ("source_matchers", "target_matchers"):
-            for j, text in enumerate(getattr(rule, side)):
-                try:
-                    parse_matcher(text)
-                except MatcherError as exc:
-                    problems.append((("inhibit_rules", i, side, j), str(exc)))
+    # Matchers are not looked at here: the Matcher type has checked each one already.
     return problems
 
 
@@ -314,11 +318,6 @@ def _route_problems(route: Route, path: KeyPath, receivers: set[str], escalation
         problem = _unknown(route.escalation, escalations, "escalation")
         if problem:
             problems.append(((*path, "escalation"), problem))
-    for j, text in enumerate(route.matchers):
-        try:
-            parse_matcher(text)
-        except MatcherError as exc:
-            problems.append(((*path, "matchers", j), str(exc)))
     for key in ("active_time_intervals", "mute_time_intervals"):
         for j, name in enumerate(getattr(route, key)):
             problem = _unknown(name, intervals, "time interval")
