@@ -31,6 +31,10 @@ TYPED_WHERE_UPSTREAM_0_11_IS_NOT = {
     "pg_stat_database_sessions_fatal": "counter", "pg_stat_database_sessions_killed": "counter",
     "pg_stat_database_checksum_failures": "counter",
     "pg_stat_database_checksum_last_failure": "gauge",
+    # Columns newer than upstream 0.11 (PostgreSQL 16 and 18), which it shows untyped.
+    "pg_stat_database_conflicts_confl_active_logicalslot": "counter",
+    "pg_stat_database_parallel_workers_to_launch": "counter",
+    "pg_stat_database_parallel_workers_launched": "counter",
 }
 # Settings of the reading session, not the server: PiggyWatch's session is read-only with a
 # per-query statement_timeout, and psycopg asks for extra_float_digits.

@@ -44,6 +44,11 @@ STAT_DATABASE = (
     Column("sessions_killed", "pg_stat_database_sessions_killed", _C,
            "Number of database sessions to this database that were terminated by operator "
            "intervention"),
+    # PostgreSQL 18.
+    Column("parallel_workers_to_launch", "pg_stat_database_parallel_workers_to_launch", _C,
+           "Number of parallel workers planned to be launched by queries on this database"),
+    Column("parallel_workers_launched", "pg_stat_database_parallel_workers_launched", _C,
+           "Number of parallel workers launched by queries on this database"),
     Column("checksum_last_failure", "pg_stat_database_checksum_last_failure", _G,
            "Time at which the last data page checksum failure was detected in this database"),
     Column("stats_reset", "pg_stat_database_stats_reset", _C,
