@@ -49,7 +49,12 @@ def timed(run: Callable[[], int], rounds: int) -> tuple[float, float, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=50)
-    rounds = parser.parse_args().rounds
+    parser.add_argument("--quick", action="store_true",
+                        help="a run of seconds, budgets not asserted (CI)")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds = 3
+    rounds = args.rounds
     with ThrowawayCluster(max_connections=20) as cluster:
         cluster.bootstrap_demo()
         dsn = cluster.dsn(dbname=DEMO_DATABASE, user=MONITOR_ROLE)
@@ -84,4 +89,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # --quick keeps a bench working in CI; its figures are not held to the budgets.
+    raise SystemExit(0 if "--quick" in sys.argv[1:] else code)

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for tests.servers, the same local servers the tests use
 
 from piggywatch.config import parse_settings  # noqa: E402
-from piggywatch.delivery import AlertDelivery  # noqa: E402
+from piggywatch.delivery import AlertDelivery, register_delivery_metrics  # noqa: E402
 from piggywatch.rules.manager import NoData, RuleManager  # noqa: E402
 from piggywatch.store import MemoryStore, MetricKind, MetricSpec  # noqa: E402
 from tests.servers._http import RecordedRequest, Reply  # noqa: E402
@@ -78,7 +78,7 @@ class Pipeline:
         self.store = MemoryStore()
         self.store.register([MetricSpec("bench_value", MetricKind.GAUGE, "bench")])
         self.delivery = AlertDelivery(settings, directory / "state.db")
-        self.delivery.register(self.store)
+        register_delivery_metrics(self.store)
         self.rules = RuleManager(self.store, self.store, self.delivery.dispatcher.handle,
                                  no_data=NoData.OK)
         rules = directory / "rules.yaml"

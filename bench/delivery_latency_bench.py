@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +27,11 @@ SPACING = 0.6  # seconds between alerts: past the PagerDuty throttle
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alerts", type=int, default=50)
+    parser.add_argument("--quick", action="store_true",
+                        help="a run of seconds, budgets not asserted (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.alerts = 5
     latencies: list[float] = []
     with TimedPagerDuty() as pagerduty, tempfile.TemporaryDirectory() as tmp:
         pipeline = Pipeline(Path(tmp), settings_yaml(pagerduty, None, group_wait="0s"))
@@ -63,4 +68,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    # --quick keeps a bench working in CI; its figures are not held to the budgets.
+    raise SystemExit(0 if "--quick" in sys.argv[1:] else code)

@@ -58,7 +58,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true",
+                        help="a run of seconds, budgets not asserted (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.rows, args.rounds = 20_000, 1
     with ThrowawayCluster() as cluster, tempfile.TemporaryDirectory() as tmp:
         cluster.bootstrap_demo()
         with psycopg.connect(cluster.dsn(dbname="piggybong"), autocommit=True) as admin:
@@ -108,4 +112,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # --quick keeps a bench working in CI; its figures are not held to the budgets.
+    raise SystemExit(0 if "--quick" in sys.argv[1:] else code)

@@ -192,7 +192,11 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--takeover", type=float, nargs="+", default=[15.0, 3.0],
                         help="ha.takeover_after settings to measure (seconds)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a run of seconds, budgets not asserted (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.kills, args.takeover = 1, [3.0]
     results = {}
     with ThrowawayCluster(max_connections=100) as cluster, \
             tempfile.TemporaryDirectory() as tmp:

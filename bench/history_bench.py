@@ -104,7 +104,11 @@ def main() -> None:
     parser.add_argument("--record-every", type=float, default=300.0,
                         help="seconds between record() calls (history resolution is 300 s)")
     parser.add_argument("--path", type=Path, help="state file to write (default: a temp dir)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a run of seconds, budgets not asserted (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.series, args.days = 200, 0.25
 
     with tempfile.TemporaryDirectory() as scratch:
         path = args.path or Path(scratch) / "state.db"

@@ -161,7 +161,11 @@ def main() -> None:
     parser.add_argument("--scrapes", type=int, default=50, help="scrapes measured")
     parser.add_argument("--series", type=int, default=2000, help="series in /metrics")
     parser.add_argument("--tls", action="store_true", help="serve over TLS")
+    parser.add_argument("--quick", action="store_true",
+                        help="a run of seconds, budgets not asserted (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.slow, args.scrapes, args.series = 10, 5, 200
     with tempfile.TemporaryDirectory() as directory:
         tmp = Path(directory)
         tls: list[str] = []

@@ -130,7 +130,11 @@ def main() -> None:
     parser.add_argument("--latency-n", type=int, default=1000)
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true",
+                        help="a run of seconds, budgets not asserted (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.latency_n, args.n = 50, 200
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         directory = Path(tmp)
         print(f"state files in {directory}")

@@ -12,6 +12,7 @@ import argparse
 import random
 import re
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -55,9 +56,13 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true",
                         help="also print each rule shape's time per cycle and a cProfile of "
                              "one cycle (after the measured ones)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a run of seconds, budgets not asserted (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.cycles = 2
     per = args.series_per_metric
-    metrics = SERIES // per
+    metrics = (2_000 if args.quick else SERIES) // per
     rng = random.Random(7)
     store = MemoryStore(retention=WINDOW)
     specs = []
@@ -187,4 +192,6 @@ def _instrument(manager: RuleManager, parts: dict[str, list[float]]) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    # --quick keeps a bench working in CI; its figures are not held to the budgets.
+    raise SystemExit(0 if "--quick" in sys.argv[1:] else code)

@@ -219,7 +219,11 @@ def main() -> int:
     parser.add_argument("--hot", type=int, default=300, help="hot statements (skewed traffic)")
     parser.add_argument("--new", type=int, default=5,
                         help="never-seen statements per interval in the second scenario")
+    parser.add_argument("--quick", action="store_true",
+                        help="a run of seconds, budgets not asserted (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.statements, args.samples, args.warmup, args.hot = 300, 3, 2, 50
     rng = random.Random(7)
 
     with ThrowawayCluster(max_connections=20) as cluster, \
@@ -281,4 +285,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # --quick keeps a bench working in CI; its figures are not held to the budgets.
+    raise SystemExit(0 if "--quick" in sys.argv[1:] else code)

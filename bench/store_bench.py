@@ -177,7 +177,11 @@ def main() -> int:
     parser.add_argument("--series", type=int, default=50_000)
     parser.add_argument("--steady-minutes", type=float, default=10.0,
                         help="publishing after the fill, with expiry and compaction (0 to skip)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a run of seconds, budgets not asserted (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.series, args.steady_minutes = 2000, 1.0
     points = int(RETENTION / INTERVAL)
     steady_steps = int(args.steady_minutes * 60 / INTERVAL)
 
@@ -240,4 +244,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # --quick keeps a bench working in CI; its figures are not held to the budgets.
+    raise SystemExit(0 if "--quick" in sys.argv[1:] else code)

@@ -7,8 +7,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import httpx
-
 DEFAULT_URL = "http://127.0.0.1:9790"
 
 # What a terminal acts on instead of showing: C0 controls (newline included: one row per
@@ -47,6 +45,9 @@ class ApiClient:
     def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         if not self._token:
             raise ApiClientError("no API token: set PIGGYWATCH_API_TOKEN or pass --token")
+        # Imported here: `piggywatch run` never calls the API, and httpx costs ~12 MB of RSS.
+        import httpx
+
         try:
             response = httpx.request(method, self.url + path, json=body,
                                      headers={"Authorization": f"Bearer {self._token}"},
