@@ -440,14 +440,7 @@ class Settings(_Strict):
         if self.server.metrics_basic_auth is not None:
             found.append(self.server.metrics_basic_auth.password.get_secret_value())
         for receiver in self.receivers:
-            for channel in (receiver.pagerduty, receiver.slack, receiver.email,
-                            receiver.webhook, receiver.alertmanager):
-                if channel is None:
-                    continue
-                for value in channel.__dict__.values():
-                    values = value if isinstance(value, list) else [value]
-                    found.extend(v.get_secret_value() for v in values
-                                 if isinstance(v, SecretStr))
+            found.extend(receiver.channel.secrets(receiver.channel_config))
         if self.ack_links is not None:
             found.append(self.ack_links.secret.get_secret_value())
         return [s for s in found if s]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from piggywatch import __version__
 from piggywatch import leadership as leadership_metrics
+from piggywatch.alerting.channels import longest_timeout
 from piggywatch.collectors.postgres.statements import StatementsCollector
 from piggywatch.collectors.postgres.target import PostgresTarget
 from piggywatch.config import Settings
@@ -220,13 +221,9 @@ class Daemon:
         single replica: a claim left by a crashed process is retried at once)."""
         if not isinstance(self.leadership, AdvisoryLockLeadership):
             return 0.0
-        timeouts = [float(getattr(channel, "timeout", 0.0))
-                    for r in self.settings.receivers
-                    for channel in (r.pagerduty, r.slack, r.email, r.webhook, r.alertmanager)
-                    if channel is not None]
         # A channel's timeout bounds each phase of a request (connect, send, read), not
         # the whole; three of them, and a margin for clocks and the claim's commit.
-        return 3 * max(timeouts, default=10.0) + 5.0
+        return 3 * longest_timeout(self.settings.receivers) + 5.0
 
     def _deposed(self) -> None:
         """This replica stops leading (or stops): no more evaluation nor delivery here."""

@@ -11,11 +11,11 @@ from piggywatch import ack
 from piggywatch.ack.runtime import AckHooks, ack_links, wants_hooks
 from piggywatch.alerting import dispatcher as dispatch
 from piggywatch.alerting import outbox as outboxes
+from piggywatch.alerting.channels import build_notifier, channel_throttles
 from piggywatch.alerting.dispatcher import Dispatcher
 from piggywatch.alerting.model import Delivery, Notification, Notifier
 from piggywatch.alerting.notifiers._common import http_client
-from piggywatch.alerting.notifiers.registry import build_notifier
-from piggywatch.alerting.outbox import Outbox, default_throttles
+from piggywatch.alerting.outbox import Outbox
 from piggywatch.alerting.settings import AlertingSettings
 from piggywatch.config import Settings
 from piggywatch.rules.alerts import AlertEvent, AlertState, EventKind
@@ -31,14 +31,14 @@ class AlertDelivery:
                  may_send: Callable[[], bool] = lambda: True,
                  completion_state: StateLike | None = None,
                  in_flight_grace: float = 0.0) -> None:
-        self._http_channels = any(r.pagerduty or r.webhook or r.alertmanager or
-                                  (r.slack and r.slack.webhook_url) for r in settings.receivers)
+        self._http_channels = any(r.channel.uses_http(r.channel_config)
+                                  for r in settings.receivers)
         links = ack_links(settings)
         notifiers: dict[str, Notifier] = {
             r.name: build_notifier(r, external_url=settings.external_url, ack_links=links)
             for r in settings.receivers}
         self.outbox = Outbox(state, notifiers,
-                             throttles=default_throttles(settings.receivers),
+                             throttles=channel_throttles(settings.receivers),
                              on_permanent_failure=self._failed, may_send=may_send,
                              completion_state=completion_state,
                              in_flight_grace=in_flight_grace)

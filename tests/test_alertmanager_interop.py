@@ -15,9 +15,9 @@ import httpx
 import psycopg
 import pytest
 
+from piggywatch.alerting.channels.alertmanager import AlertmanagerReceiver
 from piggywatch.alerting.model import Action, AlertInfo, AlertStatus, Notification, Outcome
 from piggywatch.alerting.notifiers.alertmanager import AlertmanagerNotifier
-from piggywatch.alerting.settings import AlertmanagerReceiver
 from piggywatch.demo.cluster import ThrowawayCluster
 from tests.daemon_process import DaemonProcess, fast_rules_config, free_port
 

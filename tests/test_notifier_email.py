@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from piggywatch.alerting.channels.email import EmailReceiver
 from piggywatch.alerting.model import Action, Outcome
 from piggywatch.alerting.notifiers.email import EmailNotifier
-from piggywatch.alerting.settings import EmailReceiver
 from tests.daemon_process import free_port
 from tests.notification_samples import T0, alert, notification, resolved
 

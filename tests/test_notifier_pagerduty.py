@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from piggywatch.alerting.channels.pagerduty import PagerDutyReceiver
 from piggywatch.alerting.model import Action, Outcome
 from piggywatch.alerting.notifiers.pagerduty import PagerDutyNotifier
-from piggywatch.alerting.settings import PagerDutyReceiver
 from tests.daemon_process import free_port
 from tests.notification_samples import EXTERNAL_URL, RUNBOOK, alert, notification, resolved
 from tests.servers import PagerDutyServer, Reply

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
+from piggywatch.alerting.channels import build_notifier
+from piggywatch.alerting.channels.slack import SlackReceiver
 from piggywatch.alerting.model import Action, Outcome
-from piggywatch.alerting.notifiers.registry import build_notifier
 from piggywatch.alerting.notifiers.slack import ACK_COLOUR, SlackNotifier
-from piggywatch.alerting.settings import Receiver, SlackReceiver
+from piggywatch.alerting.settings import Receiver
 from tests.daemon_process import free_port
 from tests.notification_samples import EXTERNAL_URL, RUNBOOK, T0, alert, notification, resolved
 from tests.servers import Reply, SlackServer
@@ -336,7 +337,7 @@ def test_unused_channels_are_never_imported() -> None:
     # Memory matters: a daemon without a Slack bot must not load slack-sdk.
     code = """
 import sys
-from piggywatch.alerting.notifiers.registry import build_notifier
+from piggywatch.alerting.channels import build_notifier
 from piggywatch.alerting.settings import Receiver
 for spec in ({"pagerduty": {"routing_key": "k"}},
              {"email": {"to": ["a@example.com"], "from": "p@example.com",

@@ -8,11 +8,13 @@ from typing import Any
 
 import pytest
 
+from piggywatch.alerting.channels import build_notifier
+from piggywatch.alerting.channels.alertmanager import AlertmanagerReceiver
+from piggywatch.alerting.channels.webhook import WebhookReceiver
 from piggywatch.alerting.model import Action, Outcome
 from piggywatch.alerting.notifiers.alertmanager import AlertmanagerNotifier
-from piggywatch.alerting.notifiers.registry import build_notifier
 from piggywatch.alerting.notifiers.webhook import WebhookNotifier
-from piggywatch.alerting.settings import AlertmanagerReceiver, Receiver, WebhookReceiver
+from piggywatch.alerting.settings import Receiver
 from tests.daemon_process import free_port
 from tests.notification_samples import EXTERNAL_URL, RUNBOOK, T0, alert, notification, resolved
 from tests.servers import AlertmanagerServer, Reply, WebhookServer

@@ -23,6 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from piggywatch.alerting.channels import channel_throttles
 from piggywatch.alerting.model import (
     Action,
     AlertInfo,
@@ -31,7 +32,7 @@ from piggywatch.alerting.model import (
     Notification,
     Outcome,
 )
-from piggywatch.alerting.outbox import SOURCE, SPECS, Outbox, default_throttles
+from piggywatch.alerting.outbox import SOURCE, SPECS, Outbox
 from piggywatch.alerting.outbox_store import decode_notification, encode_notification
 from piggywatch.alerting.settings import Receiver
 from piggywatch.state import NotLeader, PostgresState, SQLiteState, StateStore, Tx
@@ -468,7 +469,7 @@ def test_default_throttles_follow_the_channel_limits() -> None:
         Receiver.model_validate({"name": "mail", "email": {
             "to": ["a@example.com"], "from": "p@example.com", "smarthost": "mx:25"}}),
     ]
-    assert default_throttles(receivers) == {"pd": 0.5, "sl": 1.0}
+    assert channel_throttles(receivers) == {"pd": 0.5, "sl": 1.0}
 
 
 def test_enqueue_to_send_is_well_under_a_second(

@@ -10,7 +10,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from piggywatch.ack.pagerduty_webhook import PagerDutyChange, parse_time
-from piggywatch.alerting.settings import PagerDutyReceiver
+from piggywatch.alerting.channels.pagerduty import PagerDutyReceiver
 
 if TYPE_CHECKING:
     import httpx

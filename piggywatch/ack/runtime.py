@@ -12,6 +12,8 @@ from piggywatch.ack.links import AckLinks
 from piggywatch.ack.pagerduty_poll import PagerDutyPoller
 from piggywatch.ack.service import AckService
 from piggywatch.ack.socket_mode import SlackSocketMode
+from piggywatch.alerting.channels.pagerduty import PagerDutyReceiver
+from piggywatch.alerting.channels.slack import SlackReceiver
 from piggywatch.state import StateLike
 from piggywatch.store.samples import Sample
 
@@ -35,8 +37,7 @@ def ack_links(settings: Settings) -> AckLinks | None:
 def wants_hooks(settings: Settings) -> bool:
     """Whether any receiver or ``ack_links`` takes acknowledgements from outside."""
     return settings.ack_links is not None or any(
-        (r.pagerduty is not None and (r.pagerduty.webhook_secrets or r.pagerduty.api_key))
-        or (r.slack is not None and r.slack.interactive) for r in settings.receivers)
+        r.channel.takes_acks(r.channel_config) for r in settings.receivers)
 
 
 class AckHooks:
@@ -45,12 +46,13 @@ class AckHooks:
     def __init__(self, settings: Settings, dispatcher: Dispatcher, state: StateLike) -> None:
         self.service = AckService(dispatcher, state, settings.receivers,
                                   links=ack_links(settings))
-        self.sockets = [SlackSocketMode(r.name, r.slack, self.service)
-                        for r in settings.receivers
-                        if r.slack is not None and r.slack.app_token is not None]
-        self.pollers = [PagerDutyPoller(r.name, r.pagerduty, self.service, dispatcher)
-                        for r in settings.receivers
-                        if r.pagerduty is not None and r.pagerduty.api_key is not None]
+        slack = [(r.name, c) for r in settings.receivers if (c := r.config_of(SlackReceiver))]
+        pagerduty = [(r.name, p) for r in settings.receivers
+                     if (p := r.config_of(PagerDutyReceiver))]
+        self.sockets = [SlackSocketMode(name, config, self.service)
+                        for name, config in slack if config.app_token is not None]
+        self.pollers = [PagerDutyPoller(name, config, self.service, dispatcher)
+                        for name, config in pagerduty if config.api_key is not None]
 
     def start(self) -> None:
         """Start the worker, the Socket Mode connections and the pollers."""

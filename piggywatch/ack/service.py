@@ -35,7 +35,9 @@ from piggywatch.ack.slack_interactions import (
     read_form,
     request_is_signed,
 )
-from piggywatch.alerting.settings import Receiver, SlackReceiver
+from piggywatch.alerting.channels.pagerduty import PagerDutyReceiver
+from piggywatch.alerting.channels.slack import SlackReceiver
+from piggywatch.alerting.settings import Receiver
 from piggywatch.state import StateLike
 from piggywatch.store.samples import MetricKind, MetricSpec, Sample, labels_of
 
@@ -89,11 +91,12 @@ class AckService:
         self._clock = clock
         self.links = links
         self._http = http
-        self._pagerduty_secrets = [secret.get_secret_value() for r in receivers
-                                   if r.pagerduty is not None
-                                   for secret in r.pagerduty.webhook_secrets]
+        pagerduty = [(r.name, c) for r in receivers if (c := r.config_of(PagerDutyReceiver))]
+        slack = [(r.name, s) for r in receivers if (s := r.config_of(SlackReceiver))]
+        self._pagerduty_secrets = [secret.get_secret_value() for _, config in pagerduty
+                                   for secret in config.webhook_secrets]
         self._slack: dict[str, SlackReceiver] = {
-            r.name: r.slack for r in receivers if r.slack is not None and r.slack.interactive}
+            name: config for name, config in slack if config.interactive}
         self._ledger = HookLedger(state)
         self._counts: dict[tuple[str, str], int] = {}
         self._count_lock = threading.Lock()

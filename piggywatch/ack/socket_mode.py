@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from piggywatch.alerting.settings import SlackReceiver
+from piggywatch.alerting.channels.slack import SlackReceiver
 
 if TYPE_CHECKING:
     from slack_sdk.socket_mode.builtin import SocketModeClient

@@ -342,9 +342,10 @@ class Dispatcher:
         esc.acknowledge()
         work.changed[esc.incident] = esc
         targets = self._targets(esc.notified, esc.alerts)
-        if ack.source == "pagerduty":
-            # PagerDuty knows already: an acknowledge sent back would echo its own change.
-            targets = [r for r in targets if self._receivers[r].pagerduty is None]
+        # A channel that does not echo its own acks (PagerDuty) knows already: an
+        # acknowledge sent back would echo its own change.
+        targets = [r for r in targets if self._receivers[r].kind != ack.source
+                   or self._receivers[r].channel.echoes_own_acks]
         work.notifications += [
             replace(n, id=ack_notification_id(ack, n.receiver))
             for n in acknowledge_notifications(ack, targets, group_labels=esc.group_labels,
@@ -530,7 +531,7 @@ class Dispatcher:
             if esc is None or ack is None:
                 return False
             targets = [r for r in self._targets(esc.notified, esc.alerts)
-                       if self._receivers[r].pagerduty is None]
+                       if self._receivers[r].channel.echoes_own_acks]
             work = _Pass()
             work.notifications = [
                 replace(n, id=ack_notification_id(ack, n.receiver, note), ack_note=note)

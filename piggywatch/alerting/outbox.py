@@ -26,27 +26,23 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
 from piggywatch.alerting.model import Delivery, Notification, Notifier, Outcome
 from piggywatch.alerting.outbox_lane import Lane, PendingItem
 from piggywatch.alerting.outbox_metrics import SOURCE, SPECS, OutboxMetrics
 from piggywatch.alerting.outbox_store import Claim, OutboxStore
-from piggywatch.alerting.settings import Receiver
 from piggywatch.state import STATE_ERRORS, NotLeader, StateLike
 from piggywatch.store.samples import Sample
 
-__all__ = ["DEFAULT_THROTTLES", "SOURCE", "SPECS", "Outbox", "default_throttles"]
+__all__ = ["SOURCE", "SPECS", "Outbox"]
 
 log = logging.getLogger(__name__)
 
 MAX_AGE = 24 * 3600.0
 # How often an item another replica is sending is looked at again.
 BUSY_RECHECK_SECONDS = 2.0
-# Seconds between two requests to one receiver, by channel: Slack allows about one message
-# per second per channel, PagerDuty 120 events a minute per integration.
-DEFAULT_THROTTLES = {"slack": 1.0, "pagerduty": 0.5}
 
 # A lane looks again at least this often even when nobody wakes it: the wall clock may have
 # jumped, or may_send() may have turned true again (leadership regained).
@@ -55,25 +51,16 @@ _HOUSEKEEPING_EVERY = 60.0
 _UNKNOWN_LOG_EVERY = 3600.0
 
 
-def default_throttles(receivers: Iterable[Receiver]) -> dict[str, float]:
-    """The throttle of each configured receiver whose channel has a rate limit."""
-    found: dict[str, float] = {}
-    for receiver in receivers:
-        kind = "slack" if receiver.slack else "pagerduty" if receiver.pagerduty else None
-        if kind is not None:
-            found[receiver.name] = DEFAULT_THROTTLES[kind]
-    return found
-
-
 class Outbox:
     """Pending notifications in the state database, delivered by one sender thread per
     receiver.
 
     ``state`` is the state database (a store, or the path of a SQLite file). ``throttles``
     holds, per receiver, the minimum seconds from the end of one request to the start of
-    the next (see ``default_throttles``). ``may_send`` is asked before every attempt, so a
-    replica that lost leadership stops at once; then the attempt is claimed in ``state``,
-    whose transactions fail on such a replica when it is the leader's fenced store.
+    the next (each channel declares its own: ``channel_throttles``). ``may_send`` is asked
+    before every attempt, so a replica that lost leadership stops at once; then the attempt
+    is claimed in ``state``, whose transactions fail on such a replica when it is the
+    leader's fenced store.
     ``completion_state`` (default: ``state``) records the outcomes of attempts made: an
     unfenced store, so that they are recorded even after leadership was lost.
     ``in_flight_grace``: for how many seconds after its claim another process's attempt is

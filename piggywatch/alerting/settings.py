@@ -6,10 +6,11 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Literal, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
+from piggywatch.alerting.channels import CHANNELS, Channel, ChannelConfig
 from piggywatch.alerting.matchers import parse_matcher
 from piggywatch.alerting.time_intervals import TimeInterval
 from piggywatch.config_types import Duration, DurationOrZero
@@ -20,111 +21,50 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PagerDutyReceiver(_Strict):
-    """PagerDuty Events API v2; acknowledgements made in PagerDuty come back through a v3
-    webhook subscription (``webhook_secrets``) or by polling the REST API (``api_key``)."""
-
-    routing_key: SecretStr
-    url: str = "https://events.pagerduty.com/v2/enqueue"
-    source: str = "piggywatch"
-    client: str = "PiggyWatch"
-    timeout: Duration = 10.0
-    # The v3 webhook subscription's signing secrets (two while one is being rotated):
-    # POST /hooks/pagerduty accepts a delivery signed with any of them.
-    webhook_secrets: list[SecretStr] = []
-    # A read-only REST API key: PiggyWatch polls its incidents instead (no inbound traffic).
-    api_key: SecretStr | None = None
-    api_url: str = "https://api.pagerduty.com"
-    poll_interval: Duration = Field(default=30.0, ge=1.0)
-
-
-class SlackReceiver(_Strict):
-    """Slack: a bot token and a channel (chat.postMessage / chat.update), or an incoming
-    webhook URL (no updates in place: acknowledge and resolve are new messages)."""
-
-    token: SecretStr | None = None
-    channel: str | None = None
-    webhook_url: SecretStr | None = None
-    base_url: str = "https://slack.com/api/"
-    timeout: Duration = 10.0
-    # Buttons (Acknowledge, Silence): the app's signing secret for its interactivity request
-    # URL (POST /hooks/slack/interactions), or an app-level token (xapp-…) for Socket Mode.
-    signing_secret: SecretStr | None = None
-    app_token: SecretStr | None = None
-    # Who may press them: Slack user ids (U…, W…) or user group ids (S…); empty: anyone in
-    # the channel.
-    allowed_users: list[Annotated[str, Field(pattern=r"^[UWS][A-Z0-9]{2,20}$")]] = []
-
-    @model_validator(mode="after")
-    def _one_mode(self) -> SlackReceiver:
-        if (self.token is None) == (self.webhook_url is None):
-            raise ValueError("give either token and channel, or webhook_url")
-        if self.token is not None and not self.channel:
-            raise ValueError("a token needs a channel")
-        if (self.signing_secret or self.app_token) and self.token is None:
-            raise ValueError("buttons (signing_secret, app_token) need token and channel: the "
-                             "message is updated in place when somebody presses one")
-        if self.app_token is not None and not self.app_token.get_secret_value().startswith(
-                "xapp-"):
-            raise ValueError("app_token is the app-level token for Socket Mode (it begins "
-                             "with xapp-), not the bot token")
-        if self.allowed_users and not (self.signing_secret or self.app_token):
-            raise ValueError("allowed_users restricts who presses buttons: give "
-                             "signing_secret or app_token too")
-        return self
-
-    @property
-    def interactive(self) -> bool:
-        """Whether the messages carry Acknowledge and Silence buttons."""
-        return self.signing_secret is not None or self.app_token is not None
-
-
-class EmailReceiver(_Strict):
-    """SMTP with STARTTLS, implicit TLS or none (tests, local relays)."""
-
-    to: list[str] = Field(min_length=1)
-    from_: str = Field(alias="from")
-    smarthost: str = Field(pattern=r"^[^:\s]+:\d{1,5}$")
-    tls: Literal["starttls", "tls", "none"] = "starttls"
-    username: str | None = None
-    password: SecretStr | None = None
-    timeout: Duration = 15.0
-
-
-class WebhookReceiver(_Strict):
-    """POST Alertmanager's webhook JSON to a URL."""
-
-    url: SecretStr
-    timeout: Duration = 10.0
-    max_alerts: int = Field(default=0, ge=0)
-
-
-class AlertmanagerReceiver(_Strict):
-    """Forward alerts to an existing Alertmanager (POST /api/v2/alerts)."""
-
-    url: str
-    timeout: Duration = 10.0
-
-
-class Receiver(_Strict):
-    """A named destination with exactly one channel."""
+class _ReceiverFields(_Strict):
+    """A named destination with exactly one channel (one key per entry of ``CHANNELS``)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    pagerduty: PagerDutyReceiver | None = None
-    slack: SlackReceiver | None = None
-    email: EmailReceiver | None = None
-    webhook: WebhookReceiver | None = None
-    alertmanager: AlertmanagerReceiver | None = None
     send_resolved: bool = True
 
     @model_validator(mode="after")
-    def _one_channel(self) -> Receiver:
-        channels = [c for c in (self.pagerduty, self.slack, self.email, self.webhook,
-                                self.alertmanager) if c is not None]
-        if len(channels) != 1:
-            raise ValueError("a receiver has exactly one of pagerduty, slack, email, "
-                             "webhook, alertmanager")
+    def _one_channel(self) -> _ReceiverFields:
+        if sum(getattr(self, kind, None) is not None for kind in CHANNELS) != 1:
+            raise ValueError(f"a receiver has exactly one of {', '.join(CHANNELS)}")
         return self
+
+    @property
+    def kind(self) -> str:
+        """The key of its channel: ``slack``, ``pagerduty``, …"""
+        return next(kind for kind in CHANNELS if getattr(self, kind, None) is not None)
+
+    @property
+    def channel(self) -> Channel[Any]:
+        """Its channel's declaration (throttle, timeout, secrets, notifier)."""
+        return CHANNELS[self.kind]
+
+    @property
+    def channel_config(self) -> ChannelConfig:
+        """Its channel's block (``slack: {...}``)."""
+        config: ChannelConfig = getattr(self, self.kind)
+        return config
+
+    def config_of(self, model: type[_C]) -> _C | None:
+        """Its channel's block if that is a ``model``, else None."""
+        config = self.channel_config
+        return config if isinstance(config, model) else None
+
+
+_C = TypeVar("_C", bound=ChannelConfig)
+
+if TYPE_CHECKING:
+    Receiver = _ReceiverFields
+else:
+    # One optional field per registered channel, described by the channel itself.
+    Receiver = create_model(
+        "Receiver", __base__=_ReceiverFields, __module__=__name__,
+        **{kind: (channel.config | None, Field(None, description=channel.description))
+           for kind, channel in CHANNELS.items()})
 
 
 def _valid_matcher(text: str) -> str:

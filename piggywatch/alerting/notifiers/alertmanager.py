@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from piggywatch.alerting.channels.alertmanager import AlertmanagerReceiver
 from piggywatch.alerting.model import AlertInfo, AlertStatus, Delivery, Notification
 from piggywatch.alerting.notifiers._common import iso8601, ordered_alerts, post_json
-from piggywatch.alerting.settings import AlertmanagerReceiver
 
 if TYPE_CHECKING:
     import httpx

@@ -16,6 +16,7 @@ from email.policy import SMTP as SMTP_POLICY
 from email.utils import format_datetime, parseaddr
 from typing import TYPE_CHECKING
 
+from piggywatch.alerting.channels.email import EmailReceiver
 from piggywatch.alerting.model import Action, AlertInfo, Delivery, Notification, Outcome
 from piggywatch.alerting.notifiers._common import (
     ACK_PLACES,
@@ -33,7 +34,6 @@ from piggywatch.alerting.notifiers._common import (
     starts_over,
     status_line,
 )
-from piggywatch.alerting.settings import EmailReceiver
 
 if TYPE_CHECKING:
     from piggywatch.ack.links import AckLinks

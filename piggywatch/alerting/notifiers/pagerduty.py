@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from piggywatch.alerting.channels.pagerduty import PagerDutyReceiver
 from piggywatch.alerting.model import Action, Delivery, Notification
 from piggywatch.alerting.notifiers._common import (
     DASHBOARD_KEYS,
@@ -20,7 +21,6 @@ from piggywatch.alerting.notifiers._common import (
     primary_alert,
     truncate,
 )
-from piggywatch.alerting.settings import PagerDutyReceiver
 
 if TYPE_CHECKING:
     import httpx

@@ -14,6 +14,7 @@ from piggywatch.ack.slack_interactions import (
     SILENCE_RESOLVED_ACTION,
     block_id,
 )
+from piggywatch.alerting.channels.slack import SlackReceiver
 from piggywatch.alerting.model import Action, Delivery, Notification, Outcome
 from piggywatch.alerting.notifiers._common import (
     ACK_PLACES,
@@ -36,7 +37,6 @@ from piggywatch.alerting.notifiers._common import (
     status_line,
     truncate,
 )
-from piggywatch.alerting.settings import SlackReceiver
 
 if TYPE_CHECKING:
     import httpx

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from piggywatch.alerting.channels.webhook import WebhookReceiver
 from piggywatch.alerting.model import AlertInfo, Delivery, Notification
 from piggywatch.alerting.notifiers._common import common_items, iso8601, ordered_alerts, post_json
-from piggywatch.alerting.settings import WebhookReceiver
 
 if TYPE_CHECKING:
     import httpx
