@@ -232,7 +232,8 @@ class TargetConfig(_Strict):
     # every series of this target carries them in PiggyWatch's own evaluation. Empty
     # instance: the DSN's host:port, as Prometheus scraping postgres_exporter would see it.
     job: str = Field(default="postgres", pattern=r"^\S(.*\S)?$")
-    instance: str = ""
+    instance: str = Field("", description="The `instance` label (see `job`); empty: the "
+                                          "DSN's host:port.")
 
     @field_validator("dsn")
     @classmethod
@@ -254,8 +255,9 @@ class AckLinksConfig(_Strict):
     """Acknowledge and Silence links in mails: ``{external_url}/ack/{token}``, the token
     signed with ``secret`` and valid for ``ttl``."""
 
-    secret: SecretStr
-    ttl: Duration = 86400.0
+    secret: SecretStr = Field(description="The key the links are signed with (at least 32 "
+                                          "characters; a secret).")
+    ttl: Duration = Field(86400.0, description="How long a link stays valid.")
 
     @field_validator("secret")
     @classmethod

@@ -24,8 +24,10 @@ class _Strict(BaseModel):
 class _ReceiverFields(_Strict):
     """A named destination with exactly one channel (one key per entry of ``CHANNELS``)."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    send_resolved: bool = True
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                      description="The name routes and escalations refer to.")
+    send_resolved: bool = Field(True, description="Whether resolved notifications are sent "
+                                "too.")
 
     @model_validator(mode="after")
     def _one_channel(self) -> _ReceiverFields:
@@ -63,6 +65,7 @@ else:
     # One optional field per registered channel, described by the channel itself.
     Receiver = create_model(
         "Receiver", __base__=_ReceiverFields, __module__=__name__,
+        __doc__=_ReceiverFields.__doc__,
         **{kind: (channel.config | None, Field(None, description=channel.description))
            for kind, channel in CHANNELS.items()})
 

@@ -29,8 +29,10 @@ class PagerDutyReceiver(ChannelConfig):
     webhook_secrets: list[SecretStr] = []  # noqa: RUF012 (pydantic copies defaults)
     # A read-only REST API key: PiggyWatch polls its incidents instead (no inbound traffic).
     api_key: SecretStr | None = None
-    api_url: str = "https://api.pagerduty.com"
-    poll_interval: Duration = Field(default=30.0, ge=1.0)
+    api_url: str = Field("https://api.pagerduty.com",
+                         description="The REST API base URL polled with `api_key`.")
+    poll_interval: Duration = Field(default=30.0, ge=1.0,
+                                    description="How often incidents are polled with `api_key`.")
 
 
 def _notifier(config: PagerDutyReceiver, context: NotifierContext) -> Notifier:

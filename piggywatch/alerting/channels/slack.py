@@ -25,10 +25,11 @@ class SlackReceiver(ChannelConfig):
     webhook_url: SecretStr | None = None
     base_url: str = "https://slack.com/api/"
     timeout: Duration = 10.0
-    # Buttons (Acknowledge, Silence): the app's signing secret for its interactivity request
-    # URL (POST /hooks/slack/interactions), or an app-level token (xapp-…) for Socket Mode.
-    signing_secret: SecretStr | None = None
-    app_token: SecretStr | None = None
+    signing_secret: SecretStr | None = Field(None, description=(
+        "Buttons (Acknowledge, Silence): the app's signing secret for its interactivity "
+        "request URL (POST /hooks/slack/interactions); or use `app_token`."))
+    app_token: SecretStr | None = Field(None, description=(
+        "The app-level token (`xapp-…`) for Socket Mode: buttons without inbound HTTP."))
     # Who may press them: Slack user ids (U…, W…) or user group ids (S…); empty: anyone in
     # the channel.
     allowed_users: list[Annotated[str, Field(pattern=r"^[UWS][A-Z0-9]{2,20}$")]] = []  # noqa: RUF012
