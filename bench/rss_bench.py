@@ -46,6 +46,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=60.0, help="measuring time")
     parser.add_argument("--warmup", type=float, default=20.0, help="time before measuring")
+    parser.add_argument("--postgres-only", action="store_true",
+                        help="the PostgreSQL collectors and the rules only: the demo's other "
+                        "sources (edge functions, growth, cost, probes, memory) left out")
     parser.add_argument("--default-intervals", action="store_true",
                         help="the collectors' default intervals, not the demo's")
     parser.add_argument("--quick", action="store_true",
@@ -54,6 +57,8 @@ def main() -> int:
     if args.quick:
         args.seconds, args.warmup = 5.0, 5.0
     config = resources.files("piggywatch.demo").joinpath("piggywatch.yaml").read_text()
+    if args.postgres_only:
+        config = re.sub(r"(?ms)^sources:.*?(?=^# The shipped rules)", "", config)
     if args.default_intervals:
         # Only the PostgreSQL collectors' ({interval: 10s} or {interval: 5s, top_n: 10}).
         config = re.sub(r"\{interval: \d+s\}", "{}", re.sub(r"interval: \d+s, ", "", config))
@@ -97,7 +102,8 @@ def main() -> int:
                 proc.wait(10)
     median, peak = statistics.median(readings), max(readings)
     slope = statistics.linear_regression(times, readings).slope * 600 if len(times) > 1 else 0.0
-    print(f"piggywatch run, demo config{' at default intervals' if args.default_intervals else ''}"
+    print(f"piggywatch run, demo config{' (PostgreSQL only)' if args.postgres_only else ''}"
+          f"{' at default intervals' if args.default_intervals else ''}"
           f", synthetic load, {scrapes} scrapes over {args.seconds:.0f} s after "
           f"{args.warmup:.0f} s warm-up")
     print(f"  exposition lines: {series}")
