@@ -192,7 +192,7 @@ def rules() -> None:
                 type=click.Path(dir_okay=False, path_type=Path))
 def rules_test(files: tuple[Path, ...]) -> None:
     """Run rule unit tests written for `promtool test rules`; exit 1 if any fails."""
-    from piggywatch.rules.unittest import run_rule_tests
+    from piggywatch.rules.rule_tests import run_rule_tests
 
     raise SystemExit(run_rule_tests(files))
 

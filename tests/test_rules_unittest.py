@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from piggywatch.rules.rule_tests import run_test_file
+from piggywatch.rules.rule_tests_format import format_duration, format_go_duration, format_value
 from piggywatch.rules.series_notation import NotationError, expand_values, parse_series
-from piggywatch.rules.unittest import run_test_file
-from piggywatch.rules.unittest_format import format_duration, format_go_duration, format_value
 from piggywatch.store.series import is_stale
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -33,15 +33,14 @@ from piggywatch.rules.manager import NoData, RuleManager
 from piggywatch.rules.promql.errors import PromQLError
 from piggywatch.rules.promql.evaluate import Evaluator
 from piggywatch.rules.promql.values import Scalar, label_value
-from piggywatch.rules.series_notation import NotationError, expand_values, parse_series
-from piggywatch.rules.unittest_diff import (
+from piggywatch.rules.rule_tests_diff import (
     AlertView,
     alert_differences,
     format_alerts,
     format_samples,
     sample_differences,
 )
-from piggywatch.rules.unittest_file import (
+from piggywatch.rules.rule_tests_file import (
     AlertTest,
     ExpressionTest,
     InputSeries,
@@ -50,7 +49,8 @@ from piggywatch.rules.unittest_file import (
     RuleTestGroup,
     read_test_file,
 )
-from piggywatch.rules.unittest_format import format_duration, format_go_duration, quote
+from piggywatch.rules.rule_tests_format import format_duration, format_go_duration, quote
+from piggywatch.rules.series_notation import NotationError, expand_values, parse_series
 from piggywatch.store import Labels, MemoryStore
 from piggywatch.store.series import LabelMatcher, Series
 

@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from piggywatch.rules.unittest_format import (
+from piggywatch.rules.rule_tests_format import (
     format_duration,
     format_labels,
     format_value,
