@@ -47,6 +47,7 @@ from piggywatch.collectors.edge_functions import EdgeFunctionsConfig
 from piggywatch.collectors.growth import GrowthConfig
 from piggywatch.collectors.probes import ProbeConfig
 from piggywatch.collectors.redis_cache import RedisConfig
+from piggywatch.collectors.system_memory import SystemMemoryConfig
 from piggywatch.config_types import Duration
 from piggywatch.http_server import DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT_SECONDS
 from piggywatch.yamlpos import (
@@ -280,13 +281,6 @@ class LoggingConfig(_Strict):
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "json", "text"] = "auto"
-
-
-class SystemMemoryConfig(_Strict):
-    """Memory use of the container (cgroup v2) or the host."""
-
-    enabled: bool = True
-    interval: Duration = 30.0
 
 
 class SourcesConfig(_Strict):

@@ -6,8 +6,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import import_module
 
 from piggywatch.collectors import Collector, CollectorError
+from piggywatch.collectors.base import SourceContext, SourceJob
 from piggywatch.collectors.postgres.compat import CompatCollector
 from piggywatch.collectors.postgres.connections import SPECS as CONNECTIONS_SPECS
 from piggywatch.collectors.postgres.connections import ConnectionsCollector
@@ -176,67 +178,33 @@ def build_collectors(config: TargetConfig, target: PostgresTarget) -> list[tuple
     return found
 
 
-SourceJob = tuple[str, PostgresTarget | None, Collector, float]
+# Every app-telemetry source: its key under ``sources:`` and its module, which exports the
+# key's config model, ``SPECS`` and ``build(config, context) -> [SourceJob]``. A module
+# (and its library: redis-py, httpx) is imported only when its key is configured.
+SOURCES: dict[str, str] = {
+    "edge_functions": "piggywatch.collectors.edge_functions",
+    "custom_sql": "piggywatch.collectors.custom_sql",
+    "growth": "piggywatch.collectors.growth",
+    "cost": "piggywatch.collectors.cost",
+    "redis": "piggywatch.collectors.redis_cache",
+    "probes": "piggywatch.collectors.probes",
+    "system_memory": "piggywatch.collectors.system_memory",
+}
+
+
+def _configured(config: object) -> bool:
+    items = config if isinstance(config, list) else [] if config is None else [config]
+    return any(getattr(item, "enabled", True) for item in items)
 
 
 def build_source_collectors(settings: Settings, targets: dict[str, PostgresTarget],
                             state: StateStore, may_write: Callable[[], bool] = lambda: True,
                             ) -> list[SourceJob]:
-    """Collectors of the app-telemetry sources: (owner, target or None, collector, interval).
-
-    Each channel's module (and its library: redis-py, httpx) is imported only when used.
-    """
-    sources = settings.sources
+    """Collectors of the app-telemetry sources: (owner, target or None, collector, interval)."""
+    context = SourceContext(targets, state, may_write)
     found: list[SourceJob] = []
-    edge = sources.edge_functions
-    if edge is not None:
-        from piggywatch.collectors.edge_functions import (
-            EdgeStateDB,
-            build_edge_functions_collector,
-        )
-
-        # The watermark lives in the state, so a restart neither recounts nor skips.
-        # Only the leader writes the watermarks; a standby keeps its totals in memory.
-        edge_state = EdgeStateDB(state, may_write=may_write)
-        bound = targets[edge.sql.target] if edge.sql is not None else None
-        found.append((bound.name if bound else "edge_functions", bound,
-                      build_edge_functions_collector(edge, edge_state, targets=targets),
-                      edge.interval))
-    if sources.custom_sql:
-        from piggywatch.collectors.custom_sql import CustomSqlCollector
-
-        for query in sources.custom_sql:
-            target = targets[query.target]
-            found.append((target.name, target, CustomSqlCollector(target, query),
-                          query.interval))
-    if any(g.enabled for g in sources.growth):
-        from piggywatch.collectors.growth import GrowthCollector
-
-        for growth in sources.growth:
-            if growth.enabled:
-                target = targets[growth.target]
-                found.append((target.name, target, GrowthCollector(target, growth),
-                              growth.interval))
-    if any(c.enabled for c in sources.cost):
-        from piggywatch.collectors.cost import CostCollector
-
-        for cost in sources.cost:
-            if cost.enabled:
-                target = targets[cost.target]
-                found.append((target.name, target, CostCollector(target, cost), cost.interval))
-    if sources.redis:
-        from piggywatch.collectors.redis_cache import RedisCollector
-
-        for redis in sources.redis:
-            found.append((f"redis:{redis.name}", None, RedisCollector(redis), redis.interval))
-    if sources.probes:
-        from piggywatch.collectors.probes import ProbeCollector
-
-        for probe in sources.probes:
-            found.append((f"probe:{probe.name}", None, ProbeCollector(probe), probe.interval))
-    if sources.system_memory is not None and sources.system_memory.enabled:
-        from piggywatch.collectors.system_memory import SystemMemoryCollector
-
-        found.append(("system", None, SystemMemoryCollector(),
-                      sources.system_memory.interval))
+    for key, module in SOURCES.items():
+        config = getattr(settings.sources, key)
+        if _configured(config):
+            found.extend(import_module(module).build(config, context))
     return found

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
+from importlib import import_module
 from pathlib import Path
 
 from piggywatch.alerting import dispatcher, outbox
-from piggywatch.collectors import cost, edge_functions, probes, redis_cache, system_memory
-from piggywatch.collectors.growth import _PAID_SPEC, _PURCHASE_SPECS, _USER_SPECS
 from piggywatch.collectors.postgres import connections, database, statements, tables
+from piggywatch.jobs import SOURCES
 from piggywatch.rules import manager
 from piggywatch.selfmetrics import SPECS as SELF_SPECS
 
@@ -27,8 +27,7 @@ def listed(name: str) -> bool:
 def test_every_exported_metric_is_in_the_readme() -> None:
     specs = [*SELF_SPECS, *connections.SPECS, *database.SPECS, *statements.SPECS,
              *tables.SPECS, *manager.RULE_SPECS, *dispatcher.SPECS, *outbox.SPECS,
-             *edge_functions.SPECS, *cost.SPECS, *redis_cache.SPECS, *probes.SPECS,
-             *system_memory.SPECS, *_USER_SPECS, *_PURCHASE_SPECS, _PAID_SPEC]
+             *(spec for module in SOURCES.values() for spec in import_module(module).SPECS)]
     missing = [s.name for s in specs if not listed(s.name)]
     assert missing == []
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from piggywatch.store import MetricSpec, Sample
+
+if TYPE_CHECKING:
+    from piggywatch.collectors.postgres.target import PostgresTarget
+    from piggywatch.state import StateStore
 
 
 class CollectorError(Exception):
@@ -38,3 +43,17 @@ class Collector(Protocol):
     def collect(self, now: float) -> list[Sample]:
         """Run one sampling cycle; ``now`` is the wall-clock time stamped on the samples."""
         ...
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """What a source's ``build`` may use: the targets by name and the state database."""
+
+    targets: Mapping[str, PostgresTarget]
+    state: StateStore
+    # Whether this replica may write durable source state (watermarks): the leader only.
+    may_write: Callable[[], bool]
+
+
+# One scheduled collector of a source: (owner, target or None, collector, interval).
+SourceJob = tuple[str, "PostgresTarget | None", Collector, float]

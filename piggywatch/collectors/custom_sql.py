@@ -16,7 +16,7 @@ from typing import Any, Literal
 from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from piggywatch.collectors.base import CollectorError
+from piggywatch.collectors.base import CollectorError, SourceContext, SourceJob
 from piggywatch.collectors.postgres.target import PostgresTarget
 from piggywatch.config_types import Duration
 from piggywatch.store import MetricKind, MetricSpec, Sample, labels_of
@@ -259,3 +259,12 @@ def _label_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+SPECS: tuple[MetricSpec, ...] = ()  # every family is the user's (CustomQueryConfig.metrics)
+
+
+def build(queries: list[CustomQueryConfig], context: SourceContext) -> list[SourceJob]:
+    """One collector per query, on its target."""
+    return [(context.targets[q.target].name, context.targets[q.target],
+             CustomSqlCollector(context.targets[q.target], q), q.interval) for q in queries]

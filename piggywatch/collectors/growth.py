@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from piggywatch.collectors.base import SourceContext, SourceJob
 from piggywatch.collectors.postgres.target import PostgresTarget
 from piggywatch.config_types import Duration
 from piggywatch.store import MetricKind, MetricSpec, Sample, labels_of
@@ -338,3 +339,12 @@ class GrowthCollector:
             created=created, amount=amount, user=sql.Identifier(purchases.user_column),
             purchases=qualified_name(purchases.table), currency_filter=currency_filter)
 
+
+SPECS = (*_USER_SPECS, *_PURCHASE_SPECS, _PAID_SPEC)
+
+
+def build(configs: list[GrowthConfig], context: SourceContext) -> list[SourceJob]:
+    """One collector per enabled entry, on its target."""
+    return [(context.targets[g.target].name, context.targets[g.target],
+             GrowthCollector(context.targets[g.target], g), g.interval)
+            for g in configs if g.enabled]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr
 
+from piggywatch.collectors.base import SourceContext, SourceJob
 from piggywatch.config_types import Duration
 from piggywatch.store import MetricKind, MetricSpec, Sample, labels_of
 
@@ -193,3 +194,8 @@ def percentile(ordered: Sequence[float], q: float) -> float:
     low = math.floor(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def build(configs: list[ProbeConfig], context: SourceContext) -> list[SourceJob]:
+    """One collector per probe."""
+    return [(f"probe:{p.name}", None, ProbeCollector(p), p.interval) for p in configs]

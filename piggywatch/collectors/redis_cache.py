@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from piggywatch.collectors.base import CollectorError
+from piggywatch.collectors.base import CollectorError, SourceContext, SourceJob
 from piggywatch.config_types import Duration
 from piggywatch.store import MetricKind, MetricSpec, Sample, labels_of
 
@@ -153,3 +153,8 @@ class RedisCollector:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+def build(configs: list[RedisConfig], context: SourceContext) -> list[SourceJob]:
+    """One collector per Redis instance."""
+    return [(f"redis:{r.name}", None, RedisCollector(r), r.interval) for r in configs]

@@ -12,8 +12,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from piggywatch.collectors.base import CollectorError
+from pydantic import BaseModel, ConfigDict
+
+from piggywatch.collectors.base import CollectorError, SourceContext, SourceJob
+from piggywatch.config_types import Duration
 from piggywatch.store import MetricKind, MetricSpec, Sample, labels_of
+
+
+class SystemMemoryConfig(BaseModel):
+    """Memory use of the container (cgroup v2) or the host."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    interval: Duration = 30.0
 
 _G = MetricKind.GAUGE
 SPECS = (
@@ -150,3 +162,8 @@ def _stat_field(path: Path, name: str) -> float:
     except (OSError, ValueError):
         pass
     return 0.0
+
+
+def build(config: SystemMemoryConfig, context: SourceContext) -> list[SourceJob]:
+    """The one collector, when enabled."""
+    return [("system", None, SystemMemoryCollector(), config.interval)] if config.enabled else []

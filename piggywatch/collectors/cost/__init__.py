@@ -12,6 +12,7 @@ from piggywatch.collectors.cost.collector import (
     CostConfig,
     InvocationsTable,
     UsersTable,
+    build,
 )
 from piggywatch.collectors.cost.disk import DiskRules, ProvisionedDisk, read_only_eta
 from piggywatch.collectors.cost.model import (
@@ -55,6 +56,7 @@ __all__ = [
     "Usage",
     "UsersTable",
     "billing_cycle",
+    "build",
     "estimate",
     "project_mau",
     "read_only_eta",

@@ -27,6 +27,7 @@ from typing import Any
 from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from piggywatch.collectors.base import SourceContext, SourceJob
 from piggywatch.collectors.cost.disk import DiskRules, ProvisionedDisk, read_only_eta
 from piggywatch.collectors.cost.model import (
     DAY,
@@ -287,3 +288,10 @@ class CostCollector:
         if now <= first_at:
             return None
         return (size - first_size) / (now - first_at) * DAY
+
+
+def build(configs: list[CostConfig], context: SourceContext) -> list[SourceJob]:
+    """One collector per enabled entry, on its target."""
+    return [(context.targets[c.target].name, context.targets[c.target],
+             CostCollector(context.targets[c.target], c), c.interval)
+            for c in configs if c.enabled]

@@ -25,6 +25,7 @@ from the value the saver last saw, so a replica that was not the one saving (a s
 promoted) finds S elsewhere and continues from the stored S and totals instead.
 """
 
+from piggywatch.collectors.base import SourceContext, SourceJob
 from piggywatch.collectors.edge_functions.collector import (
     SPECS,
     EdgeFunctionsCollector,
@@ -44,5 +45,15 @@ from piggywatch.collectors.edge_functions.watermark import EdgeStateDB
 __all__ = [
     "SPECS", "EdgeFunctionsCollector", "EdgeFunctionsConfig", "EdgeHttpSourceConfig",
     "EdgeSqlSourceConfig", "EdgeStateDB", "Ranker", "Reading", "SqlEdgeSource", "Totals",
-    "build_edge_functions_collector",
+    "build", "build_edge_functions_collector",
 ]
+
+
+def build(config: EdgeFunctionsConfig, context: SourceContext) -> list[SourceJob]:
+    """The source's one collector; its watermark lives in the state database, so a restart
+    neither recounts nor skips. Only the leader writes it; a standby counts in memory."""
+    bound = context.targets[config.sql.target] if config.sql is not None else None
+    collector = build_edge_functions_collector(
+        config, EdgeStateDB(context.state, may_write=context.may_write),
+        targets=dict(context.targets))
+    return [(bound.name if bound else "edge_functions", bound, collector, config.interval)]
