@@ -15,7 +15,7 @@ import httpx
 
 from tests.daemon_process import free_port, parse_metrics
 
-TOKEN = "demo-test-token"
+TOKEN = "demo-test-token-0123"
 
 
 def test_demo_serves_statement_metrics_within_30s_and_cleans_up(tmp_path: Path) -> None:

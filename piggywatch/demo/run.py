@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from types import FrameType
 
-from piggywatch.config import load_settings
+from piggywatch.config import ConfigError, load_settings
 from piggywatch.demo.cluster import PostgresNotFound, ThrowawayCluster
 
 DEMO_CONFIG = "piggywatch.yaml"
@@ -74,7 +74,12 @@ def run_demo(listen: str) -> int:
                "PIGGYWATCH_DEMO_STATE": str(cluster.base_dir / "piggywatch-state.db"),
                "PIGGYWATCH_DEMO_LISTEN": reachable_address(listen)}
         with resources.as_file(config) as path:
-            settings = load_settings(path, env)
+            try:
+                settings = load_settings(path, env)
+            except ConfigError as exc:
+                # E.g. a PIGGYWATCH_API_TOKEN too short to be accepted.
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
         with SyntheticWorkload(cluster.dsn(dbname="piggybong"), workers=2):
             daemon = Daemon(settings, listen=listen, base_dir=cluster.base_dir)
             print(f"PiggyWatch demo: PostgreSQL on {cluster.host}:{cluster.port} "
