@@ -32,8 +32,7 @@ _go_float_slow = cast(Callable[[float], str], floatToGoString)
 # id(labels) → (labels, '{label="value",...}') of one source's current series: collectors
 # keep a series' labels object from cycle to cycle, so a lookup by identity (checked) saves
 # hashing a tuple of pairs per sample.
-Prefixes = dict[int, tuple[Labels, str]]
-Prefixes = dict[tuple[str, Labels], str]
+LabelTexts = dict[int, tuple[Labels, str]]
 
 
 def go_float(value: float) -> str:
@@ -65,8 +64,8 @@ def label_text(labels: Labels) -> str:
     return f"{{{pairs}}}" if pairs else ""
 
 
-def render_source(samples: Iterable[Sample], stamped: bool, previous: Prefixes
-                  ) -> tuple[dict[str, bytes], Prefixes]:
+def render_source(samples: Iterable[Sample], stamped: bool, previous: LabelTexts
+                  ) -> tuple[dict[str, bytes], LabelTexts]:
     """One source's samples as text lines, by family in order of first appearance.
 
     ``previous`` is what the last publish of the source rendered of its labels: a series
@@ -74,7 +73,7 @@ def render_source(samples: Iterable[Sample], stamped: bool, previous: Prefixes
     publish's label texts (only of the series it has, so the cache never outgrows it).
     """
     lines: dict[str, list[str]] = {}
-    texts: Prefixes = {}
+    texts: LabelTexts = {}
     last_ts: float | None = None
     last_labels: Labels | None = None
     text = stamp = ""
@@ -150,7 +149,7 @@ class Exposition:
         self._headers: dict[str, bytes] = {}
         # source → (stamped, {family: chunk}), in the order sources first published.
         self._sources: dict[str, tuple[bool, dict[str, bytes]]] = {}
-        self._prefixes: dict[str, Prefixes] = {}
+        self._prefixes: dict[str, LabelTexts] = {}
         self._version = 0
         self._body: _Body | None = None
 
