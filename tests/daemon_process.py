@@ -26,8 +26,21 @@ def free_port() -> int:
 
 
 def parse_metrics(text: str) -> Values:
-    """Every sample of an exposition, keyed by (name, labels)."""
-    return {(s.name, frozenset(s.labels.items())): s.value
+    """Every sample of an exposition, keyed by (name, labels) as exposed.
+
+    prometheus-client's parser names every sample of a counter ``<family>_total``, also
+    one exposed without the suffix (postgres_exporter's ``pg_stat_database_xact_commit``,
+    which Prometheus stores under that name): such names are given back as exposed.
+    """
+    exposed = {line.split("{", 1)[0].split(" ", 1)[0] for line in text.splitlines()
+               if line and not line.startswith("#")}
+
+    def as_exposed(name: str) -> str:
+        if name not in exposed and name.endswith("_total") and name[:-6] in exposed:
+            return name[:-6]
+        return name
+
+    return {(as_exposed(s.name), frozenset(s.labels.items())): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
