@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -72,7 +73,9 @@ def main() -> int:
             "PIGGYWATCH_DEMO_RULES": str(shipped_rules_dir()),
             "PIGGYWATCH_DEMO_STATE": str(Path(tmp) / "state.db"),
             "PIGGYWATCH_DEMO_API_TOKEN": "bench-token-0123456789"}
-        listen = "127.0.0.1:19790"
+        with socket.socket() as probe:  # a free port: two runs may overlap
+            probe.bind(("127.0.0.1", 0))
+            listen = f"127.0.0.1:{probe.getsockname()[1]}"
         with SyntheticWorkload(cluster.dsn(dbname="piggybong"), workers=2):
             proc = subprocess.Popen([sys.executable, "-m", "piggywatch", "run", "--config",
                                      str(path), "--listen", listen], env=env,
