@@ -79,8 +79,17 @@ def main() -> int:
         with SyntheticWorkload(cluster.dsn(dbname="piggybong"), workers=2):
             proc = subprocess.Popen([sys.executable, "-m", "piggywatch", "run", "--config",
                                      str(path), "--listen", listen], env=env,
-                                    stderr=subprocess.DEVNULL)
+                                    stderr=(Path(tmp) / "stderr").open("wb"))
             try:
+                up_by = time.monotonic() + 60
+                while True:  # started (imports, first connection) before the warm-up counts
+                    try:
+                        if httpx.get(f"http://{listen}/metrics", timeout=5).is_success:
+                            break
+                    except httpx.TransportError:
+                        if time.monotonic() > up_by or proc.poll() is not None:
+                            raise
+                    time.sleep(0.2)
                 time.sleep(args.warmup)
                 own_before, own_at = own_ms(cluster), time.monotonic()
                 readings = []
@@ -96,10 +105,11 @@ def main() -> int:
                     time.sleep(1.0)
                 core = (own_ms(cluster) - own_before) / 1000 / (time.monotonic() - own_at)
                 series = httpx.get(f"http://{listen}/metrics", timeout=5).text.count("\n")
-            except Exception:
+            except Exception as exc:
                 proc.terminate()
-                raise SystemExit(
-                    f"the daemon did not serve /metrics (exit {proc.wait(10)})") from None
+                tail = (Path(tmp) / "stderr").read_text(errors="replace")[-2000:]
+                raise SystemExit(f"{type(exc).__name__}: {exc} (daemon exit {proc.wait(10)})\n"
+                                 f"{tail}") from None
             finally:
                 proc.terminate()
                 proc.wait(10)
