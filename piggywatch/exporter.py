@@ -44,7 +44,7 @@ from prometheus_client.registry import Collector as PromCollector
 from prometheus_client.utils import floatToGoString
 
 from piggywatch.store import MemoryStore, MetricKind, MetricSpec, Sample
-from piggywatch.store.exposition import HIDDEN_LABELS, deflate_block, gzip_member
+from piggywatch.store.exposition import deflate_block, exposed_labels, gzip_member
 
 # Counters are only ever read through the store; the _created series would be noise.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -52,8 +52,6 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 _go_float = cast(Callable[[float], str], floatToGoString)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# Prometheus's own target labels: kept in the store for the evaluator, not exposed.
-TARGET_LABELS = HIDDEN_LABELS
 _TYPES = {MetricKind.COUNTER: "counter", MetricKind.GAUGE: "gauge",
           MetricKind.UNTYPED: "unknown"}
 
@@ -80,7 +78,7 @@ def _family(spec: MetricSpec, stamped: list[Sample], unstamped: list[Sample]) ->
     name = spec.name
     for samples, with_time in ((stamped, True), (unstamped, False)):
         for sample in samples:
-            labels = {k: v for k, v in sample.labels if k not in TARGET_LABELS}
+            labels = dict(exposed_labels(sample.labels))
             family.add_sample(name, labels, sample.value,
                               sample.timestamp if with_time else None)
     return family

@@ -75,8 +75,11 @@ def test_connections_alert_pends_fires_survives_restarts_and_resolves(tmp_path: 
                 [alert] = second.api("GET", "/api/v1/alerts").json()["data"]["alerts"]
                 second.terminate()
             assert alert["state"] == "firing"
+            # The target's labels as a rule written for postgres_exporter expects them.
+            server = f"{cluster.host}:{cluster.port}"
             assert alert["labels"] == {"alertname": "ConnectionsHigh", "severity": "high",
-                                       "target": "main"}
+                                       "target": "main", "server": server,
+                                       "instance": server, "job": "postgres"}
             # The annotation's query named the application holding the connections.
             assert alert["annotations"]["top"] == "api-pool"
             assert alert["annotations"]["summary"].startswith("main at ")

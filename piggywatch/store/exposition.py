@@ -24,8 +24,18 @@ from prometheus_client.utils import floatToGoString
 
 from piggywatch.store.samples import Labels, MetricKind, MetricSpec, Sample
 
-# Prometheus's own target labels: kept in the store for the evaluator, not exposed.
+# Prometheus's own target labels, which a PostgreSQL target's samples carry (beside
+# ``server``, as postgres_exporter's do once scraped) for the rule evaluator: not exposed,
+# Prometheus sets its own when it scrapes. A source's own ``instance`` (redis, probes) is.
 HIDDEN_LABELS = frozenset({"job", "instance"})
+TARGET_MARK = "server"
+
+
+def exposed_labels(labels: Labels) -> Labels:
+    """``labels`` as /metrics shows them: a PostgreSQL target's job and instance hidden."""
+    if not any(key == TARGET_MARK for key, _ in labels):
+        return labels
+    return tuple(pair for pair in labels if pair[0] not in HIDDEN_LABELS)
 _TYPES = {MetricKind.COUNTER: "counter", MetricKind.GAUGE: "gauge",
           MetricKind.UNTYPED: "untyped"}
 _go_float_slow = cast(Callable[[float], str], floatToGoString)
@@ -59,8 +69,7 @@ def family_header(spec: MetricSpec) -> bytes:
 
 def label_text(labels: Labels) -> str:
     """``{label="value",...}``, the exposed labels sorted, or nothing without any."""
-    pairs = ",".join(f'{key}="{escape(value)}"' for key, value in sorted(labels)
-                     if key not in HIDDEN_LABELS)
+    pairs = ",".join(f'{key}="{escape(value)}"' for key, value in sorted(exposed_labels(labels)))
     return f"{{{pairs}}}" if pairs else ""
 
 
