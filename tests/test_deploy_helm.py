@@ -130,7 +130,8 @@ def test_config_is_accepted_by_piggywatch_with_the_chart_rules(
     # Lay the files out as the pod sees them: the config beside the mounted rules.
     (tmp_path / "piggywatch.yaml").write_text(values["config"])
     shutil.copytree(CHART / "rules", tmp_path / "rules")
-    env = {ref["name"]: "placeholder" for ref in values["secretEnv"]}
+    # Long enough for every secret's own rule (an API token has at least 16 characters).
+    env = {ref["name"]: "placeholder-0123456789abcdef" for ref in values["secretEnv"]}
     env["DATABASE_URL"] = "postgresql://localhost/app"
     env["STATE_DATABASE_URL"] = "postgresql://localhost/piggywatch_state"
     result = CliRunner().invoke(piggywatch_cli,

@@ -24,7 +24,11 @@ from piggywatch.store import MetricSpec, Sample, labels_of
 
 _NAN = float("nan")
 _CLOSED_DATABASES = "SELECT datname FROM pg_catalog.pg_database WHERE NOT datallowconn"
-_STATIC_SPECS = (*compat_stats.SPECS, *compat_database.SPECS, *compat_server.SPECS)
+# pg_stat_database_checksum_failures is the database collector's family; compat adds its
+# NaN rows (no data checksums), so it declares the family too, for when that one is off.
+_STATIC_SPECS = (*compat_stats.SPECS, *compat_database.SPECS, *compat_server.SPECS,
+                 *(s for s in database_collector.SPECS
+                   if s.name == "pg_stat_database_checksum_failures"))
 
 
 class CompatCollector:
