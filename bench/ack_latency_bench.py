@@ -19,19 +19,17 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from piggywatch.ack.http import HookEndpoints
 from piggywatch.config import parse_settings
 from piggywatch.delivery import AlertDelivery
 from piggywatch.http_server import HttpServer
 from piggywatch.rules.alerts import Alert, AlertEvent, AlertState, EventKind
-from tests.servers.pagerduty import PagerDutyServer
-from tests.servers.pagerduty_hooks import (
+from tests.support.servers.pagerduty import PagerDutyServer
+from tests.support.servers.pagerduty_hooks import (
     PagerDutyWebhookSender,
     incident_delivery,
 )
-from tests.servers.slack import SlackServer
+from tests.support.servers.slack import SlackServer
 
 KEY = "R0UT1NGKEY0123456789abcdefABCDEF"
 SECRET = "pd-webhook-secret-bench-0123456789abcd"

@@ -18,10 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from delivery_common import Pipeline, TimedPagerDuty, rss_mib, settings_yaml
-
+from bench.delivery_common import Pipeline, TimedPagerDuty, rss_mib, settings_yaml
 from piggywatch.store import Sample, labels_of
-from tests.servers.webhook import WebhookServer
+from tests.support.servers.webhook import WebhookServer
 
 
 def main() -> int:

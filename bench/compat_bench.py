@@ -17,16 +17,13 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from piggywatch.collectors.postgres.compat import CompatCollector
 from piggywatch.demo.cluster import DEMO_DATABASE, MONITOR_ROLE, ThrowawayCluster
 from piggywatch.store import MemoryStore
-from tests.compat_support import (
+from tests.support.compat import (
     POSTGRES_EXPORTER,
     piggywatch_jobs,
     postgres_exporter,

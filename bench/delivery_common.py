@@ -4,21 +4,18 @@ each request arrived."""
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # for tests.servers, the same local servers the tests use
+from piggywatch.config import parse_settings
+from piggywatch.delivery import AlertDelivery, register_delivery_metrics
+from piggywatch.rules.manager import NoData, RuleManager
+from piggywatch.store import MemoryStore, MetricKind, MetricSpec
+from tests.support.servers._http import RecordedRequest, Reply
+from tests.support.servers.pagerduty import PagerDutyServer
+from tests.support.servers.webhook import WebhookServer
 
-from piggywatch.config import parse_settings  # noqa: E402
-from piggywatch.delivery import AlertDelivery, register_delivery_metrics  # noqa: E402
-from piggywatch.rules.manager import NoData, RuleManager  # noqa: E402
-from piggywatch.store import MemoryStore, MetricKind, MetricSpec  # noqa: E402
-from tests.servers._http import RecordedRequest, Reply  # noqa: E402
-from tests.servers.pagerduty import PagerDutyServer  # noqa: E402
-from tests.servers.webhook import WebhookServer  # noqa: E402
 
 ROUTING_KEY = "B3NCHK3Y0123456789abcdefABCDEF00"
 RULE = """\

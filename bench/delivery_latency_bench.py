@@ -17,8 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from delivery_common import Pipeline, TimedPagerDuty, percentile, settings_yaml
-
+from bench.delivery_common import Pipeline, TimedPagerDuty, percentile, settings_yaml
 from piggywatch.store import Sample, labels_of
 
 SPACING = 0.6  # seconds between alerts: past the PagerDuty throttle

@@ -16,7 +16,6 @@ import argparse
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from piggywatch.demo.cluster import ThrowawayCluster
+from tests.support.ports import free_port
 
 RULES = """\
 groups:
@@ -71,12 +71,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Replica:

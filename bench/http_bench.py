@@ -170,8 +170,7 @@ def main() -> None:
         tmp = Path(directory)
         tls: list[str] = []
         if args.tls:
-            sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-            from tests.servers.tls import make_certificate
+            from tests.support.servers.tls import make_certificate
 
             cert = make_certificate(tmp / "tls")
             tls = [str(cert.cert_path), str(cert.key_path)]

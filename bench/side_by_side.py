@@ -44,15 +44,11 @@ import httpx
 import psycopg
 from psycopg import sql
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from statements_bench import MONITOR, MONITOR_PASSWORD, Workload, make_statements
-
+from bench.statements_bench import MONITOR, MONITOR_PASSWORD, Workload, make_statements
 from piggywatch.demo.cluster import ThrowawayCluster
 from piggywatch.demo.run import shipped_rules_dir
-from tests.compat_support import POSTGRES_EXPORTER
-from tests.daemon_process import free_port
+from tests.support.compat import POSTGRES_EXPORTER
+from tests.support.ports import free_port
 
 HERE = Path(__file__).resolve().parent.parent
 # Issue 13's budgets.

@@ -28,9 +28,6 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
-# Runnable from a checkout without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from piggywatch.store import (
     Labels,
     MemoryStore,

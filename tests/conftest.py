@@ -102,7 +102,7 @@ def state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore
 def restart(state: StateStore) -> Iterator[Callable[[], StateStore]]:
     """Opens ``state`` again, as a restarted daemon (or another replica) would; every
     handle it opened is closed at the end."""
-    from tests.state_support import reopen
+    from tests.support.state import reopen
 
     opened: list[StateStore] = []
 

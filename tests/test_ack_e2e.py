@@ -15,13 +15,14 @@ import psycopg
 import pytest
 
 from piggywatch.demo.cluster import ThrowawayCluster
-from tests.daemon_process import DaemonProcess, fast_rules_config
-from tests.servers.pagerduty import PagerDutyServer
-from tests.servers.pagerduty_hooks import PagerDutyWebhookSender, incident_delivery
-from tests.servers.slack import SlackServer
-from tests.servers.slack_interactivity import SlackInteractionSender, block_actions
-from tests.servers.smtp import SMTPServer
-from tests.test_delivery_e2e import RULES, load, wait_for
+from tests.support.daemon_process import DaemonProcess, fast_rules_config
+from tests.support.servers.pagerduty import PagerDutyServer
+from tests.support.servers.pagerduty_hooks import PagerDutyWebhookSender, incident_delivery
+from tests.support.servers.slack import SlackServer
+from tests.support.servers.slack_interactivity import SlackInteractionSender, block_actions
+from tests.support.servers.smtp import SMTPServer
+from tests.support.waiting import wait_for
+from tests.test_delivery_e2e import RULES, load
 
 ROUTING_KEY = "R0UT1NGKEY0123456789abcdefABCDEF"
 PD_SECRET = "pd-webhook-secret-e2e-0123456789abcdef"

@@ -32,14 +32,14 @@ from piggywatch.alerting.outbox import Outbox
 from piggywatch.alerting.settings import AlertingSettings
 from piggywatch.http_server import HttpServer
 from piggywatch.rules.alerts import Alert, AlertEvent, AlertState, EventKind
-from tests.servers.pagerduty_hooks import (
+from tests.support.servers.pagerduty_hooks import (
     PagerDutyRestServer,
     PagerDutyWebhookSender,
     incident_delivery,
     signature,
 )
-from tests.servers.slack import SlackServer
-from tests.servers.slack_interactivity import (
+from tests.support.servers.slack import SlackServer
+from tests.support.servers.slack_interactivity import (
     SlackInteractionSender,
     SocketModeServer,
     block_actions,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,9 @@ from piggywatch.alerting.channels.alertmanager import AlertmanagerReceiver
 from piggywatch.alerting.model import Action, AlertInfo, AlertStatus, Notification, Outcome
 from piggywatch.alerting.notifiers.alertmanager import AlertmanagerNotifier
 from piggywatch.demo.cluster import ThrowawayCluster
-from tests.daemon_process import DaemonProcess, fast_rules_config, free_port
+from tests.support.daemon_process import DaemonProcess, fast_rules_config
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for
 
 BINARY = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 pytestmark = pytest.mark.skipif(BINARY is None, reason="Alertmanager is not installed")
@@ -71,7 +73,7 @@ class Alertmanager:
              f"--storage.path={self.workdir / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address="],
             stdout=self._log, stderr=subprocess.STDOUT)
-        wait_for(self._ready, 20, "Alertmanager's /-/ready", self.log)
+        wait_for(self._ready, 20, "Alertmanager's /-/ready", details=self.log)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -101,16 +103,6 @@ class Alertmanager:
         response.raise_for_status()
         found: list[dict[str, Any]] = response.json()
         return [a for a in found if labels.items() <= a["labels"].items()]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str,
-             context: Callable[[], str] = lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{context()}")
 
 
 @pytest.fixture
@@ -154,7 +146,7 @@ def test_daemon_alerts_arrive_in_alertmanager_and_resolve_there(
                 return bool(alertmanager.alerts(alertname="InteropClientConnected"))
 
             wait_for(arrived, 30, "the alert in Alertmanager",
-                     lambda: daemon.stderr() + alertmanager.log())
+                     details=lambda: daemon.stderr() + alertmanager.log())
             [alert] = alertmanager.alerts(alertname="InteropClientConnected")
             assert alert["labels"]["severity"] == "low"
             assert alert["labels"]["target"] == "main"
@@ -172,7 +164,7 @@ def test_daemon_alerts_arrive_in_alertmanager_and_resolve_there(
                 return not alertmanager.alerts(alertname="InteropClientConnected")
 
             wait_for(resolved, 30, "the alert to resolve in Alertmanager",
-                     lambda: daemon.stderr() + alertmanager.log())
+                     details=lambda: daemon.stderr() + alertmanager.log())
     finally:
         client.close()
 

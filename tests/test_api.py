@@ -25,7 +25,7 @@ from piggywatch.exporter import build_registry
 from piggywatch.rules.manager import NoData, RuleManager
 from piggywatch.server import Access, Endpoints, HttpServer
 from piggywatch.store import MemoryStore, MetricKind, MetricSpec, Sample, labels_of
-from tests.servers.tls import cryptography_available, make_certificate
+from tests.support.servers.tls import cryptography_available, make_certificate
 
 TOKEN = "api-token-for-tests-0123456789"
 RULE = """\

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from piggywatch.demo.cluster import ThrowawayCluster
-from tests.daemon_process import free_port, parse_metrics, value
+from tests.support.metrics import parse_metrics, value
+from tests.support.ports import free_port
 
 
 def sample(tmp_path: Path, dsn: str) -> subprocess.CompletedProcess[str]:

@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.daemon_process import DaemonProcess
-from tests.servers.webhook import WebhookServer
+from tests.support.daemon_process import DaemonProcess
+from tests.support.servers.webhook import WebhookServer
 
 # ESC sequences that clear the screen and retitle the window, BEL, a carriage return that
 # would overwrite the row, DEL, a C1 control (NEL) and a right-to-left override that would

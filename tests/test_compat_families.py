@@ -11,7 +11,7 @@ import pytest
 
 from piggywatch.demo.cluster import DEMO_DATABASE, MONITOR_ROLE, ThrowawayCluster
 from piggywatch.store import MemoryStore
-from tests.compat_support import (
+from tests.support.compat import (
     POSTGRES_EXPORTER,
     Exposition,
     piggywatch_exposition,

@@ -25,8 +25,9 @@ import pytest
 import yaml
 
 from piggywatch.demo.cluster import DEMO_DATABASE, MONITOR_ROLE, ThrowawayCluster
-from tests.compat_support import POSTGRES_EXPORTER, postgres_exporter
-from tests.daemon_process import DaemonProcess, free_port
+from tests.support.compat import POSTGRES_EXPORTER, postgres_exporter
+from tests.support.daemon_process import DaemonProcess
+from tests.support.ports import free_port
 from tests.test_grafana_prometheus import dashboard_panels, query, wait_for
 
 pytestmark = [

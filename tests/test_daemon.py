@@ -13,7 +13,8 @@ import psycopg
 import pytest
 
 from piggywatch.demo.cluster import ThrowawayCluster
-from tests.daemon_process import DaemonProcess, Values, value
+from tests.support.daemon_process import DaemonProcess
+from tests.support.metrics import Values, value
 
 # Names kept from postgres_exporter that promtool's linter dislikes (see README).
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,6 +26,7 @@ from piggywatch.demo.cluster import (
     ThrowawayCluster,
 )
 from piggywatch.store import Sample
+from tests.support.ports import free_port
 
 PRIVATE_DATABASE = "pw_private_db"
 
@@ -230,13 +230,6 @@ def _as_server_user(args: list[str], cwd: Path) -> subprocess.CompletedProcess[s
                           timeout=60, check=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def replication() -> Iterator[Replication]:
     with ThrowawayCluster(max_connections=10) as primary:
@@ -247,7 +240,7 @@ def replication() -> Iterator[Replication]:
         if os.geteuid() == 0:
             server_user = pwd.getpwnam("postgres")
             os.chown(base, server_user.pw_uid, server_user.pw_gid)
-        port = _free_port()
+        port = free_port()
         started = False
         try:
             conninfo = (f"host={primary.host} port={primary.port} user=postgres "

@@ -9,7 +9,7 @@ import math
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -21,11 +21,13 @@ from piggywatch.config import parse_settings
 from piggywatch.delivery import AlertDelivery
 from piggywatch.demo.cluster import ThrowawayCluster
 from piggywatch.rules.alerts import Alert, AlertEvent, AlertState, EventKind
-from tests.daemon_process import DaemonProcess, fast_rules_config, free_port
-from tests.servers.pagerduty import PagerDutyServer
-from tests.servers.slack import SlackServer
-from tests.servers.smtp import SMTPServer
-from tests.servers.webhook import WebhookServer
+from tests.support.daemon_process import DaemonProcess, fast_rules_config
+from tests.support.ports import free_port
+from tests.support.servers.pagerduty import PagerDutyServer
+from tests.support.servers.slack import SlackServer
+from tests.support.servers.smtp import SMTPServer
+from tests.support.servers.webhook import WebhookServer
+from tests.support.waiting import wait_for
 
 ROUTING_KEY = "R0UT1NGKEY0123456789abcdefABCDEF"
 RULES = """\
@@ -85,15 +87,6 @@ def setup(tmp_path: Path, channels: Channels, cluster: ThrowawayCluster, **kw: s
     config = tmp_path / "piggywatch.yaml"
     config.write_text(channels.config(cluster, **kw))
     return config
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture

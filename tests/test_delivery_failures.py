@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,19 +14,11 @@ import pytest
 from piggywatch.config import parse_settings
 from piggywatch.delivery import AlertDelivery
 from piggywatch.rules.alerts import Alert, AlertEvent, AlertState, EventKind
-from tests.servers.slack import SlackServer
-from tests.servers.smtp import SMTPServer
+from tests.support.servers.slack import SlackServer
+from tests.support.servers.smtp import SMTPServer
+from tests.support.waiting import wait_for
 
 SLACK_TOKEN = "xoxb-piggywatch-test-token"
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture

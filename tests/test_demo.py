@@ -13,7 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.daemon_process import free_port, parse_metrics
+from tests.support.metrics import parse_metrics
+from tests.support.ports import free_port
 
 TOKEN = "demo-test-token-0123"
 

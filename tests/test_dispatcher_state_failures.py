@@ -25,7 +25,7 @@ from piggywatch.alerting.acks import Ack, Acks
 from piggywatch.alerting.model import Action
 from piggywatch.rules.alerts import EventKind
 from piggywatch.state import STATE_ERRORS, NotLeader, PostgresState, SQLiteState, StateStore, Tx
-from tests.state_support import reopen
+from tests.support.state import reopen
 from tests.test_dispatcher import T0, Pipeline, _event
 
 HIGH = ("PostgresConnectionsHigh", "high")

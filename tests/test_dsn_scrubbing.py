@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from piggywatch.demo.cluster import DEMO_DATABASE, ThrowawayCluster
-from tests.daemon_process import free_port
+from tests.support.ports import free_port
 
 # (password, how the DSN is written with it, what the message must tell the user to do)
 CASES = [

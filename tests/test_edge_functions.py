@@ -26,8 +26,8 @@ from piggywatch.collectors.edge_functions.http_source import HttpEdgeSource, per
 from piggywatch.collectors.postgres.target import PostgresTarget
 from piggywatch.demo.cluster import ThrowawayCluster
 from piggywatch.store import Sample
-from tests.servers._http import Reply
-from tests.servers.supabase_logs import (
+from tests.support.servers._http import Reply
+from tests.support.servers.supabase_logs import (
     CURRENT,
     LEGACY,
     LogRow,

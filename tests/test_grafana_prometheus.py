@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.daemon_process import free_port
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
                                 reason="the prometheus server is not installed")

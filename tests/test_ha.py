@@ -14,9 +14,11 @@ import psycopg
 import pytest
 
 from piggywatch.demo.cluster import ThrowawayCluster
-from tests.daemon_process import DaemonProcess, Values, fast_rules_config, value
-from tests.servers.pagerduty import PagerDutyServer
-from tests.test_delivery_e2e import Channels, actions, load, setup, wait_for
+from tests.support.daemon_process import DaemonProcess, fast_rules_config
+from tests.support.metrics import Values, value
+from tests.support.servers.pagerduty import PagerDutyServer
+from tests.support.waiting import wait_for
+from tests.test_delivery_e2e import Channels, actions, load, setup
 
 TAKEOVER = 3.0
 

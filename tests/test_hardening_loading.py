@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from piggywatch.demo.cluster import ThrowawayCluster
-from tests.daemon_process import DaemonProcess, fast_rules_config, value
-from tests.servers.webhook import WebhookServer
+from tests.support.daemon_process import DaemonProcess, fast_rules_config
+from tests.support.metrics import value
+from tests.support.servers.webhook import WebhookServer
 
 # --- the files of each case ------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import pytest
 from piggywatch.demo.cluster import ThrowawayCluster
 from piggywatch.leadership import AdvisoryLockLeadership
 from piggywatch.state import NotLeader, PostgresState
+from tests.support import waiting as support
 from tests.support.tcp_proxy import FreezableProxy
 
 # The shortest takeover the configuration allows: a lease of 1 s, a check every 0.4 s.
@@ -47,10 +48,7 @@ class Replica:
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
     """Wait for ``condition``; the seconds it took."""
     began = time.monotonic()
-    while not condition():
-        if time.monotonic() - began > timeout:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.01)
+    support.wait_for(condition, timeout, what, interval=0.01)
     return time.monotonic() - began
 
 

@@ -26,7 +26,7 @@ from piggywatch.alerting.outbox import Outbox
 from piggywatch.alerting.settings import AlertingSettings
 from piggywatch.rules.alerts import Alert, AlertEvent, AlertState, EventKind
 from piggywatch.state import SQLiteState, StateLike, StateStore
-from tests.state_support import reopen
+from tests.support.state import reopen
 from tests.test_dispatcher import CONFIG, RECEIVERS, T0, Pipeline
 from tests.test_dispatcher_state_failures import away, failing
 

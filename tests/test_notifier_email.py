@@ -15,13 +15,17 @@ import pytest
 from piggywatch.alerting.channels.email import EmailReceiver
 from piggywatch.alerting.model import Action, Outcome
 from piggywatch.alerting.notifiers.email import EmailNotifier
-from tests.daemon_process import free_port
 from tests.notification_samples import T0, alert, notification, resolved
+from tests.support.ports import free_port
 
 pytest.importorskip("aiosmtpd")
 
-from tests.servers.smtp import SMTPServer
-from tests.servers.tls import SelfSignedCertificate, cryptography_available, make_certificate
+from tests.support.servers.smtp import SMTPServer
+from tests.support.servers.tls import (
+    SelfSignedCertificate,
+    cryptography_available,
+    make_certificate,
+)
 
 SENDER = "PiggyWatch <piggywatch@example.com>"
 PASSWORD = "s3cret-smtp-password"

@@ -10,9 +10,9 @@ import pytest
 from piggywatch.alerting.channels.pagerduty import PagerDutyReceiver
 from piggywatch.alerting.model import Action, Outcome
 from piggywatch.alerting.notifiers.pagerduty import PagerDutyNotifier
-from tests.daemon_process import free_port
 from tests.notification_samples import EXTERNAL_URL, RUNBOOK, alert, notification, resolved
-from tests.servers import PagerDutyServer, Reply
+from tests.support.ports import free_port
+from tests.support.servers import PagerDutyServer, Reply
 
 ROUTING_KEY = "R0UT1NGK3Y0000000000000000000001"
 

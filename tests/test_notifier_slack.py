@@ -16,9 +16,9 @@ from piggywatch.alerting.channels.slack import SlackReceiver
 from piggywatch.alerting.model import Action, Outcome
 from piggywatch.alerting.notifiers.slack import ACK_COLOUR, SlackNotifier
 from piggywatch.alerting.settings import Receiver
-from tests.daemon_process import free_port
 from tests.notification_samples import EXTERNAL_URL, RUNBOOK, T0, alert, notification, resolved
-from tests.servers import Reply, SlackServer
+from tests.support.ports import free_port
+from tests.support.servers import Reply, SlackServer
 
 TOKEN = "xoxb-piggywatch-test-token"
 STARTED = "Started <!date^1767225600^{date_short_pretty} {time}|2026-01-01T00:00:00.000Z>"

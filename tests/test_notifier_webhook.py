@@ -15,9 +15,9 @@ from piggywatch.alerting.model import Action, Outcome
 from piggywatch.alerting.notifiers.alertmanager import AlertmanagerNotifier
 from piggywatch.alerting.notifiers.webhook import WebhookNotifier
 from piggywatch.alerting.settings import Receiver
-from tests.daemon_process import free_port
 from tests.notification_samples import EXTERNAL_URL, RUNBOOK, T0, alert, notification, resolved
-from tests.servers import AlertmanagerServer, Reply, WebhookServer
+from tests.support.ports import free_port
+from tests.support.servers import AlertmanagerServer, Reply, WebhookServer
 
 LABELS = {"alertname": "PostgresConnectionsHigh", "severity": "high", "target": "main"}
 ANNOTATIONS = {"description": "Client connections are above 80% of max_connections.",

@@ -25,7 +25,8 @@ import pytest
 
 from piggywatch.demo.binaries import CHOICE_ENV, DEBIAN_PG_ROOT, embedded_bindir
 from piggywatch.demo.cluster import CLUSTER_DIR_PREFIX, ThrowawayCluster
-from tests.daemon_process import free_port, parse_metrics
+from tests.support.metrics import parse_metrics
+from tests.support.ports import free_port
 
 TOKEN = "anywhere-test-token"
 PG_LINE = re.compile(r"PostgreSQL on 127\.0\.0\.1:(\d+)")

@@ -9,7 +9,7 @@ import pytest
 
 from piggywatch.collectors.probes import ProbeCollector, ProbeConfig, json_lookup, percentile
 from piggywatch.store import Sample
-from tests.servers import LocalHTTPServer, Reply
+from tests.support.servers import LocalHTTPServer, Reply
 
 
 class AppServer(LocalHTTPServer):

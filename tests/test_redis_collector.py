@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,17 +14,12 @@ from pydantic import SecretStr, ValidationError
 from piggywatch.collectors.base import CollectorError
 from piggywatch.collectors.redis_cache import RedisCollector, RedisConfig, RedisUnreachable
 from piggywatch.store import Sample
+from tests.support.ports import free_port
 
 redis = pytest.importorskip("redis")
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 pytestmark = pytest.mark.skipif(not Path(REDIS_SERVER).exists(),
                                 reason="redis-server is not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:

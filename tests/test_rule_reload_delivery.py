@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from piggywatch.demo.cluster import ThrowawayCluster
-from tests.daemon_process import DaemonProcess, fast_rules_config
-from tests.servers.webhook import WebhookServer
+from tests.support.daemon_process import DaemonProcess, fast_rules_config
+from tests.support.servers.webhook import WebhookServer
 
 RULES = """\
 groups:

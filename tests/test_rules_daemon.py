@@ -14,7 +14,8 @@ import psycopg
 import pytest
 
 from piggywatch.demo.cluster import ThrowawayCluster
-from tests.daemon_process import DaemonProcess, Values, fast_rules_config, value
+from tests.support.daemon_process import DaemonProcess, fast_rules_config
+from tests.support.metrics import Values, value
 
 RULES = """\
 groups:

@@ -10,9 +10,10 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from piggywatch.observability import Redactor, redact_url
-from tests.daemon_process import DaemonProcess, free_port
-from tests.servers._http import LocalHTTPServer, RecordedRequest, Reply
-from tests.servers.slack import SlackServer
+from tests.support.daemon_process import DaemonProcess
+from tests.support.ports import free_port
+from tests.support.servers._http import LocalHTTPServer, RecordedRequest, Reply
+from tests.support.servers.slack import SlackServer
 
 PATH_SECRET = "Xs3cr3tP4thT0ken"
 QUERY_SECRET = "Qs3cr3tQu3ryT0ken"

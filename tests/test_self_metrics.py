@@ -7,13 +7,15 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from piggywatch import __version__
 from piggywatch.demo.cluster import ThrowawayCluster
-from tests.daemon_process import DaemonProcess, Values, free_port, value
-from tests.servers.webhook import WebhookServer
+from tests.support.daemon_process import DaemonProcess
+from tests.support.metrics import Values, value
+from tests.support.ports import free_port
+from tests.support.servers.webhook import WebhookServer
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,14 +48,6 @@ def used_self_metrics() -> set[str]:
 def own(metrics: Values) -> dict[str, float]:
     """The daemon's own samples, readable in a failure message."""
     return {f"{n}{dict(ls)}": v for (n, ls), v in metrics.items() if n.startswith("piggywatch_")}
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.1)
 
 
 def test_every_self_metric_the_rules_and_dashboard_read_has_its_value(

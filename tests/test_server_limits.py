@@ -34,8 +34,12 @@ from piggywatch.server import (
     HttpServer,
 )
 from piggywatch.store import MemoryStore, MetricKind, MetricSpec, Sample, labels_of
-from tests.daemon_process import DaemonProcess
-from tests.servers.tls import SelfSignedCertificate, cryptography_available, make_certificate
+from tests.support.daemon_process import DaemonProcess
+from tests.support.servers.tls import (
+    SelfSignedCertificate,
+    cryptography_available,
+    make_certificate,
+)
 
 TOKEN = "server-limits-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -11,7 +11,9 @@ import psycopg
 import pytest
 
 from piggywatch.demo.cluster import ThrowawayCluster
-from tests.daemon_process import DaemonProcess, free_port, value
+from tests.support.daemon_process import DaemonProcess
+from tests.support.metrics import value
+from tests.support.ports import free_port
 
 
 @pytest.fixture

@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 
 from piggywatch.demo.cluster import DEMO_DATABASE, MONITOR_ROLE, ThrowawayCluster
-from tests.daemon_process import DaemonProcess, free_port, value
+from tests.support.daemon_process import DaemonProcess
+from tests.support.metrics import value
+from tests.support.ports import free_port
 
 RULES = """\
 groups:

@@ -29,7 +29,8 @@ from piggywatch.demo.cluster import (
     MONITORING_GRANTS,
     ThrowawayCluster,
 )
-from tests.daemon_process import DaemonProcess, value
+from tests.support.daemon_process import DaemonProcess
+from tests.support.metrics import value
 from tests.support.supabase import SUPABASE_ROLES, SUPABASE_SCHEMAS, monitoring_role
 
 COLLECTORS: dict[str, Callable[[PostgresTarget], Collector]] = {

@@ -15,7 +15,7 @@ from piggywatch.state import (
     state_from_url,
 )
 from piggywatch.state.migrations import LATEST, MIGRATIONS, ddl
-from tests.state_support import reopen
+from tests.support.state import reopen
 
 
 def test_first_open_applies_every_migration_once(state: StateStore) -> None:

@@ -15,7 +15,7 @@ from piggywatch.collectors.edge_functions import (
     Totals,
 )
 from piggywatch.state import StateStore
-from tests.state_support import reopen
+from tests.support.state import reopen
 
 BUCKETS = (0.1, 1.0)
 S1 = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)

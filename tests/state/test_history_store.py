@@ -12,7 +12,7 @@ from piggywatch.store import history as history_module
 from piggywatch.store.history import SCHEMA_VERSION, CombinedSource, History, HistorySchemaError
 from piggywatch.store.samples import Labels
 from piggywatch.store.series import STALE_NAN, LabelMatcher, Series, is_stale
-from tests.state_support import reopen
+from tests.support.state import reopen
 from tests.test_history import ListSource
 
 M = LabelMatcher.of

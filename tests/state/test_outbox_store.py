@@ -21,7 +21,7 @@ from piggywatch.alerting.outbox_store import (
     encode_notification,
 )
 from piggywatch.state import PostgresState, StateStore, instance_token
-from tests.state_support import reopen
+from tests.support.state import reopen
 from tests.test_outbox import note
 
 T0 = 1_764_000_000.25

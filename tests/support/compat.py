@@ -21,7 +21,7 @@ from piggywatch.exporter import build_registry, render_text
 from piggywatch.jobs import CollectorJob, build_collectors
 from piggywatch.selfmetrics import SelfMetrics
 from piggywatch.store import MemoryStore
-from tests.daemon_process import free_port
+from tests.support.ports import free_port
 
 POSTGRES_EXPORTER = shutil.which("prometheus-postgres-exporter") or (
     "/usr/bin/prometheus-postgres-exporter"

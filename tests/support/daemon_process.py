@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,42 +13,10 @@ from types import TracebackType
 from typing import Any, Self
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
-Values = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def parse_metrics(text: str) -> Values:
-    """Every sample of an exposition, keyed by (name, labels) as exposed.
-
-    prometheus-client's parser names every sample of a counter ``<family>_total``, also
-    one exposed without the suffix (postgres_exporter's ``pg_stat_database_xact_commit``,
-    which Prometheus stores under that name): such names are given back as exposed.
-    """
-    exposed = {line.split("{", 1)[0].split(" ", 1)[0] for line in text.splitlines()
-               if line and not line.startswith("#")}
-
-    def as_exposed(name: str) -> str:
-        if name not in exposed and name.endswith("_total") and name[:-6] in exposed:
-            return name[:-6]
-        return name
-
-    return {(as_exposed(s.name), frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def value(values: Values, name: str, **labels: str) -> float | None:
-    """The one sample of ``name`` whose labels include ``labels``, or None."""
-    found = [v for (n, ls), v in values.items() if n == name and set(labels.items()) <= ls]
-    assert len(found) <= 1, f"{name}{labels} matches {len(found)} series"
-    return found[0] if found else None
-
+from tests.support.metrics import Values, parse_metrics
+from tests.support.ports import ATTEMPTS, free_port
+from tests.support.waiting import wait_for
 
 API_TOKEN = "test-api-token-0123456789"
 
@@ -63,6 +30,7 @@ class DaemonProcess:
 
     def __init__(self, config: Path, workdir: Path, env: dict[str, str] | None = None,
                  *, port: int | None = None, token: str = API_TOKEN) -> None:
+        self._fixed_port = port is not None
         self.port = port or free_port()
         self.config = config
         self.token = token
@@ -76,11 +44,25 @@ class DaemonProcess:
 
     def __enter__(self) -> Self:
         self._stderr = self.stderr_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "piggywatch", "run", "--config", str(self.config),
-             "--listen", f"127.0.0.1:{self.port}"],
-            stdout=subprocess.DEVNULL, stderr=self._stderr, env=self._env)
-        self.wait_until(lambda: self.get("/readyz").status_code == 200, 20, "/readyz is 200")
+        for attempt in range(ATTEMPTS):
+            self._stderr.seek(0)
+            self._stderr.truncate()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "piggywatch", "run", "--config", str(self.config),
+                 "--listen", f"127.0.0.1:{self.port}"],
+                stdout=subprocess.DEVNULL, stderr=self._stderr, env=self._env)
+            proc = self.proc
+            wait_for(lambda p=proc: p.poll() is not None or  # type: ignore[misc]
+                     self.get("/readyz").status_code == 200,
+                     20, "/readyz is 200", interval=0.1, details=self.stderr)
+            if proc.poll() is None:
+                return self
+            # Another process took the free port between its choice and the daemon's bind.
+            if self._fixed_port or attempt == ATTEMPTS - 1 or \
+                    "Address already in use" not in self.stderr():
+                raise AssertionError(f"the daemon exited with {proc.returncode} before it was "
+                                     f"ready\n{self.stderr()}")
+            self.port = free_port()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -108,12 +90,8 @@ class DaemonProcess:
         return parse_metrics(response.text)
 
     def wait_until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{self.stderr()}")
+        """Poll ``condition`` (failing with the daemon's log after ``timeout`` seconds)."""
+        wait_for(condition, timeout, what, interval=0.1, details=self.stderr)
 
     def wait_for_metric(self, condition: Callable[[Values], bool], timeout: float,
                         what: str) -> Values:

@@ -15,12 +15,12 @@ to fail.
 - ``WebhookServer``: records JSON posts at ``.url``; ``AlertmanagerServer``: ``/api/v2/alerts``.
 """
 
-from tests.servers._http import LocalHTTPServer, RecordedRequest, Reply
-from tests.servers.pagerduty import PagerDutyServer
-from tests.servers.slack import SlackMessage, SlackServer
-from tests.servers.webhook import AlertmanagerServer, WebhookServer
+from tests.support.servers._http import LocalHTTPServer, RecordedRequest, Reply
+from tests.support.servers.pagerduty import PagerDutyServer
+from tests.support.servers.slack import SlackMessage, SlackServer
+from tests.support.servers.webhook import AlertmanagerServer, WebhookServer
 
-# SMTPServer needs aiosmtpd (a dev dependency): import it from tests.servers.smtp.
+# SMTPServer needs aiosmtpd (a dev dependency): import it from tests.support.servers.smtp.
 __all__ = [
     "AlertmanagerServer",
     "LocalHTTPServer",

@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from tests.servers._http import LocalHTTPServer, RecordedRequest, Reply
+from tests.support.servers._http import LocalHTTPServer, RecordedRequest, Reply
 
 EVENT_ACTIONS = ("trigger", "acknowledge", "resolve")
 SEVERITIES = ("critical", "error", "warning", "info")

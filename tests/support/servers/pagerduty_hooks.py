@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from tests.servers._http import LocalHTTPServer, RecordedRequest, Reply
+from tests.support.servers._http import LocalHTTPServer, RecordedRequest, Reply
 
 __all__ = ["PagerDutyRestServer", "PagerDutyWebhookSender", "incident_delivery", "signature"]
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from tests.servers._http import LocalHTTPServer, RecordedRequest, Reply
-from tests.servers.blockkit import validate_attachments, validate_blocks
+from tests.support.servers._http import LocalHTTPServer, RecordedRequest, Reply
+from tests.support.servers.blockkit import validate_attachments, validate_blocks
 
 WEBHOOK_PATH = "/services/T0PIGGY00/B0PIGGY00/piggywatchwebhooksecret01"
 RESPONSE_PATH = "/actions/T0PIGGY01/1234567890/response-url-secret"
@@ -65,7 +65,7 @@ class SlackServer(LocalHTTPServer):
         self._seq = itertools.count(1)
         self._state_lock = threading.Lock()
         # Socket Mode: the app-level token apps.connections.open takes, and the WebSocket
-        # URL it hands out (tests.servers.slack_socket_mode sets it).
+        # URL it hands out (tests.support.servers.slack_socket_mode sets it).
         self.app_token = "xapp-1-A0PIGGY-1-piggywatch-test-app-token"
         self.socket_url = ""
         # usergroups.users.list: members by user group id.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import socket
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -16,7 +15,8 @@ from typing import Any, Literal, Self
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from tests.servers.tls import SelfSignedCertificate
+from tests.support.ports import start_on_free_port
+from tests.support.servers.tls import SelfSignedCertificate
 
 Stage = Literal["MAIL", "RCPT", "DATA"]
 
@@ -35,14 +35,6 @@ class ReceivedMail:
     def message(self) -> EmailMessage:
         """The mail parsed with the modern e-mail API."""
         return email.message_from_bytes(self.data, policy=email.policy.default)
-
-
-def _free_port() -> int:
-    # aiosmtpd's Controller cannot start on port 0 (its readiness check connects to the
-    # configured port), so pick a free one first.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _Handler:
@@ -89,7 +81,7 @@ class SMTPServer:
                  certificate: SelfSignedCertificate | None = None,
                  auth: tuple[str, str] | None = None) -> None:
         if tls != "none" and certificate is None:
-            raise ValueError("TLS needs a certificate (tests.servers.tls.make_certificate)")
+            raise ValueError("TLS needs a certificate (tests.support.servers.tls.make_certificate)")
         self.tls = tls
         self.certificate = certificate
         self.auth = auth
@@ -102,8 +94,13 @@ class SMTPServer:
                                                "DATA": deque()}
 
     def start(self) -> Self:
-        """Listen on a free port."""
-        self.port = _free_port()
+        """Listen on a free port (aiosmtpd's Controller cannot start on port 0: its readiness
+        check connects to the configured port), another one if that port was taken."""
+        start_on_free_port(self._start_on)
+        return self
+
+    def _start_on(self, port: int) -> None:
+        self.port = port
         kwargs: dict[str, Any] = {}
         if self.certificate is not None and self.tls == "starttls":
             kwargs.update(tls_context=self.certificate.server_context(), require_starttls=True)
@@ -112,10 +109,9 @@ class SMTPServer:
         if self.auth is not None:
             kwargs.update(authenticator=self._authenticate, auth_required=True,
                           auth_require_tls=self.tls != "none")
-        self._controller = Controller(_Handler(self), hostname=self.host, port=self.port,
-                                      **kwargs)
-        self._controller.start()
-        return self
+        controller = Controller(_Handler(self), hostname=self.host, port=self.port, **kwargs)
+        controller.start()
+        self._controller = controller
 
     def stop(self) -> None:
         """Stop listening."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.servers._http import LocalHTTPServer, RecordedRequest, Reply
+from tests.support.servers._http import LocalHTTPServer, RecordedRequest, Reply
 
 CURRENT = "logs"
 LEGACY = "logs.all"

@@ -8,7 +8,7 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.servers._http import LocalHTTPServer, RecordedRequest, Reply
+from tests.support.servers._http import LocalHTTPServer, RecordedRequest, Reply
 
 WEBHOOK_KEYS = {"version", "groupKey", "truncatedAlerts", "status", "receiver", "groupLabels",
                 "commonLabels", "commonAnnotations", "externalURL", "alerts"}
