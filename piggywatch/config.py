@@ -63,14 +63,16 @@ from piggywatch.yamlpos import (
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class BasicAuth(_Strict):
     """A user name and password for HTTP basic auth."""
 
     username: str = Field(min_length=1)
+    """The user name."""
     password: SecretStr
+    """The password."""
 
     @field_validator("password")
     @classmethod
@@ -84,7 +86,9 @@ class TlsConfig(_Strict):
     """A PEM certificate (with its chain) and its private key."""
 
     cert_file: str
+    """Path of the PEM certificate, with its chain."""
     key_file: str
+    """Path of the PEM private key."""
 
 
 _LISTEN = r"^\[?[0-9A-Za-z.:_-]*\]?:\d{1,5}$"
@@ -112,12 +116,13 @@ class ServerConfig(_Strict):
     """Where the daemon listens, and who may call it."""
 
     listen: str = Field(default="0.0.0.0:9790", pattern=_LISTEN)
-    # Bearer token every /api/v1/* call must carry; empty: the API answers 401 to all.
+    """The `host:port` the HTTP server (metrics, health, API) binds."""
     api_token: SecretStr = SecretStr("")
-    # Unset: /metrics is open, as Prometheus scrapes usually are.
+    """Bearer token every /api/v1/* call must carry; empty: the API answers 401 to all."""
     metrics_basic_auth: BasicAuth | None = None
-    # Unset: plain HTTP. Set: every endpoint is served over TLS only.
+    """Unset: /metrics is open, as Prometheus scrapes usually are."""
     tls: TlsConfig | None = None
+    """Unset: plain HTTP. Set: every endpoint is served over TLS only."""
 
     @field_validator("listen")
     @classmethod
@@ -143,42 +148,46 @@ class ServerConfig(_Strict):
                              "long, or empty to refuse every API call (make one with: "
                              "openssl rand -hex 32)")
         return value
-    # Open connections at most; at the limit a client still sending its request makes room
-    # for a new one, and when every connection is being answered a new one gets 503.
     max_connections: int = Field(default=DEFAULT_MAX_CONNECTIONS, ge=1, le=10000)
-    # A request (TLS handshake, head and body) must arrive in full within this time of
-    # connecting, and its response be sent within it; slower clients are disconnected.
+    """Open connections at most; at the limit a client still sending its request makes room for a
+    new one, and when every connection is being answered a new one gets 503."""
     request_timeout: Duration = Field(default=DEFAULT_REQUEST_TIMEOUT_SECONDS, gt=0.0,
                                       le=600.0)
+    """A request (TLS handshake, head and body) must arrive in full within this time of connecting,
+    and its response be sent within it; slower clients are disconnected."""
 
 
 class HaConfig(_Strict):
     """Several replicas on one PostgreSQL state database: one leads, the others stand by."""
 
-    # A standby takes over within this time once the leader is gone.
     takeover_after: Duration = Field(default=15.0, ge=1.0, le=600.0)
-    # How the other replicas reach this one's API (they forward /api/v1 calls to the
-    # leader); empty: http(s)://<this host's name>:<listen port>.
+    """A standby takes over within this time once the leader is gone."""
     advertise_url: str = Field(default="", pattern=r"^(|https?://\S+)$")
-    # With `server.tls`: the CA bundle that signed the other replicas' certificates, to
-    # verify them when forwarding; empty: the system's CAs.
+    """How the other replicas reach this one's API (they forward /api/v1 calls to the leader);
+    empty: http(s)://<this host's name>:<listen port>."""
     ca_file: str = ""
+    """With `server.tls`: the CA bundle that signed the other replicas' certificates, to verify them
+    when forwarding; empty: the system's CAs."""
 
 
 class CollectorOptions(_Strict):
     """Options every collector has."""
 
     enabled: bool = True
+    """Whether this runs at all."""
     interval: Duration = 30.0
-    # Bounds each query (statement_timeout) and the whole sampling cycle.
+    """How often it is sampled."""
     timeout: Duration = 5.0
+    """Bounds each query (statement_timeout) and the whole sampling cycle."""
 
 
 class ConnectionsOptions(CollectorOptions):
     """pg_stat_activity and connection limits."""
 
     interval: Duration = 15.0
+    """How often it is sampled."""
     top_n: int = Field(default=10, ge=1, le=1000)
+    """How many of the largest items are exported (the rest are summed)."""
 
 
 class DatabaseOptions(CollectorOptions):
@@ -189,17 +198,22 @@ class StatementsOptions(CollectorOptions):
     """pg_stat_statements, exported as deltas of the top K statements."""
 
     timeout: Duration = 10.0
+    """How long one attempt may take before it counts as failed."""
     top_k: int = Field(default=100, ge=1, le=10000)
-    # None: look in the schemas where the extension usually lives (extensions, public, ...).
+    """How many statements (by total time) are exported."""
     schema_name: str | None = Field(default=None, alias="schema")
+    """None: look in the schemas where the extension usually lives (extensions, public, ...)."""
 
 
 class TablesOptions(CollectorOptions):
     """Size and row estimates of the largest tables (a slow, heavier query)."""
 
     interval: Duration = 300.0
+    """How often it is sampled."""
     timeout: Duration = 30.0
+    """How long one attempt may take before it counts as failed."""
     top_n: int = Field(default=20, ge=1, le=1000)
+    """How many of the largest items are exported (the rest are summed)."""
 
 
 class CompatOptions(CollectorOptions):
@@ -210,6 +224,7 @@ class CompatOptions(CollectorOptions):
     """
 
     interval: Duration = 15.0
+    """How often it is sampled."""
 
 
 class PostgresCollectors(_Strict):
@@ -226,13 +241,17 @@ class TargetConfig(_Strict):
     """One monitored PostgreSQL database."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """Its name; unique among its kind."""
     dsn: SecretStr
+    """The libpq connection string or URI (a secret; use ${VARIABLE})."""
     connect_timeout: Duration = 5.0
+    """How long connecting may take."""
     collectors: PostgresCollectors = PostgresCollectors()
-    # The labels rules written for Prometheus group and print by ({{ $labels.instance }}):
-    # every series of this target carries them in PiggyWatch's own evaluation. Empty
-    # instance: the DSN's host:port, as Prometheus scraping postgres_exporter would see it.
+    """The PostgreSQL collectors of this target."""
     job: str = Field(default="postgres", pattern=r"^\S(.*\S)?$")
+    """The labels rules written for Prometheus group and print by ({{ $labels.instance }}): every
+    series of this target carries them in PiggyWatch's own evaluation. Empty instance: the DSN's
+    host:port, as Prometheus scraping postgres_exporter would see it."""
     instance: str = Field("", description="The `instance` label (see `job`); empty: the "
                                           "DSN's host:port.")
 
@@ -273,26 +292,37 @@ class SentryConfig(_Strict):
     """Where the daemon's own errors go; an empty dsn sends nothing."""
 
     dsn: SecretStr = SecretStr("")
+    """The Sentry DSN; empty sends nothing."""
     environment: str = "production"
+    """The Sentry environment tag."""
 
 
 class LoggingConfig(_Strict):
     """Log level and format; ``auto`` is JSON unless stderr is a terminal."""
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """The lowest level logged."""
     format: Literal["auto", "json", "text"] = "auto"
+    """`json`, `text`, or `auto` (JSON unless stderr is a terminal)."""
 
 
 class SourcesConfig(_Strict):
     """App telemetry besides the PostgreSQL collectors."""
 
     edge_functions: EdgeFunctionsConfig | None = None
+    """Edge-function invocations, errors and latency."""
     growth: list[GrowthConfig] = []
+    """Growth and business metrics, one entry per target."""
     cost: list[CostConfig] = []
+    """Cost and budget, one entry per target."""
     custom_sql: list[CustomQueryConfig] = []
+    """User-defined queries exported as metrics."""
     redis: list[RedisConfig] = []
+    """Redis instances to watch."""
     probes: list[ProbeConfig] = []
+    """HTTP smoke tests."""
     system_memory: SystemMemoryConfig | None = None
+    """Memory of the container or host."""
 
     @field_validator("custom_sql", "redis", "probes")
     @classmethod
@@ -315,42 +345,57 @@ class NoDataConfig(_Strict):
     """
 
     default: NoDataPolicy = "keep_last"
+    """The policy of every rule group not named in `groups`."""
     groups: dict[str, NoDataPolicy] = {}
+    """Per rule group overrides: group name to policy."""
 
 
 class Settings(_Strict):
     """The whole configuration file."""
 
     server: ServerConfig = ServerConfig()
+    """Where the daemon listens, and who may call it."""
     targets: list[TargetConfig] = Field(min_length=1)
+    """The PostgreSQL databases to monitor (at least one)."""
     # What loading noticed and corrected, each "file:line: key: what" (see load_warnings).
     _warnings: list[str] = PrivateAttr(default_factory=list)
     sources: SourcesConfig = SourcesConfig()
+    """App telemetry besides the PostgreSQL collectors."""
     rule_files: list[str] = []
+    """Prometheus-style rule files (globs allowed), relative to the config file's directory."""
     evaluation_interval: Duration = 15.0
-    # Alert state and long-range history; a path relative to the config file's directory
-    # is written sqlite:///./state.db.
-    # postgresql://… puts it in a schema of a PostgreSQL database instead, which several
-    # replicas can share (see `ha`).
+    """How often alerting and recording rules are evaluated."""
     state: str = Field(default="sqlite:///var/lib/piggywatch/state.db",
                        pattern=r"^(sqlite:///.+|postgres(ql)?://.+)")
-    # The schema that holds PiggyWatch's tables when `state` is a PostgreSQL URL; created
-    # and migrated by the daemon.
+    """Alert state and long-range history; a path relative to the config file's directory is written
+    sqlite:///./state.db. postgresql://… puts it in a schema of a PostgreSQL database instead,
+    which several replicas can share (see `ha`)."""
     state_schema: str = Field(default="piggywatch", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
-    # Leader election between replicas sharing a PostgreSQL `state`.
+    """The schema that holds PiggyWatch's tables when `state` is a PostgreSQL URL; created and
+    migrated by the daemon."""
     ha: HaConfig = HaConfig()
+    """Leader election between replicas sharing a PostgreSQL `state`."""
     no_data: NoDataConfig = NoDataConfig()
-    # How PagerDuty, Slack and mail readers reach PiggyWatch (links, hooks).
+    """What alerting rules do when their data is missing."""
     external_url: str = Field(default="", pattern=r"^(https?://\S+)?$")
+    """How PagerDuty, Slack and mail readers reach PiggyWatch (links, hooks)."""
     ack_links: AckLinksConfig | None = None
     external_labels: dict[str, str] = {}
+    """Labels added to every alert sent out."""
     receivers: list[Receiver] = []
+    """Where notifications go: one channel per receiver."""
     route: Route | None = None
+    """The routing tree deciding which receiver (or escalation) gets an alert."""
     escalations: dict[str, list[EscalationStep]] = {}
+    """Named escalation policies: steps notified in turn until someone acknowledges."""
     inhibit_rules: list[InhibitRule] = []
+    """Alerts that mute other alerts while they fire."""
     time_intervals: list[TimeInterval] = []
+    """Named time windows for routes' active and mute intervals."""
     sentry: SentryConfig = SentryConfig()
+    """Where the daemon's own errors go."""
     logging: LoggingConfig = LoggingConfig()
+    """Log level and format."""
 
     @field_validator("state")
     @classmethod

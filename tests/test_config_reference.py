@@ -57,6 +57,22 @@ def test_every_key_says_what_it_means() -> None:
     assert unexplained == []
 
 
+def test_every_meaning_is_the_fields_own_description() -> None:
+    # Field documentation lives in one place: the pydantic description (a docstring under
+    # the field, or Field(description=...)); a nested model's docstring only as a fallback.
+    def walk(model: type[BaseModel], seen: tuple[type[BaseModel], ...]) -> list[str]:
+        elsewhere = []
+        for name, field in model.model_fields.items():
+            sub, _ = nested_model(field.annotation)
+            if not field.description and (sub is None or not sub.__doc__):
+                elsewhere.append(f"{model.__name__}.{name}")
+            if sub is not None and sub not in seen and sub is not model:
+                elsewhere += walk(sub, (*seen, model))
+        return elsewhere
+
+    assert sorted(set(walk(Settings, ()))) == []
+
+
 def rows_by_path() -> dict[str, Any]:
     return {row.path: row for s in sections() for row in s.rows}
 

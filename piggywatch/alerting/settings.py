@@ -18,7 +18,7 @@ from piggywatch.yamlpos import KeyPath, dotted
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class _ReceiverFields(_Strict):
@@ -84,16 +84,28 @@ class Route(_Strict):
     """A node of the routing tree (Alertmanager semantics)."""
 
     receiver: str | None = None
+    """The receiver notified for alerts this route matches."""
     escalation: str | None = None
+    """The escalation policy followed instead of a single receiver."""
     matchers: list[Matcher] = []
+    """Alertmanager matchers the alert must all satisfy, e.g. `severity=~"high|critical"`."""
     group_by: list[str] | None = None
+    """Labels alerts are grouped by into one notification; `...`: every label. Unset: inherited from
+    the parent."""
     group_wait: DurationOrZero | None = None  # 0s: notify at once
+    """How long a new group waits for more alerts before the first notification (0s: at once)."""
     group_interval: Duration | None = None
+    """How long to wait before notifying about changes to a group."""
     repeat_interval: Duration | None = None
+    """How long before a still-firing group is notified again."""
     continue_: bool = Field(default=False, alias="continue")
+    """Whether matching continues with the next sibling route."""
     active_time_intervals: list[str] = []
+    """Time intervals (by name) outside which it is muted."""
     mute_time_intervals: list[str] = []
+    """Time intervals (by name) during which it is muted."""
     routes: list[Route] = []
+    """Child routes, tried in order; same keys as `route`."""
 
     @model_validator(mode="after")
     def _one_target(self) -> Route:
@@ -119,8 +131,11 @@ class EscalationStep(_Strict):
     (or, on the last step, notify it again up to ``repeat`` more times)."""
 
     notify: list[str] = Field(min_length=1)
+    """The receivers notified at this step."""
     wait: Duration | None = None
+    """How long without an acknowledgement before the next step."""
     repeat: int = Field(default=0, ge=0)
+    """How many more times this step repeats before moving on."""
 
 
 class InhibitRule(_Strict):
@@ -128,8 +143,11 @@ class InhibitRule(_Strict):
     ``target_matchers`` that have the same values for the ``equal`` labels."""
 
     source_matchers: list[Matcher] = Field(min_length=1)
+    """Matchers of the alerts that mute."""
     target_matchers: list[Matcher] = Field(min_length=1)
+    """Matchers of the alerts that are muted."""
     equal: list[str] = []
+    """Labels whose values must be equal in source and target."""
 
     @model_validator(mode="after")
     def _equal_labels(self) -> InhibitRule:

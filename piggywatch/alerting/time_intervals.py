@@ -40,14 +40,16 @@ Range = tuple[int, int]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class TimeRange(_Strict):
     """``09:00`` to ``18:00`` (end exclusive)."""
 
     start_time: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    """Start, `HH:MM` (inclusive)."""
     end_time: str = Field(pattern=r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$")
+    """End, `HH:MM` (exclusive; `24:00` allowed)."""
 
     @model_validator(mode="after")
     def _start_before_end(self) -> TimeRange:
@@ -62,11 +64,17 @@ class TimeInterval(_Strict):
     """A named, time-zone aware set of opening times (business hours)."""
 
     name: str
+    """Its name; unique among its kind."""
     time_zone: str = "UTC"
+    """The IANA time zone the times are in."""
     weekdays: list[str] = []  # "monday:friday", "saturday"
+    """Days of the week or ranges, e.g. `monday:friday`."""
     times: list[TimeRange] = []
+    """Times of day."""
     days_of_month: list[str] = []  # "1:7", "-1"
+    """Days of the month or ranges; negative counts from the end."""
     months: list[str] = []  # "january:march", "12"
+    """Months or ranges, by name or number."""
 
     @model_validator(mode="after")
     def _parses(self) -> TimeInterval:

@@ -30,17 +30,20 @@ _ALIAS = "piggywatch_custom"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class CustomMetric(_Strict):
     """One metric read from one column of a custom query's rows."""
 
-    # Exported as ``<query name>_<name>``.
     name: str = Field(pattern=_METRIC_NAME)
+    """Exported as ``<query name>_<name>``."""
     help: str = ""
+    """The metric's HELP text."""
     kind: Literal["gauge", "counter"] = "gauge"
+    """The metric type."""
     value_column: str = Field(min_length=1)
+    """The column the value is read from."""
 
 
 class CustomQueryConfig(_Strict):
@@ -50,18 +53,24 @@ class CustomQueryConfig(_Strict):
     ``metrics`` (name, help, kind and column of each metric) says what to export.
     """
 
-    # The metric prefix, and the name used in error messages.
     name: str = Field(pattern=_METRIC_NAME)
+    """The metric prefix, and the name used in error messages."""
     help: str = ""
-    # The PostgreSQL target the query runs on (a target's name).
+    """The metric's HELP text."""
     target: str = Field(min_length=1)
+    """The PostgreSQL target the query runs on (a target's name)."""
     interval: Duration = 60.0
-    # The query's statement timeout and the bound of its whole cycle.
+    """How often it is sampled."""
     timeout: Duration = 10.0
+    """The query's statement timeout and the bound of its whole cycle."""
     sql_text: str = Field(alias="sql", min_length=1)
+    """The query: one SELECT statement."""
     value_columns: list[str] = []
+    """Columns exported as gauges named `<name>_<column>`."""
     metrics: list[CustomMetric] = []
+    """Metrics with their own name, help and kind."""
     label_columns: list[str] = []
+    """Columns whose values label every sample."""
 
     @field_validator("sql_text")
     @classmethod

@@ -90,18 +90,20 @@ def qualified_name(name: str) -> sql.Identifier:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class SessionsTable(_Strict):
     """Sessions whose start and latest token refresh count as activity (``auth.sessions``)."""
 
     table: str = Field(default="auth.sessions", pattern=_IDENT)
-    # The column holding the session's user (the users table's id).
+    """The table, `schema.table` or `table`."""
     user_column: str = Field(default="user_id", pattern=_COLUMN)
+    """The column holding the session's user (the users table's id)."""
     created_at_column: str = Field(default="created_at", pattern=_COLUMN)
-    # When the session's token was last refreshed (a timestamp without time zone is UTC).
+    """The column holding when the row was created."""
     refreshed_at_column: str = Field(default="refreshed_at", pattern=_COLUMN)
+    """When the session's token was last refreshed (a timestamp without time zone is UTC)."""
 
 
 SUPABASE_USERS = "auth.users"
@@ -159,36 +161,49 @@ class PurchasesTable(_Strict):
     """Where the app records purchases, for revenue and ARPU."""
 
     table: str = Field(default="purchases", pattern=_IDENT)
+    """The table, `schema.table` or `table`."""
     user_column: str = Field(default="user_id", pattern=_COLUMN)
+    """The column holding the buyer's user id."""
     amount_column: str = Field(default="amount_cents", pattern=_COLUMN)
+    """The column holding the amount."""
     created_at_column: str = Field(default="created_at", pattern=_COLUMN)
-    # Dollars per unit of the amount column: 0.01 for cents, 1 for dollars.
+    """The column holding when the row was created."""
     amount_unit_dollars: float = Field(default=0.01, gt=0)
-    # Set with the column holding the currency: only purchases in ``currency`` are summed,
-    # since adding won to dollars would make the figure meaningless.
+    """Dollars per unit of the amount column: 0.01 for cents, 1 for dollars."""
     currency_column: str | None = Field(default=None, pattern=_COLUMN)
+    """Set with the column holding the currency: only purchases in ``currency`` are summed, since
+    adding won to dollars would make the figure meaningless."""
     currency: str = "USD"
+    """The currency summed when `currency_column` is set."""
 
 
 class GrowthConfig(_Strict):
     """Growth and business metrics of one target's app tables."""
 
     target: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """The name of the PostgreSQL target (`targets[].name`) it reads from."""
     enabled: bool = True
-    # Signups move slowly; a query every few minutes is plenty and cheap on the database.
+    """Whether this runs at all."""
     interval: Duration = 300.0
+    """Signups move slowly; a query every few minutes is plenty and cheap on the database."""
     timeout: Duration = 10.0
+    """How long one attempt may take before it counts as failed."""
     users_table: str = Field(default=SUPABASE_USERS, pattern=_IDENT)
-    # The users' primary key, joined to the sessions' user column.
+    """The table of users, `schema.table` or `table`."""
     id_column: str = Field(default="id", pattern=_COLUMN)
+    """The users' primary key, joined to the sessions' user column."""
     created_at_column: str = Field(default="created_at", pattern=_COLUMN)
+    """The column holding when the row was created."""
     last_sign_in_column: str = Field(default="last_sign_in_at", pattern=_COLUMN)
-    # Token refreshes count as activity; defaults to auth.sessions with auth.users.
+    """The column holding the user's last sign-in time."""
     sessions: SessionsTable | None = None
+    """Token refreshes count as activity; defaults to auth.sessions with auth.users."""
     retention_cohort: Duration = 7 * 86400.0
-    # Free → paid conversion, when the users table says which plan a user is on.
+    """The age of the cohort whose retention is measured."""
     plan_column: str | None = Field(default=None, pattern=_COLUMN)
+    """Free → paid conversion, when the users table says which plan a user is on."""
     paid_plans: list[str] = []
+    """Values of `plan_column` that count as paid."""
     purchases: PurchasesTable | None = None
 
     @model_validator(mode="before")

@@ -44,38 +44,48 @@ if TYPE_CHECKING:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class JsonCheck(_Strict):
     """The response is JSON and the value at ``path`` (dotted, e.g. ``data.0.status``) equals."""
 
     path: str = Field(min_length=1)
+    """Dotted path into the JSON document, e.g. `data.0.status`."""
     equals: JsonValue
+    """The value expected there."""
 
 
 class ProbeConfig(_Strict):
     """One smoke test: a request, and what its response must look like."""
 
-    # The ``probe`` label of its metrics.
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """The ``probe`` label of its metrics."""
     method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
+    """The HTTP method."""
     url: str = Field(pattern=r"^https?://")
-    # Secrets (API keys, bearer tokens) are common here, so values are never logged.
+    """The URL requests go to."""
     headers: dict[str, SecretStr] = {}
+    """Secrets (API keys, bearer tokens) are common here, so values are never logged."""
     body: str | None = None
+    """The request body."""
     expected_status: list[int] = Field(default=[200], min_length=1)
+    """Status codes that pass."""
     body_contains: str | None = None
+    """Text the response body must contain."""
     json_path: JsonCheck | None = None
+    """A value the JSON response must hold."""
     follow_redirects: bool = False
-    # httpx applies it to connecting and to each read: a server that answers nothing
-    # fails after ``timeout``; one trickling bytes slower than that fails too.
+    """Whether redirects are followed."""
     timeout: Duration = 10.0
+    """Httpx applies it to connecting and to each read: a server that answers nothing fails after
+    ``timeout``; one trickling bytes slower than that fails too."""
     interval: Duration = 60.0
-    # A critical probe (e.g. sign-in) pages as critical when it fails; others as high.
+    """How often it is sampled."""
     critical: bool = False
-    # How many recent results the percentiles are taken over.
+    """A critical probe (e.g. sign-in) pages as critical when it fails; others as high."""
     window: int = Field(default=60, ge=1, le=10_000)
+    """How many recent results the percentiles are taken over."""
 
     def secrets(self) -> list[str]:
         """Values to scrub from logs and errors: those of headers that carry credentials.

@@ -49,14 +49,16 @@ _FIELDS = {
 class RedisConfig(BaseModel):
     """One Redis instance to watch."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    # The ``instance`` label of its metrics.
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    # redis://[:password@]host:port/db or rediss:// for TLS; a secret (it may hold a password).
+    """The ``instance`` label of its metrics."""
     url: SecretStr
+    """Redis://[:password@]host:port/db or rediss:// for TLS; a secret (it may hold a password)."""
     interval: Duration = 30.0
+    """How often it is sampled."""
     timeout: Duration = 5.0
+    """How long one attempt may take before it counts as failed."""
 
     @field_validator("url")
     @classmethod

@@ -22,10 +22,12 @@ from piggywatch.store import MetricKind, MetricSpec, Sample, labels_of
 class SystemMemoryConfig(BaseModel):
     """Memory use of the container (cgroup v2) or the host."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     enabled: bool = True
+    """Whether this runs at all."""
     interval: Duration = 30.0
+    """How often it is sampled."""
 
 _G = MetricKind.GAUGE
 SPECS = (

@@ -17,7 +17,9 @@ class AlertmanagerReceiver(ChannelConfig):
     """Forward alerts to an existing Alertmanager (POST /api/v2/alerts)."""
 
     url: str
+    """The Alertmanager's base URL (a path prefix is allowed)."""
     timeout: Duration = 10.0
+    """How long one attempt may take before it counts as failed."""
 
 
 def _notifier(config: AlertmanagerReceiver, context: NotifierContext) -> Notifier:

@@ -26,7 +26,7 @@ class ChannelConfig(BaseModel):
     """A channel's block of a receiver (``slack: {...}``): strict and frozen. Each declares
     a ``timeout`` field with its own default (read by ``Channel.timeout``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 C = TypeVar("C", bound=ChannelConfig)

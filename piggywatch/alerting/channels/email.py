@@ -19,12 +19,19 @@ class EmailReceiver(ChannelConfig):
     """SMTP with STARTTLS, implicit TLS or none (tests, local relays)."""
 
     to: list[str] = Field(min_length=1)
+    """Recipients."""
     from_: str = Field(alias="from")
+    """The sender address."""
     smarthost: str = Field(pattern=r"^[^:\s]+:\d{1,5}$")
+    """The SMTP server, `host:port`."""
     tls: Literal["starttls", "tls", "none"] = "starttls"
+    """`starttls`, `tls` (implicit TLS) or `none`."""
     username: str | None = None
+    """SMTP user name; unset: no authentication."""
     password: SecretStr | None = None
+    """SMTP password."""
     timeout: Duration = 15.0
+    """How long one attempt may take before it counts as failed."""
 
 
 def _notifier(config: EmailReceiver, context: NotifierContext) -> Notifier:

@@ -20,15 +20,20 @@ class PagerDutyReceiver(ChannelConfig):
     webhook subscription (``webhook_secrets``) or by polling the REST API (``api_key``)."""
 
     routing_key: SecretStr
+    """The integration's routing key (a secret)."""
     url: str = "https://events.pagerduty.com/v2/enqueue"
+    """The Events API v2 enqueue URL."""
     source: str = "piggywatch"
+    """The event's `source` field."""
     client: str = "PiggyWatch"
+    """The event's `client` field."""
     timeout: Duration = 10.0
-    # The v3 webhook subscription's signing secrets (two while one is being rotated):
-    # POST /hooks/pagerduty accepts a delivery signed with any of them.
+    """How long one attempt may take before it counts as failed."""
     webhook_secrets: list[SecretStr] = []  # noqa: RUF012 (pydantic copies defaults)
-    # A read-only REST API key: PiggyWatch polls its incidents instead (no inbound traffic).
+    """The v3 webhook subscription's signing secrets (two while one is being rotated): POST
+    /hooks/pagerduty accepts a delivery signed with any of them."""
     api_key: SecretStr | None = None
+    """A read-only REST API key: PiggyWatch polls its incidents instead (no inbound traffic)."""
     api_url: str = Field("https://api.pagerduty.com",
                          description="The REST API base URL polled with `api_key`.")
     poll_interval: Duration = Field(default=30.0, ge=1.0,

@@ -21,18 +21,23 @@ class SlackReceiver(ChannelConfig):
     webhook URL (no updates in place: acknowledge and resolve are new messages)."""
 
     token: SecretStr | None = None
+    """A bot token (`xoxb-...`), used with `channel`."""
     channel: str | None = None
+    """The channel the bot posts to, used with `token`."""
     webhook_url: SecretStr | None = None
+    """An incoming webhook URL, instead of token and channel."""
     base_url: str = "https://slack.com/api/"
+    """The Slack Web API base URL."""
     timeout: Duration = 10.0
+    """How long one attempt may take before it counts as failed."""
     signing_secret: SecretStr | None = Field(None, description=(
         "Buttons (Acknowledge, Silence): the app's signing secret for its interactivity "
         "request URL (POST /hooks/slack/interactions); or use `app_token`."))
     app_token: SecretStr | None = Field(None, description=(
         "The app-level token (`xapp-…`) for Socket Mode: buttons without inbound HTTP."))
-    # Who may press them: Slack user ids (U…, W…) or user group ids (S…); empty: anyone in
-    # the channel.
     allowed_users: list[Annotated[str, Field(pattern=r"^[UWS][A-Z0-9]{2,20}$")]] = []  # noqa: RUF012
+    """Who may press them: Slack user ids (U…, W…) or user group ids (S…); empty: anyone in the
+    channel."""
 
     @model_validator(mode="after")
     def _one_mode(self) -> SlackReceiver:

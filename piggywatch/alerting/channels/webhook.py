@@ -19,8 +19,11 @@ class WebhookReceiver(ChannelConfig):
     """POST Alertmanager's webhook JSON to a URL."""
 
     url: SecretStr
+    """The URL the JSON is POSTed to (a secret: it may hold a token)."""
     timeout: Duration = 10.0
+    """How long one attempt may take before it counts as failed."""
     max_alerts: int = Field(default=0, ge=0)
+    """The most alerts in one payload; 0: all."""
 
 
 def _notifier(config: WebhookReceiver, context: NotifierContext) -> Notifier:

@@ -64,64 +64,77 @@ _COLUMN = r"^[A-Za-z_][A-Za-z0-9_$]*$"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class UsersTable(_Strict):
     """Where monthly active users are counted (Supabase Auth's users by default)."""
 
     table: str = Field(default=SUPABASE_USERS, pattern=_IDENT)
-    # The users' primary key, joined to the sessions' user column.
+    """The table, `schema.table` or `table`."""
     id_column: str = Field(default="id", pattern=_COLUMN)
+    """The users' primary key, joined to the sessions' user column."""
     created_at_column: str = Field(default="created_at", pattern=_COLUMN)
+    """The column holding when the row was created."""
     last_sign_in_column: str = Field(default="last_sign_in_at", pattern=_COLUMN)
+    """The column holding the user's last sign-in time."""
 
 
 class InvocationsTable(_Strict):
     """A table with one row per edge-function invocation."""
 
     table: str = Field(default="edge_functions_logs", pattern=_IDENT)
+    """The table, `schema.table` or `table`."""
     created_at_column: str = Field(default="created_at", pattern=_COLUMN)
+    """The column holding when the row was created."""
 
 
 class AssumedUsage(_Strict):
     """Usage the database cannot see, as estimates (for example from the Supabase dashboard)."""
 
     file_storage_gb: float = Field(default=0.0, ge=0)
+    """File storage used, as an estimate."""
     egress_gb_per_month: float = Field(default=0.0, ge=0)
-    # Egress served from Supabase's CDN cache per month, as an estimate.
+    """Egress per month, as an estimate."""
     cached_egress_gb_per_month: float = Field(default=0.0, ge=0)
+    """Egress served from Supabase's CDN cache per month, as an estimate."""
 
 
 class CostConfig(_Strict):
     """Cost and budget of one target's project."""
 
     target: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """The name of the PostgreSQL target (`targets[].name`) it reads from."""
     enabled: bool = True
+    """Whether this runs at all."""
     interval: Duration = 300.0
+    """How often it is sampled."""
     timeout: Duration = 10.0
+    """How long one attempt may take before it counts as failed."""
     monthly_budget_dollars: float = Field(gt=0)
+    """The monthly budget the projection is compared to."""
     model: CostModel = CostModel()
-    # The organization's creation day: the billing page (Organization settings > Billing)
-    # shows the cycle's dates. In shorter months the cycle starts on the month's last day.
     billing_cycle_day: int = Field(default=1, ge=1, le=31)
-    # Supabase's spend cap (on by default for Pro): usage over a quota is not billed, the
-    # service is restricted instead.
+    """The organization's creation day: the billing page (Organization settings > Billing) shows the
+    cycle's dates. In shorter months the cycle starts on the month's last day."""
     spend_cap: bool = True
-    # The plan fee and the $10 compute credit are once per organization: set false on every
-    # other project of the same organization.
+    """Supabase's spend cap (on by default for Pro): usage over a quota is not billed, the service
+    is restricted instead."""
     organization_fees: bool = True
-    # Add-ons (custom domain, IPv4, PITR, extra read replicas, log drains) per month; the
-    # spend cap never limits them.
+    """The plan fee and the $10 compute credit are once per organization: set false on every other
+    project of the same organization."""
     addons_dollars_per_month: float = Field(default=0.0, ge=0)
-    # The provisioned disk when the daemon starts; it then follows the autoscaler.
+    """Add-ons (custom domain, IPv4, PITR, extra read replicas, log drains) per month; the spend cap
+    never limits them."""
     disk_quota_gb: float = Field(default=8.0, gt=0)
+    """The provisioned disk when the daemon starts; it then follows the autoscaler."""
     users: UsersTable | None = UsersTable()
-    # Token refreshes count towards MAU; defaults to auth.sessions with auth.users.
     sessions: SessionsTable | None = None
+    """Token refreshes count towards MAU; defaults to auth.sessions with auth.users."""
     invocations: InvocationsTable | None = None
     assumed_usage: AssumedUsage = AssumedUsage()
     growth_window: Duration = DAY
+    """The window disk growth is measured over for the projection."""
 
     @model_validator(mode="before")
     @classmethod

@@ -56,40 +56,51 @@ class CostModel(BaseModel):
     Override any figure for another plan, a negotiated contract or a price change.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     plan_dollars_per_month: float = Field(default=_pro("plan_dollars_per_month"), ge=0)
-    # The project's compute per month (Micro: $10), billed hourly in arrears.
+    """The plan's monthly price."""
     compute_dollars_per_month: float = Field(default=_pro("compute_dollars_per_month"), ge=0)
-    # Compute credits of the organization per month, taken off its compute once.
+    """The project's compute per month (Micro: $10), billed hourly in arrears."""
     compute_credit_dollars_per_month: float = Field(
         default=_pro("compute_credit_dollars_per_month"), ge=0)
+    """Compute credits of the organization per month, taken off its compute once."""
     disk_included_gb: float = Field(default=_pro("disk_included_gb"), ge=0)
+    """Disk included in the plan."""
     disk_dollars_per_gb_month: float = Field(default=_pro("disk_dollars_per_gb_month"), ge=0)
-    # The disk grows when its usage reaches this share of its size.
+    """Price of disk beyond the included size."""
     disk_autoscale_at_ratio: float = Field(default=_pro("disk_autoscale_at_ratio"), gt=0, le=1)
-    # Each growth adds this share of the size.
+    """The disk grows when its usage reaches this share of its size."""
     disk_autoscale_growth_ratio: float = Field(
         default=_pro("disk_autoscale_growth_ratio"), gt=0)
-    # The project turns read-only at this share of the disk when it cannot grow.
+    """Each growth adds this share of the size."""
     disk_read_only_at_ratio: float = Field(default=_pro("disk_read_only_at_ratio"), gt=0, le=1)
-    # Disk size changes allowed in any rolling 24 hours.
+    """The project turns read-only at this share of the disk when it cannot grow."""
     disk_changes_per_day: int = Field(default=int(_pro("disk_changes_per_day")), ge=0)
+    """Disk size changes allowed in any rolling 24 hours."""
     file_storage_included_gb: float = Field(default=_pro("file_storage_included_gb"), ge=0)
+    """File storage included in the plan."""
     file_storage_dollars_per_gb_month: float = Field(
         default=_pro("file_storage_dollars_per_gb_month"), ge=0)
+    """Price of file storage beyond it."""
     egress_included_gb: float = Field(default=_pro("egress_included_gb"), ge=0)
+    """Egress included per month."""
     egress_dollars_per_gb: float = Field(default=_pro("egress_dollars_per_gb"), ge=0)
-    # Cached egress (CDN cache hits) included per month.
+    """Price of egress beyond it."""
     cached_egress_included_gb: float = Field(default=_pro("cached_egress_included_gb"), ge=0)
-    # Price of cached egress beyond it.
+    """Cached egress (CDN cache hits) included per month."""
     cached_egress_dollars_per_gb: float = Field(
         default=_pro("cached_egress_dollars_per_gb"), ge=0)
+    """Price of cached egress beyond it."""
     invocations_included: float = Field(default=_pro("invocations_included"), ge=0)
+    """Edge-function invocations included per month."""
     invocations_dollars_per_million: float = Field(
         default=_pro("invocations_dollars_per_million"), ge=0)
+    """Price per million invocations beyond them."""
     mau_included: float = Field(default=_pro("mau_included"), ge=0)
+    """Monthly active users included."""
     mau_dollars_each: float = Field(default=_pro("mau_dollars_each"), ge=0)
+    """Price of each monthly active user beyond them."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class EdgeSqlSourceConfig(_Strict):
@@ -29,25 +29,34 @@ class EdgeSqlSourceConfig(_Strict):
     target: str = Field(min_length=1, description="name of the PostgreSQL target to read")
     table: str = Field("edge_functions_logs", description="table, optionally schema.table")
     function_column: str = "function_name"
+    """The column holding the function's name."""
     duration_column: str = "duration_ms"
+    """The column holding the invocation's duration."""
     duration_unit: Literal["ms", "s"] = "ms"
+    """The unit of the duration column."""
     status_column: str = "status_code"
+    """The column holding the HTTP status code."""
     created_at_column: str = "created_at"
+    """The column holding when the row was created."""
 
 
 class EdgeHttpSourceConfig(_Strict):
     """The Supabase Management API's analytics logs endpoint (``function_edge_logs``)."""
 
     base_url: str = "https://api.supabase.com"
+    """The Supabase Management API base URL."""
     project_ref: str = Field(min_length=1)
+    """The Supabase project's reference id."""
     access_token: SecretStr
-    # "clickhouse": the endpoint "logs" (ClickHouse SQL over one `logs` table filtered by
-    # source). "bigquery": "logs.all" (BigQuery SQL, one table per source), which Supabase
-    # removed on 2026-09-23; kept for APIs that still serve it (older self-hosted ones).
+    """A Supabase personal access token (a secret)."""
     dialect: Literal["clickhouse", "bigquery"] = "clickhouse"
-    # The API refuses ranges over 24 hours; longer gaps (first run, downtime) are split.
+    """"clickhouse": the endpoint "logs" (ClickHouse SQL over one `logs` table filtered by source).
+    "bigquery": "logs.all" (BigQuery SQL, one table per source), which Supabase removed on
+    2026-09-23; kept for APIs that still serve it (older self-hosted ones)."""
     max_window: Duration = 86400.0
+    """The API refuses ranges over 24 hours; longer gaps (first run, downtime) are split."""
     page_size: int = Field(1000, ge=1, le=10000)
+    """Rows per API request."""
 
     @field_validator("max_window")
     @classmethod
@@ -63,13 +72,17 @@ class EdgeFunctionsConfig(_Strict):
     sql: EdgeSqlSourceConfig | None = None
     http: EdgeHttpSourceConfig | None = None
     interval: Duration = 60.0
+    """How often it is sampled."""
     timeout: Duration = 10.0
-    # How late (after its created_at) a row may still be inserted and be counted.
+    """How long one attempt may take before it counts as failed."""
     lateness: Duration = 300.0
-    # The window of the error-ratio and percentile gauges.
+    """How late (after its created_at) a row may still be inserted and be counted."""
     window: Duration = 300.0
+    """The window of the error-ratio and percentile gauges."""
     buckets: tuple[float, ...] = DEFAULT_BUCKETS
+    """Histogram bucket bounds of the duration, in seconds."""
     top_n: int = Field(10, ge=1, le=200)
+    """How many of the largest items are exported (the rest are summed)."""
 
     @field_validator("buckets")
     @classmethod
