@@ -26,9 +26,8 @@ from piggywatch.alerting.outbox import Outbox
 from piggywatch.alerting.settings import AlertingSettings
 from piggywatch.rules.alerts import Alert, AlertEvent, AlertState, EventKind
 from piggywatch.state import SQLiteState, StateLike, StateStore
-from tests.support.state import reopen
+from tests.support.state import away, failing, reopen
 from tests.test_dispatcher import CONFIG, RECEIVERS, T0, Pipeline
-from tests.test_dispatcher_state_failures import away, failing
 
 HOUR = 3600.0
 
