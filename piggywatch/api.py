@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from piggywatch.alerting.dispatcher import Dispatcher
+from piggywatch.alerting.incidents import Incidents
 from piggywatch.alerting.silences import Silence
 from piggywatch.config_types import parse_duration
 from piggywatch.rules.manager import RuleManager
@@ -28,12 +28,12 @@ MAX_SILENCE_SECONDS = 10 * 365 * 86400
 
 
 class DaemonApi:
-    """The daemon's AlertingApi: reads the rules' alerts, acts through the dispatcher."""
+    """The daemon's AlertingApi: reads the rules' alerts, acts through the incident desk."""
 
-    def __init__(self, rules: RuleManager | None, dispatcher: Dispatcher | None, *,
+    def __init__(self, rules: RuleManager | None, incidents: Incidents | None, *,
                  clock: Callable[[], float] = time.time, unavailable: str = "") -> None:
         self._rules = rules
-        self._dispatcher = dispatcher
+        self._incidents = incidents
         self._clock = clock
         # Set while leadership changes: every call answers 503 (clients retry).
         self._unavailable = unavailable
@@ -45,7 +45,7 @@ class DaemonApi:
         if self._rules is None:
             return []
         active = self._rules.active_alerts()
-        delivery = {} if self._dispatcher is None else self._dispatcher.status(
+        delivery = {} if self._incidents is None else self._incidents.status(
             ((a.fingerprint, dict(a.labels)) for _, _, a in active), self._clock())
         found = []
         for group, _, alert in active:
@@ -66,8 +66,7 @@ class DaemonApi:
     def acknowledge(self, fingerprint: str, by: str, comment: str,
                     source: str = "api") -> dict[str, Any]:
         """Acknowledge the incident(s) an alert was notified in (or an incident by its key)."""
-        dispatcher = self._delivery()
-        result = dispatcher.acknowledge(fingerprint, by, comment, source=source)
+        result = self._delivery().acknowledge(fingerprint, by, comment, source=source)
         if result is None:
             raise ApiError(404, f"{fingerprint} is no notified incident nor an alert in one "
                                 "(it is not firing, or its group has not notified yet)")
@@ -125,11 +124,11 @@ class DaemonApi:
         if self._unavailable:
             raise ApiError(503, self._unavailable)
 
-    def _delivery(self) -> Dispatcher:
+    def _delivery(self) -> Incidents:
         self._check_available()
-        if self._dispatcher is None:
+        if self._incidents is None:
             raise ApiError(409, NO_DELIVERY)
-        return self._dispatcher
+        return self._incidents
 
 
 def _silence(silence: Silence, now: float) -> dict[str, Any]:

@@ -1,5 +1,9 @@
-"""Alert delivery as the daemon runs it: the dispatcher and the outbox, built from the
-configuration, started and stopped together, their metrics published into the store."""
+"""Alert delivery as the daemon runs it: the inbox, the dispatcher, the incident desk and
+the outbox, built from the configuration, started and stopped together, their metrics
+published into the store.
+
+Data flows one way: the rules put alert events in the inbox, the outbox records what it
+gave up in the same inbox, and the dispatcher drains it on its own pass."""
 
 from __future__ import annotations
 
@@ -9,11 +13,12 @@ from collections.abc import Callable, Iterable
 
 from piggywatch import ack
 from piggywatch.ack.runtime import AckHooks, ack_links, wants_hooks
-from piggywatch.alerting import dispatcher as dispatch
+from piggywatch.alerting import incidents as incident_desk
 from piggywatch.alerting import outbox as outboxes
 from piggywatch.alerting.channels import build_notifier, channel_throttles
 from piggywatch.alerting.dispatcher import Dispatcher
-from piggywatch.alerting.model import Delivery, Notification, Notifier
+from piggywatch.alerting.inbox import Inbox
+from piggywatch.alerting.model import Notifier
 from piggywatch.alerting.notifiers._common import http_client
 from piggywatch.alerting.outbox import Outbox
 from piggywatch.alerting.settings import AlertingSettings
@@ -25,12 +30,18 @@ from piggywatch.store import MemoryStore
 
 
 class AlertDelivery:
-    """The outbox (with one notifier per receiver) and the dispatcher that feeds it."""
+    """The outbox (with one notifier per receiver), the dispatcher that feeds it, and the
+    incident desk serving status and acknowledgement.
+
+    ``inbox``: the rules' sink, kept across leaderships by the daemon (a new one by
+    default); what a deposed leader's dispatcher did not take is dropped at ``stop``.
+    """
 
     def __init__(self, settings: Settings, state: StateLike, *,
                  may_send: Callable[[], bool] = lambda: True,
                  completion_state: StateLike | None = None,
-                 in_flight_grace: float = 0.0) -> None:
+                 in_flight_grace: float = 0.0, inbox: Inbox | None = None) -> None:
+        self.inbox = inbox if inbox is not None else Inbox()
         self._http_channels = any(r.channel.uses_http(r.channel_config)
                                   for r in settings.receivers)
         links = ack_links(settings)
@@ -39,19 +50,16 @@ class AlertDelivery:
             for r in settings.receivers}
         self.outbox = Outbox(state, notifiers,
                              throttles=channel_throttles(settings.receivers),
-                             on_permanent_failure=self._failed, may_send=may_send,
+                             failures=self.inbox, may_send=may_send,
                              completion_state=completion_state,
                              in_flight_grace=in_flight_grace)
         self.dispatcher = Dispatcher(
             AlertingSettings.of(settings),
-            self.outbox, state, external_url=settings.external_url)
+            self.outbox, state, external_url=settings.external_url, inbox=self.inbox)
+        self.incidents = self.dispatcher.incidents
         # PagerDuty webhooks or polling, Slack buttons, mail links: None when none is set.
-        self.hooks = AckHooks(settings, self.dispatcher, state) if wants_hooks(settings) \
+        self.hooks = AckHooks(settings, self.incidents, state) if wants_hooks(settings) \
             else None
-
-    def _failed(self, notification: Notification, delivery: Delivery) -> None:
-        # Late-bound: the outbox exists before the dispatcher that hears its failures.
-        self.dispatcher.on_permanent_failure(notification, delivery)
 
     def start(self, firing: Iterable[AlertEvent] | None) -> None:
         """Start sending what the outbox holds, then dispatching (see Dispatcher.start)."""
@@ -68,7 +76,7 @@ class AlertDelivery:
     def publish(self, store: MemoryStore) -> None:
         """Write the delivery metrics to the store."""
         now = time.time()
-        store.publish(dispatch.SOURCE, self.dispatcher.samples(now), now)
+        store.publish(incident_desk.SOURCE, self.incidents.samples(now), now)
         store.publish(outboxes.SOURCE, self.outbox.samples(now), now)
         if self.hooks is not None:
             store.publish(ack.SOURCE, self.hooks.samples(), now)
@@ -78,13 +86,14 @@ class AlertDelivery:
         if self.hooks is not None:
             self.hooks.stop()
         self.dispatcher.close()
+        self.inbox.clear()
         self.outbox.stop(grace)
         self.outbox.close()
 
 
 def register_delivery_metrics(store: MemoryStore) -> None:
     """Declare the delivery metrics."""
-    store.register(dispatch.SPECS)
+    store.register(incident_desk.SPECS)
     store.register(outboxes.SPECS)
     store.register(ack.SPECS)
 
@@ -92,7 +101,7 @@ def register_delivery_metrics(store: MemoryStore) -> None:
 def clear_delivery_metrics(store: MemoryStore) -> None:
     """Withdraw the delivery metrics (a standby delivers nothing; the leader exports them)."""
     now = time.time()
-    store.publish(dispatch.SOURCE, [], now)
+    store.publish(incident_desk.SOURCE, [], now)
     store.publish(outboxes.SOURCE, [], now)
     store.publish(ack.SOURCE, [], now)
 

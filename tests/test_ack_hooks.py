@@ -93,7 +93,7 @@ class Hooks:
         self.outbox = Outbox(state, {name: Accepting() for name in RECEIVERS})
         self.dispatcher = Dispatcher(self.settings, self.outbox, state)
         self.links = AckLinks(LINK_SECRET, 86400, "http://piggywatch.test")
-        self.service = AckService(self.dispatcher, state, self.settings.receivers,
+        self.service = AckService(self.dispatcher.incidents, state, self.settings.receivers,
                                   links=self.links)
         self.pressed: list[tuple[ButtonPress, str]] = []
         self._pressed = threading.Condition()
@@ -123,7 +123,7 @@ class Hooks:
                       0.85, fired_at=now)
         self.dispatcher.handle(AlertEvent(EventKind.FIRING, "postgres", name, alert, now))
         self.dispatcher.run_pass(now)
-        [esc] = [e for e in self.dispatcher.incidents() if e.alerts[0].name == name]
+        [esc] = [e for e in self.dispatcher.incidents.incidents() if e.alerts[0].name == name]
         return esc.incident
 
     def resolve(self, name: str = "PostgresConnectionsHigh") -> None:
@@ -186,12 +186,12 @@ def test_signed_v3_deliveries_acknowledge_once_duplicated_and_reordered(hooks: H
     # Redelivered byte for byte (PagerDuty retries): nothing more happens.
     again = sender.send(acked)
     assert again.json()["status"] == "duplicate"
-    ack = hooks.dispatcher.ack_of(incident)
+    ack = hooks.dispatcher.incidents.ack_of(incident)
     assert ack is not None and (ack.source, ack.by, ack.by_id) == (
         "pagerduty", "Jane Oncall", "PLH1HKV")
     # Slack and the mail thread hear it; PagerDuty itself is not sent an acknowledge back.
     assert hooks.acks_sent(incident) == ["oncall-email", "oncall-slack"]
-    esc = hooks.dispatcher.incident(incident)
+    esc = hooks.dispatcher.incidents.incident(incident)
     assert esc is not None and esc.acked and esc.next_at is None
     # Out of order: resolved (t0+20) arrives before unacknowledged (t0+10), signed with the
     # older of our two configured secrets.
@@ -200,13 +200,13 @@ def test_signed_v3_deliveries_acknowledge_once_duplicated_and_reordered(hooks: H
     assert resolved.json()["status"] == "applied"
     late = old.send(incident_delivery("incident.unacknowledged", incident, occurred_at=t0 + 10))
     assert late.json()["status"] == "stale"
-    esc = hooks.dispatcher.incident(incident)
+    esc = hooks.dispatcher.incidents.incident(incident)
     assert esc is not None and esc.acked, "the late unacknowledge must not resume the climb"
     # The resolution is said in Slack: an acknowledge notification carrying the note.
     notes = [n.ack_note for n in hooks.outbox.pending() if n.receiver == "oncall-slack"
              and n.action is Action.ACKNOWLEDGE]
     assert any(note.startswith("resolved in PagerDuty by Jane Oncall") for note in notes)
-    [logged] = hooks.dispatcher.ack_log(incident)
+    [logged] = hooks.dispatcher.incidents.ack_log(incident)
     assert logged["source"] == "pagerduty" and logged["seconds_to_ack"] >= 0
 
 
@@ -218,9 +218,9 @@ def test_pagerduty_unacknowledged_resumes_the_climb(hooks: Hooks) -> None:
     answer = sender.send(incident_delivery("incident.unacknowledged", incident,
                                            occurred_at=t0 + 5))
     assert answer.json()["status"] == "applied"
-    esc = hooks.dispatcher.incident(incident)
+    esc = hooks.dispatcher.incidents.incident(incident)
     assert esc is not None and not esc.acked and esc.next_at is not None
-    assert hooks.dispatcher.ack_of(incident) is None
+    assert hooks.dispatcher.incidents.ack_of(incident) is None
     # Other event types are answered 2xx and ignored.
     other = sender.send(incident_delivery("incident.reassigned", incident, occurred_at=t0 + 6))
     assert other.status_code == 200 and other.json()["status"] == "ignored"
@@ -242,7 +242,7 @@ def test_unsigned_forged_and_oversized_deliveries_are_refused_and_counted(
                           headers={"X-PagerDuty-Signature": "v1=00"}, timeout=10)
     assert [unsigned.status_code, forged.status_code, altered.status_code,
             huge.status_code] == [401, 401, 401, 413]
-    assert hooks.dispatcher.ack_of(incident) is None
+    assert hooks.dispatcher.incidents.ack_of(incident) is None
     counts = {(s.labels, s.value) for s in hooks.service.samples(time.time())}
     assert ((("hook", "pagerduty"), ("outcome", "unsigned")), 1) in counts
     assert ((("hook", "pagerduty"), ("outcome", "bad_signature")), 2) in counts
@@ -260,7 +260,7 @@ def test_a_slack_block_actions_payload_acknowledges(hooks: Hooks, slack: SlackSe
     answer = sender.press(payload)
     assert answer.status_code == 200 and answer.content == b""
     assert hooks.wait_presses(1) == ["applied"]
-    ack = hooks.dispatcher.ack_of(incident)
+    ack = hooks.dispatcher.incidents.ack_of(incident)
     assert ack is not None and (ack.source, ack.by, ack.by_id) == ("slack", "@jane",
                                                                      "U0ONCALL1")
     # PagerDuty is told (acknowledge on the same dedup_key), the message is updated.
@@ -289,7 +289,7 @@ def test_forged_unsigned_and_replayed_slack_requests_are_refused(
     replayed = sender.press(payload, timestamp=time.time() - 6 * 60)
     assert [forged.status_code, unsigned.status_code, replayed.status_code] == [401, 401, 401]
     time.sleep(0.3)  # anything queued would be handled by now
-    assert hooks.pressed == [] and hooks.dispatcher.ack_of(incident) is None
+    assert hooks.pressed == [] and hooks.dispatcher.incidents.ack_of(incident) is None
 
 
 def test_only_allowed_users_may_press_others_get_an_ephemeral_refusal(
@@ -303,12 +303,12 @@ def test_only_allowed_users_may_press_others_get_an_ephemeral_refusal(
     assert hooks.wait_presses(1) == ["refused"]
     [refusal] = slack.responses
     assert refusal["response_type"] == "ephemeral" and "not among" in refusal["text"]
-    assert hooks.dispatcher.ack_of(incident) is None
+    assert hooks.dispatcher.incidents.ack_of(incident) is None
     # A member of an allowed user group silences for an hour.
     sender.press(block_actions(message, SILENCE_HOUR_ACTION, user_id="U0LEAD001",
                                username="lead", response_url=slack.response_url))
     assert hooks.wait_presses(2)[1] == "applied"
-    [silence] = hooks.dispatcher.silences.active(time.time())
+    [silence] = hooks.dispatcher.incidents.silences.active(time.time())
     assert set(silence.matchers) == {'alertname="PostgresConnectionsHigh"', 'target="main"'}
     assert silence.created_by == "@lead" and 3500 < silence.ends_at - time.time() <= 3600
 
@@ -317,7 +317,7 @@ def test_a_press_for_an_ended_incident_only_says_so(hooks: Hooks, slack: SlackSe
     incident = hooks.fire()
     message = hooks.slack_post(incident)
     hooks.resolve()
-    assert hooks.dispatcher.incident(incident) is None
+    assert hooks.dispatcher.incidents.incident(incident) is None
     sender = SlackInteractionSender(hooks.url + "/hooks/slack/interactions", SIGNING_SECRET)
     sender.press(block_actions(message, ACK_ACTION, response_url=slack.response_url))
     assert hooks.wait_presses(1) == ["ended"]
@@ -326,7 +326,7 @@ def test_a_press_for_an_ended_incident_only_says_so(hooks: Hooks, slack: SlackSe
     assert update["replace_original"] is True
     assert all(b["type"] != "actions" for b in blocks)
     assert "already ended" in str(blocks[-1])
-    assert hooks.dispatcher.ack_log(incident) == []
+    assert hooks.dispatcher.incidents.ack_log(incident) == []
 
 
 # --- Socket Mode and polling -------------------------------------------------------------
@@ -352,7 +352,7 @@ def test_socket_mode_envelopes_are_acknowledged_and_acted_on(
             assert socket_server.acks == [envelope]
         finally:
             client.stop()
-    ack = hooks.dispatcher.ack_of(incident)
+    ack = hooks.dispatcher.incidents.ack_of(incident)
     assert ack is not None and (ack.source, ack.by) == ("slack", "@sam")
     opened = [r for r in slack.requests if r.path == "/api/apps.connections.open"]
     assert opened and opened[0].header("authorization") == f"Bearer {slack.app_token}"
@@ -363,17 +363,18 @@ def test_polling_applies_acknowledged_and_withdraws_on_triggered(
     incident = hooks.fire()
     settings = hooks.settings.receivers[0].pagerduty
     assert settings is not None
-    poller = PagerDutyPoller("oncall-pagerduty", settings, hooks.service, hooks.dispatcher)
+    poller = PagerDutyPoller("oncall-pagerduty", settings, hooks.service,
+                             hooks.dispatcher.incidents)
     assert poller.poll_once() == 0, "unknown to PagerDuty yet: nothing to apply"
     t0 = time.time()
     pd_api.set_status(incident, "acknowledged", at=t0, by="Priya Pager")
     assert poller.poll_once() == 1
     assert poller.poll_once() == 0, "the same state polled again changes nothing"
-    ack = hooks.dispatcher.ack_of(incident)
+    ack = hooks.dispatcher.incidents.ack_of(incident)
     assert ack is not None and (ack.source, ack.by) == ("pagerduty", "Priya Pager")
     pd_api.set_status(incident, "triggered", at=t0 + 30)  # PagerDuty's ack timed out
     assert poller.poll_once() == 1
-    assert hooks.dispatcher.ack_of(incident) is None
+    assert hooks.dispatcher.incidents.ack_of(incident) is None
     assert pd_api.requests[-1].query["incident_key"] == [incident]
 
 
@@ -387,13 +388,13 @@ def test_a_mail_link_get_shows_a_page_and_only_post_acknowledges(hooks: Hooks) -
     page = httpx.get(local, timeout=10)
     assert page.status_code == 200 and "<form method=\"post\">" in page.text
     assert "oncall@example.com" in page.text and "PostgresConnectionsHigh" in page.text
-    assert hooks.dispatcher.ack_of(incident) is None, "a GET never acknowledges"
+    assert hooks.dispatcher.incidents.ack_of(incident) is None, "a GET never acknowledges"
     # A form posted from elsewhere does not carry the token: refused.
     csrf = httpx.post(local, data={"token": "guess"}, timeout=10)
-    assert csrf.status_code == 400 and hooks.dispatcher.ack_of(incident) is None
+    assert csrf.status_code == 400 and hooks.dispatcher.incidents.ack_of(incident) is None
     done = httpx.post(local, data={"token": token}, timeout=10)
     assert done.status_code == 200 and "Acknowledged by oncall@example.com" in done.text
-    ack = hooks.dispatcher.ack_of(incident)
+    ack = hooks.dispatcher.incidents.ack_of(incident)
     assert ack is not None and (ack.source, ack.by) == ("email", "oncall@example.com")
     again = httpx.post(local, data={"token": token}, timeout=10)
     assert "used already" in again.text

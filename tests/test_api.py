@@ -72,7 +72,7 @@ def serve(tmp_path: Path, access: Access, tls: tuple[str, str] | None = None
     dispatcher.run_pass(now)
     endpoints = Endpoints(build_registry(store, process_metrics=False),
                           ready=lambda: (True, "ready"), statements=dict,
-                          alerting=DaemonApi(rules, dispatcher), access=access)
+                          alerting=DaemonApi(rules, dispatcher.incidents), access=access)
     server = HttpServer(endpoints, "127.0.0.1", 0, tls=tls)
     server.start()
     scheme = "https" if tls else "http"

@@ -142,7 +142,7 @@ def test_high_alert_pages_level_1_then_level_2_after_the_wait(pipeline: Pipeline
 def test_ack_stops_the_climb_and_tells_everyone_notified(pipeline: Pipeline) -> None:
     fp = pipeline.fire(T0, "PostgresConnectionsHigh", "high")
     pipeline.new()
-    result = pipeline.dispatcher.acknowledge(fp, "alice", "looking", now=T0 + 600)
+    result = pipeline.dispatcher.incidents.acknowledge(fp, "alice", "looking", now=T0 + 600)
     assert result is not None and result.acks[0][1]
     acks = pipeline.notifications()[-2:]
     assert [(n.receiver, n.action, n.acked_by, n.acked_at) for n in acks] == [
@@ -151,20 +151,20 @@ def test_ack_stops_the_climb_and_tells_everyone_notified(pipeline: Pipeline) -> 
     pipeline.new()
     pipeline.tick(T0 + 600, T0 + 3 * 3600, step=60)
     assert pipeline.new() == [], "no Level 2 after the ack, no repeat"
-    again = pipeline.dispatcher.acknowledge(fp, "bob", now=T0 + 700)
+    again = pipeline.dispatcher.incidents.acknowledge(fp, "bob", now=T0 + 700)
     assert again is not None and again.acks[0][0].by == "alice" and not again.acks[0][1]
     pipeline.resolve(T0 + 4 * 3600, "PostgresConnectionsHigh", "high")
     pipeline.tick(T0 + 4 * 3600, T0 + 4 * 3600 + 60)
     resolved = pipeline.notifications()[-2:]
     assert [(n.receiver, n.action, n.acked_by) for n in resolved] == [
         ("oncall-pagerduty", Action.RESOLVE, "alice"), ("oncall-slack", Action.RESOLVE, "alice")]
-    assert pipeline.dispatcher.acknowledge(fp, "carol", now=T0 + 5 * 3600) is None
+    assert pipeline.dispatcher.incidents.acknowledge(fp, "carol", now=T0 + 5 * 3600) is None
 
 
 def test_an_incident_can_be_acked_by_its_key(pipeline: Pipeline) -> None:
     pipeline.fire(T0, "PostgresTargetDown", "critical")
     incident = pipeline.notifications()[0].incident
-    result = pipeline.dispatcher.acknowledge(incident, "dana", now=T0 + 60)
+    result = pipeline.dispatcher.incidents.acknowledge(incident, "dana", now=T0 + 60)
     assert result is not None
     [(ack, new)] = result.acks
     assert new and ack.incident == incident and ack.fingerprint is None
@@ -188,7 +188,8 @@ def test_target_down_inhibits_symptoms_of_the_same_target(pipeline: Pipeline) ->
     notified = pipeline.notifications()[3:]
     assert {dict(n.group_labels)["target"] for n in notified} == {"replica"}
     symptom = _event(EventKind.FIRING, T0, "PostgresConnectionsHigh", "high", "main").alert
-    [status] = pipeline.dispatcher.status([(symptom.fingerprint, dict(symptom.labels))]).values()
+    [status] = pipeline.dispatcher.incidents.status(
+        [(symptom.fingerprint, dict(symptom.labels))]).values()
     assert status["inhibited"] is True and status["level"] is None
     pipeline.new()
     # The database is back: the symptom, still firing, is announced at its next flush.
@@ -198,14 +199,14 @@ def test_target_down_inhibits_symptoms_of_the_same_target(pipeline: Pipeline) ->
 
 
 def test_a_silence_mutes_until_it_expires(pipeline: Pipeline) -> None:
-    silence = pipeline.dispatcher.silences.create(
+    silence = pipeline.dispatcher.incidents.silences.create(
         ['alertname="PostgresSlowStatement"'], ends_at=T0 + 1800, now=T0, created_by="bob",
         comment="known slow report")
     pipeline.fire(T0 + 10, "PostgresSlowStatement", "medium")
     pipeline.tick(T0 + 10, T0 + 1790)
     assert pipeline.new() == []
     alert = _event(EventKind.FIRING, T0, "PostgresSlowStatement", "medium", "main").alert
-    [status] = pipeline.dispatcher.status([(alert.fingerprint, dict(alert.labels))],
+    [status] = pipeline.dispatcher.incidents.status([(alert.fingerprint, dict(alert.labels))],
                                           T0 + 100).values()
     assert status["silenced_by"] == [silence.id]
     pipeline.tick(T0 + 1800, T0 + 1900)
@@ -264,7 +265,7 @@ def test_a_permanently_failing_channel_is_reported_on_the_others(pipeline: Pipel
     pipeline.fire(T0, "PostgresConnectionsHigh", "high")
     [page, _] = pipeline.notifications()
     pipeline.new()
-    pipeline.dispatcher.on_permanent_failure(page, Delivery(Outcome.PERMANENT, "400 invalid key"))
+    pipeline.dispatcher.inbox.failed(page, Delivery(Outcome.PERMANENT, "400 invalid key"))
     pipeline.tick(T0, T0 + 60)
     failing = [n for n in pipeline.notifications() if n.alerts[0].name == FAILING_ALERT]
     assert [n.receiver for n in failing] == ["oncall-slack"]
@@ -280,7 +281,7 @@ def test_the_failing_channel_alert_is_its_own_incident(tmp_path: Path) -> None:
     try:
         pipeline.fire(T0, "PostgresConnectionsHigh", "high")
         [page, _] = pipeline.notifications()
-        pipeline.dispatcher.on_permanent_failure(page, Delivery(Outcome.PERMANENT, "400"))
+        pipeline.dispatcher.inbox.failed(page, Delivery(Outcome.PERMANENT, "400"))
         pipeline.tick(T0, T0 + 60)
         pipeline.new()
         pipeline.fire(T0 + 120, "PostgresSlowStatement", "high")

@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from piggywatch.alerting.channels import channel_throttles
+from piggywatch.alerting.inbox import Inbox
 from piggywatch.alerting.model import (
     Action,
     AlertInfo,
@@ -164,6 +165,13 @@ def running() -> Iterator[Callable[[Outbox], Outbox]]:
     yield start
     for outbox in opened:
         outbox.close()
+
+
+def given_up(inbox: Inbox, seen: list[tuple[Notification, Delivery]]
+             ) -> list[tuple[Notification, Delivery]]:
+    """``seen`` plus the failures the outbox recorded in ``inbox`` since the last call."""
+    seen += [(f.notification, f.delivery) for f in inbox.drain().failures]
+    return seen
 
 
 def counts(outbox: Outbox, receiver: str = "oncall") -> dict[str, float]:
@@ -374,13 +382,14 @@ def test_a_notifier_that_raises_is_retried_and_logs_its_traceback_once(
 def test_permanent_refusal_is_not_retried_and_reported_once(
         state_file: Path, running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture,
 ) -> None:
+    inbox = Inbox()
     failures: list[tuple[Notification, Delivery]] = []
     channel = ScriptedNotifier(Delivery(Outcome.PERMANENT, "400 invalid routing key"))
-    outbox = running(Outbox(state_file, {"oncall": channel},
-                            on_permanent_failure=lambda n, d: failures.append((n, d))))
+    outbox = running(Outbox(state_file, {"oncall": channel}, failures=inbox))
     outbox.enqueue(note("n1"))
-    wait_until(lambda: failures)
+    wait_until(lambda: given_up(inbox, failures))
     time.sleep(0.1)
+    given_up(inbox, failures)
     assert channel.ids == ["n1"]
     assert [(n.id, d.detail) for n, d in failures] == [("n1", "400 invalid routing key")]
     assert counts(outbox) == {"accepted": 0, "retried": 0, "failed": 1}
@@ -394,15 +403,15 @@ def test_a_notification_undelivered_for_a_day_is_given_up(
         state_file: Path, running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = FakeClock()
+    inbox = Inbox()
     failures: list[tuple[Notification, Delivery]] = []
     channel = ScriptedNotifier(*[Delivery(Outcome.RETRY, "503")] * 1000)
-    outbox = running(Outbox(state_file, {"oncall": channel}, clock=clock,
-                            on_permanent_failure=lambda n, d: failures.append((n, d))))
+    outbox = running(Outbox(state_file, {"oncall": channel}, clock=clock, failures=inbox))
     outbox.enqueue(note("n1"))
     wait_until(lambda: len(channel.ids) == 1)
     clock.advance(24 * 3600 + 1)
     outbox.wake()
-    wait_until(lambda: failures)
+    wait_until(lambda: given_up(inbox, failures))
     assert len(channel.ids) == 1
     assert "undelivered 24.0 h" in failures[0][1].detail and "503" in failures[0][1].detail
     assert "failed permanently" in caplog.text
@@ -529,14 +538,13 @@ def test_items_of_an_unconfigured_receiver_wait_until_it_is_configured_again(
 
 def test_items_of_an_unconfigured_receiver_expire_after_a_day(state_file: Path) -> None:
     clock = FakeClock()
-    failures: list[str] = []
-    with Outbox(state_file, {}, clock=clock,
-                on_permanent_failure=lambda n, d: failures.append(n.id)) as outbox:
+    inbox = Inbox()
+    with Outbox(state_file, {}, clock=clock, failures=inbox) as outbox:
         outbox.enqueue(note("n1", receiver="gone"))
         outbox.enqueue(note("n2", receiver="gone", created_at=T0 + 3600))
         clock.advance(24 * 3600 + 1)
         outbox.housekeep()
-        assert failures == ["n1"]
+        assert [f.notification.id for f in inbox.drain().failures] == ["n1"]
         assert [n.id for n in outbox.pending()] == ["n2"]
 
 

@@ -6,7 +6,7 @@ import re
 from importlib import import_module
 from pathlib import Path
 
-from piggywatch.alerting import dispatcher, outbox
+from piggywatch.alerting import incidents, outbox
 from piggywatch.collectors.postgres import connections, database, statements, tables
 from piggywatch.jobs import SOURCES
 from piggywatch.rules import manager
@@ -26,7 +26,7 @@ def listed(name: str) -> bool:
 
 def test_every_exported_metric_is_in_the_readme() -> None:
     specs = [*SELF_SPECS, *connections.SPECS, *database.SPECS, *statements.SPECS,
-             *tables.SPECS, *manager.RULE_SPECS, *dispatcher.SPECS, *outbox.SPECS,
+             *tables.SPECS, *manager.RULE_SPECS, *incidents.SPECS, *outbox.SPECS,
              *(spec for module in SOURCES.values() for spec in import_module(module).SPECS)]
     missing = [s.name for s in specs if not listed(s.name)]
     assert missing == []

@@ -63,7 +63,7 @@ def make_endpoints(tmp_path: Path, stack: ExitStack) -> Endpoints:
     stack.callback(dispatcher.close)
     return Endpoints(build_registry(store, process_metrics=False),
                      ready=lambda: (True, "ready"), statements=dict,
-                     alerting=DaemonApi(None, dispatcher), access=Access(api_token=TOKEN))
+                     alerting=DaemonApi(None, dispatcher.incidents), access=Access(api_token=TOKEN))
 
 
 @contextmanager

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import httpx
 
     from piggywatch.ack.service import AckService
-    from piggywatch.alerting.dispatcher import Dispatcher
+    from piggywatch.alerting.incidents import Incidents
 
 __all__ = ["PagerDutyPoller", "change_from_incident"]
 
@@ -59,12 +59,12 @@ class PagerDutyPoller:
     """Polls one PagerDuty receiver's incidents on its own thread."""
 
     def __init__(self, receiver: str, settings: PagerDutyReceiver, service: AckService,
-                 dispatcher: Dispatcher, *, client: httpx.Client | None = None) -> None:
+                 incidents: Incidents, *, client: httpx.Client | None = None) -> None:
         assert settings.api_key is not None
         self._receiver = receiver
         self._settings = settings
         self._service = service
-        self._dispatcher = dispatcher
+        self._incidents = incidents
         self._client = client
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -93,7 +93,7 @@ class PagerDutyPoller:
         """Look at every open incident notified to this receiver; returns how many
         changes were applied."""
         applied = 0
-        for esc in self._dispatcher.incidents():
+        for esc in self._incidents.incidents():
             if self._receiver not in esc.notified or self._stop.is_set():
                 continue
             incident = self._fetch(esc.incident)

@@ -18,7 +18,7 @@ from piggywatch.state import StateLike
 from piggywatch.store.samples import Sample
 
 if TYPE_CHECKING:
-    from piggywatch.alerting.dispatcher import Dispatcher
+    from piggywatch.alerting.incidents import Incidents
     from piggywatch.config import Settings
 
 __all__ = ["AckHooks", "ack_links", "wants_hooks"]
@@ -43,15 +43,15 @@ def wants_hooks(settings: Settings) -> bool:
 class AckHooks:
     """Started and stopped with alert delivery, on the leader only."""
 
-    def __init__(self, settings: Settings, dispatcher: Dispatcher, state: StateLike) -> None:
-        self.service = AckService(dispatcher, state, settings.receivers,
+    def __init__(self, settings: Settings, incidents: Incidents, state: StateLike) -> None:
+        self.service = AckService(incidents, state, settings.receivers,
                                   links=ack_links(settings))
         slack = [(r.name, c) for r in settings.receivers if (c := r.config_of(SlackReceiver))]
         pagerduty = [(r.name, p) for r in settings.receivers
                      if (p := r.config_of(PagerDutyReceiver))]
         self.sockets = [SlackSocketMode(name, config, self.service)
                         for name, config in slack if config.app_token is not None]
-        self.pollers = [PagerDutyPoller(name, config, self.service, dispatcher)
+        self.pollers = [PagerDutyPoller(name, config, self.service, incidents)
                         for name, config in pagerduty if config.api_key is not None]
 
     def start(self) -> None:

@@ -1,10 +1,11 @@
 """Acknowledgements from where on-call already is: PagerDuty, Slack buttons, mail links.
 
 Each hook checks who is talking (a signature, a signed token), then hands the change to the
-dispatcher exactly as an API acknowledgement would go: recorded with its source, the climb
-stopped, and the receivers told through the outbox (the Slack message updated, PagerDuty's
-incident acknowledged under the same dedup_key, a mail in the thread). Deliveries are
-remembered (``HookLedger``), so a redelivered webhook or a second press changes nothing.
+incident desk (``alerting/incidents.py``) exactly as an API acknowledgement would go:
+recorded with its source, the climb stopped, and the receivers told through the outbox
+(the Slack message updated, PagerDuty's incident acknowledged under the same dedup_key, a
+mail in the thread). Deliveries are remembered (``HookLedger``), so a redelivered webhook
+or a second press changes nothing.
 
 Slack must hear back within 3 seconds: a press is verified and queued, and answered at once;
 a worker thread acts on it.
@@ -44,8 +45,8 @@ from piggywatch.store.samples import MetricKind, MetricSpec, Sample, labels_of
 if TYPE_CHECKING:
     import httpx
 
-    from piggywatch.alerting.dispatcher import Dispatcher
     from piggywatch.alerting.escalation import Escalation
+    from piggywatch.alerting.incidents import Incidents
 
 __all__ = ["SOURCE", "SPECS", "AckService", "HookAnswer", "silence_matchers"]
 
@@ -84,10 +85,10 @@ class HookAnswer:
 class AckService:
     """The hooks' logic, shared by the HTTP endpoints, Socket Mode and the poller."""
 
-    def __init__(self, dispatcher: Dispatcher, state: StateLike, receivers: Sequence[Receiver],
+    def __init__(self, incidents: Incidents, state: StateLike, receivers: Sequence[Receiver],
                  *, links: AckLinks | None = None, clock: Callable[[], float] = time.time,
                  http: httpx.Client | None = None) -> None:
-        self._dispatcher = dispatcher
+        self._incidents = incidents
         self._clock = clock
         self.links = links
         self._http = http
@@ -105,7 +106,7 @@ class AckService:
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
         # Called after each press is handled (tests and the bench wait on it).
         self.on_press: Callable[[ButtonPress, str], None] | None = None
-        dispatcher.on_ended.append(self._incidents_ended)
+        incidents.on_ended.append(self._incidents_ended)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -185,7 +186,7 @@ class AckService:
 
     def _apply_pagerduty(self, change: PagerDutyChange) -> str:
         status = _STATUS.get(change.event_type)
-        esc = self._dispatcher.incident(change.incident_key) if change.incident_key else None
+        esc = self._incidents.incident(change.incident_key) if change.incident_key else None
         if status is None:
             return "ignored"
         if esc is None:
@@ -200,18 +201,18 @@ class AckService:
         who = change.agent or "PagerDuty"
         ref = f" (PagerDuty incident #{change.number})" if change.number else ""
         if status == "acknowledged":
-            self._dispatcher.acknowledge(esc.incident, who, f"acknowledged in PagerDuty{ref}",
+            self._incidents.acknowledge(esc.incident, who, f"acknowledged in PagerDuty{ref}",
                                          source="pagerduty", by_id=change.agent_id)
         elif status == "resolved":
             note = (f"resolved in PagerDuty by {who}{ref} while the alert still fires; "
                     "treated as acknowledged until it resolves")
-            if self._dispatcher.ack_of(esc.incident) is None:
-                self._dispatcher.acknowledge(esc.incident, who, note, source="pagerduty",
+            if self._incidents.ack_of(esc.incident) is None:
+                self._incidents.acknowledge(esc.incident, who, note, source="pagerduty",
                                              by_id=change.agent_id)
             else:
-                self._dispatcher.announce(esc.incident, note)
+                self._incidents.announce(esc.incident, note)
         else:
-            self._dispatcher.withdraw_ack(esc.incident)
+            self._incidents.withdraw_ack(esc.incident)
         return "applied"
 
     # --- Slack --------------------------------------------------------------------------
@@ -285,12 +286,12 @@ class AckService:
             log.info("Slack: %s (%s) pressed %s but is not in allowed_users", press.who,
                      press.user_id, press.action_id)
             return "refused"
-        esc = self._dispatcher.incident(press.incident)
+        esc = self._incidents.incident(press.incident)
         if esc is None:
             self._respond(press, settings, _ended_message(press.message))
             return "ended"
         if press.action_id == ACK_ACTION:
-            result = self._dispatcher.acknowledge(esc.incident, press.who, source="slack",
+            result = self._incidents.acknowledge(esc.incident, press.who, source="slack",
                                                   by_id=press.user_id)
             if result is not None and not result.acks[0][1]:
                 first = result.acks[0][0]
@@ -311,7 +312,7 @@ class AckService:
     def _silence(self, esc: Escalation, who: str, where: str, until_resolved: bool) -> str:
         now = self._clock()
         ends_at = now + (UNTIL_RESOLVED_MAX_SECONDS if until_resolved else HOUR)
-        silence = self._dispatcher.silences.create(
+        silence = self._incidents.silences.create(
             silence_matchers(esc), ends_at=ends_at, now=now, created_by=who,
             comment=f"from {where}, incident {esc.incident}"
                     + (", until it resolves" if until_resolved else ""))
@@ -325,7 +326,7 @@ class AckService:
         now = self._clock()
         for silence_id in self._ledger.take_silences(incidents):
             with contextlib.suppress(KeyError):  # expired and purged already
-                self._dispatcher.silences.expire(silence_id, now)
+                self._incidents.silences.expire(silence_id, now)
 
     def _allowed(self, user_id: str, settings: SlackReceiver) -> bool:
         if not settings.allowed_users or user_id in settings.allowed_users:
@@ -381,7 +382,7 @@ class AckService:
 
     def link_act(self, claim: LinkClaim) -> str:
         """Carry out a link's action once; the sentence the page shows."""
-        esc = self._dispatcher.incident(claim.incident)
+        esc = self._incidents.incident(claim.incident)
         if esc is None:
             self._count("link", "ended")
             return "This incident has already ended; nothing was done."
@@ -389,7 +390,7 @@ class AckService:
             self._count("link", "duplicate")
             return "This link was used already; nothing more was done."
         if claim.action == "ack":
-            result = self._dispatcher.acknowledge(esc.incident, claim.who, source="email",
+            result = self._incidents.acknowledge(esc.incident, claim.who, source="email",
                                                   by_id=claim.who)
             self._count("link", "applied")
             if result is not None and not result.acks[0][1]:
@@ -402,7 +403,7 @@ class AckService:
 
     def incident_title(self, key: str) -> str:
         """The running incident's title for a page ('' when it ended)."""
-        esc = self._dispatcher.incident(key)
+        esc = self._incidents.incident(key)
         if esc is None:
             return ""
         names = sorted({a.name for a in esc.alerts}) or ["alert"]

@@ -192,9 +192,10 @@ class EscalationStore:
         return min(times, default=None)
 
     def save(self, changed: Iterable[Escalation] = (), ended: Iterable[str] = (),
-             state: str | None = None) -> None:
+             groups: str | None = None) -> None:
         """In one transaction: store new or changed escalations, forget ended ones, and
-        replace the dispatcher's own state (its alert groups) when ``state`` is given."""
+        replace the saved alert groups (a JSON document of the incident book) when
+        ``groups`` is given."""
         batch = list(changed)
         gone = [(k,) for k in ended]
         rows = [(e.incident, e.route, json.dumps(e.group_labels), e.policy.to_json(),
@@ -212,10 +213,11 @@ class EscalationStore:
                     "repeats = excluded.repeats, next_at = excluded.next_at, "
                     "acked = excluded.acked, notified = excluded.notified", rows)
                 tx.executemany("DELETE FROM escalation_incidents WHERE incident = ?", gone)
-                if state is not None:
+                if groups is not None:
+                    # Stored under the key 'state' (its name before: kept for the rows saved).
                     tx.execute("INSERT INTO escalation_dispatch (key, value) VALUES ('state', ?) "
                                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                               (state,))
+                               (groups,))
             for e in batch:
                 self._running[e.incident] = e
             for (key,) in gone:
@@ -225,8 +227,8 @@ class EscalationStore:
         """Forget escalations that are over (their incident resolved)."""
         self.save(ended=incidents)
 
-    def state(self) -> str | None:
-        """The dispatcher's state as last saved."""
+    def groups(self) -> str | None:
+        """The alert groups as last saved (the JSON ``save`` was given)."""
         with self._lock:
             row = self._conn.one("SELECT value FROM escalation_dispatch WHERE key = 'state'")
         return None if row is None else str(row[0])

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
+from piggywatch.alerting.inbox import FailureSink
 from piggywatch.alerting.model import Delivery, Notification, Notifier, Outcome
 from piggywatch.alerting.outbox_lane import Lane, PendingItem
 from piggywatch.alerting.outbox_metrics import SOURCE, SPECS, OutboxMetrics
@@ -66,8 +67,8 @@ class Outbox:
     ``in_flight_grace``: for how many seconds after its claim another process's attempt is
     presumed still in flight (waited for rather than repeated); longer than any request to a
     channel takes, plus the clocks' skew between replicas. 0 (one replica) retries at once
-    an item left claimed by a crash. ``on_permanent_failure`` hears
-    of every notification given up: refused for good, or still undelivered ``max_age``
+    an item left claimed by a crash. ``failures`` (delivery's inbox) is handed, as data, every
+    notification given up: refused for good, or still undelivered ``max_age``
     seconds after its creation. A failed attempt is retried after the channel's Retry-After,
     else after an exponential backoff with full jitter (``backoff_base`` doubling up to
     ``backoff_cap``), for as long as ``max_age`` allows.
@@ -79,7 +80,7 @@ class Outbox:
         notifiers: Mapping[str, Notifier],
         *,
         clock: Callable[[], float] = time.time,
-        on_permanent_failure: Callable[[Notification, Delivery], None] | None = None,
+        failures: FailureSink | None = None,
         may_send: Callable[[], bool] = lambda: True,
         throttles: Mapping[str, float] | None = None,
         max_age: float = MAX_AGE,
@@ -102,7 +103,7 @@ class Outbox:
                 raise
         self._grace = max(0.0, float(in_flight_grace))
         self._clock = clock
-        self._on_permanent_failure = on_permanent_failure
+        self._failures = failures
         self._may_send = may_send
         self._max_age = max_age
         self._backoff_base = backoff_base
@@ -552,8 +553,5 @@ class Outbox:
     def _report_failure(self, n: Notification, delivery: Delivery) -> None:
         log.error("notification %s (%s, incident %s) to receiver %s failed permanently: %s",
                   n.id, n.action.value, n.incident, n.receiver, delivery.detail or "no detail")
-        if self._on_permanent_failure is not None and not self._closed:
-            try:
-                self._on_permanent_failure(n, delivery)
-            except Exception:
-                log.exception("on_permanent_failure raised for notification %s", n.id)
+        if self._failures is not None and not self._closed:
+            self._failures.failed(n, delivery)

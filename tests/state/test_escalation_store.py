@@ -1,4 +1,4 @@
-"""EscalationStore on both backends: timers, ends and the dispatcher's state survive a
+"""EscalationStore on both backends: timers, ends and the saved alert groups survive a
 restart."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def test_every_field_round_trips_across_a_restart(
     acked = escalation("inc-2", T0 + 10.0)
     acked.start(T0 + 10.0)
     acked.acknowledge()
-    store.save([climbing, acked], state='{"grouper": {}, "failing": {"pd": 1}}')
+    store.save([climbing, acked], groups='{"grouper": {}, "failing": {"pd": 1}}')
     store.close()
     restarted = EscalationStore(restart())
     assert restarted.get("inc-1") == climbing
@@ -51,32 +51,32 @@ def test_every_field_round_trips_across_a_restart(
     assert loaded.notified == ["oncall-pagerduty", "oncall-slack", "leads-email"]
     assert loaded.next_at == T0 + HOUR + 1800.0
     assert loaded.policy == POLICY and loaded.alerts == climbing.alerts
-    assert restarted.state() == '{"grouper": {}, "failing": {"pd": 1}}'
+    assert restarted.groups() == '{"grouper": {}, "failing": {"pd": 1}}'
     assert restarted.next_due() == T0 + HOUR + 1800.0
 
 
 def test_changes_and_ends_survive_a_restart(
         state: StateStore, restart: Callable[[], StateStore]) -> None:
     store = EscalationStore(state)
-    assert store.state() is None and store.next_due() is None
+    assert store.groups() is None and store.next_due() is None
     first, second = escalation("inc-1"), escalation("inc-2", T0 + 5.0)
     first.start(T0)
     second.start(T0 + 5.0)
-    store.save([first, second], state="one")
+    store.save([first, second], groups="one")
     second.acknowledge()
-    store.save([second], ended=["inc-1"])  # no state given: the saved one stays
+    store.save([second], ended=["inc-1"])  # no groups given: the saved ones stay
     assert {e.incident for e in store.all()} == {"inc-2"}
     assert store.next_due() is None  # the only escalation left is acknowledged
     store.close()
     restarted = EscalationStore(restart())
     assert restarted.get("inc-1") is None
     assert restarted.get("inc-2") == second
-    assert restarted.state() == "one"
-    restarted.save(state="two")
+    assert restarted.groups() == "one"
+    restarted.save(groups="two")
     restarted.end(["inc-2"])
     assert restarted.all() == []
     final = EscalationStore(restart())
-    assert final.all() == [] and final.state() == "two" and final.next_due() is None
+    assert final.all() == [] and final.groups() == "two" and final.next_due() is None
 
 
 def test_next_due_is_the_earliest_running_timer_after_a_restart(
