@@ -71,12 +71,12 @@ def test_an_ack_the_dead_leader_recorded_is_carried_out_once_by_the_next(
             ("alice", T0 + 600)}
         # A retried acknowledge finds it done: the first ack keeps the credit, nobody is
         # told twice.
-        again = second.dispatcher.acknowledge(fp, "alice", "looking", now=T0 + 7300)
+        again = second.dispatcher.incidents.acknowledge(fp, "alice", "looking", now=T0 + 7300)
         assert again is not None and [(a.by, new) for a, new in again.acks] == [
             ("alice", False)]
         second.tick(T0 + 7300, T0 + 7400)
         assert second.new() == []
-        [status] = second.dispatcher.status([(fp, {})]).values()
+        [status] = second.dispatcher.incidents.status([(fp, {})]).values()
         assert status["ack"]["by"] == "alice"
 
     with restarted(state) as third:
@@ -94,14 +94,14 @@ def test_a_retried_ack_carries_out_what_the_dead_leader_recorded(state: StateSto
 
     with restarted(state) as second:
         # The retry arrives before the new leader's first pass.
-        result = second.dispatcher.acknowledge(fp, "bob", now=T0 + 620)
+        result = second.dispatcher.incidents.acknowledge(fp, "bob", now=T0 + 620)
         assert result is not None and [(a.by, new) for a, new in result.acks] == [
             ("alice", False)]
         assert second.new() == [("oncall-pagerduty", "acknowledge", 1),
                                 ("oncall-slack", "acknowledge", 1)]
         second.tick(T0 + 620, T0 + 2 * 3600, step=60)
         assert second.new() == []
-        assert second.dispatcher.acknowledge(fp, "bob", now=T0 + 7300) is not None
+        assert second.dispatcher.incidents.acknowledge(fp, "bob", now=T0 + 7300) is not None
         assert second.new() == []
 
 
@@ -112,7 +112,8 @@ def test_ack_notifications_the_dead_leader_committed_are_not_sent_again(
         first.new()
         with away(state, "escalation_incidents"):
             # Recorded, acknowledge notifications committed, the escalation not saved...
-            assert failing(lambda: first.dispatcher.acknowledge(fp, "alice", now=T0 + 600))
+            assert failing(lambda: first.dispatcher.incidents.acknowledge(fp, "alice",
+                                                                          now=T0 + 600))
         assert first.new() == [("oncall-pagerduty", "acknowledge", 1),
                                ("oncall-slack", "acknowledge", 1)]
         # ... and the leader dies before it tries again.
@@ -128,12 +129,12 @@ def test_an_ack_that_failed_half_way_is_completed_by_the_next_pass(state: StateS
         fp = p.fire(T0, *HIGH)
         p.new()
         with away(state, "outbox_items"):
-            assert failing(lambda: p.dispatcher.acknowledge(fp, "alice", now=T0 + 600))
+            assert failing(lambda: p.dispatcher.incidents.acknowledge(fp, "alice", now=T0 + 600))
         assert p.new() == []
         p.tick(T0 + 610, T0 + 2 * 3600, step=60)
         assert p.new() == [("oncall-pagerduty", "acknowledge", 1),
                            ("oncall-slack", "acknowledge", 1)], "and no Level 2"
-        result = p.dispatcher.acknowledge(fp, "alice", now=T0 + 7300)
+        result = p.dispatcher.incidents.acknowledge(fp, "alice", now=T0 + 7300)
         assert result is not None and not result.acks[0][1]
         assert p.new() == []
 
@@ -141,7 +142,7 @@ def test_an_ack_that_failed_half_way_is_completed_by_the_next_pass(state: StateS
 def test_an_ack_of_an_ended_incident_does_not_ack_its_successor(state: StateStore) -> None:
     with pipeline_on(state) as first:
         fp = first.fire(T0, *HIGH)
-        first.dispatcher.acknowledge(fp, "alice", now=T0 + 60)
+        first.dispatcher.incidents.acknowledge(fp, "alice", now=T0 + 60)
         with away(state, "escalation_acks"):
             # The incident ends; its ack is not forgotten (and the leader dies).
             assert failing(lambda: first.resolve(T0 + 120, *HIGH))
@@ -170,7 +171,7 @@ def _scenario() -> list[tuple[str, Step, Step]]:
 
     def ack(p: Pipeline) -> None:
         fp = _event(EventKind.FIRING, T0, *HIGH, "main").alert.fingerprint
-        p.dispatcher.acknowledge(fp, "alice", now=T0 + 4000)
+        p.dispatcher.incidents.acknowledge(fp, "alice", now=T0 + 4000)
 
     def resolve(p: Pipeline) -> None:
         p.dispatcher.handle(_event(EventKind.RESOLVED, T0 + 5000, *HIGH, "main"))
