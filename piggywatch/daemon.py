@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from piggywatch import __version__
 from piggywatch import leadership as leadership_metrics
 from piggywatch.alerting.channels import longest_timeout
-from piggywatch.collectors.postgres.statements import StatementsCollector
+from piggywatch.alerting.inbox import Inbox
+from piggywatch.collectors.base import Report, ServesReports
 from piggywatch.collectors.postgres.target import PostgresTarget
 from piggywatch.config import Settings
 from piggywatch.exporter import build_registry
@@ -80,7 +81,8 @@ class Daemon:
         self.store.register(leadership_metrics.SPECS)
         self.targets: list[PostgresTarget] = []
         self.jobs: list[CollectorJob] = []
-        self._statements: dict[str, StatementsCollector] = {}
+        # API reports the collectors serve: report name -> target -> the report.
+        self._reports: dict[str, dict[str, Report]] = {}
         for config in settings.targets:
             target = PostgresTarget(config.name, config.dsn.get_secret_value(),
                                     connect_timeout=config.connect_timeout)
@@ -90,8 +92,9 @@ class Daemon:
                 self.self_metrics.add_job(target.name, collector.name)
                 self.jobs.append(CollectorJob(target.name, target, collector, interval,
                                               self.store, self.self_metrics))
-                if isinstance(collector, StatementsCollector):
-                    self._statements[target.name] = collector
+                if isinstance(collector, ServesReports):
+                    for report, build in collector.reports().items():
+                        self._reports.setdefault(report, {})[target.name] = build
         targets = {t.name: t for t in self.targets}
         for owner, bound, collector, interval in build_source_collectors(
                 settings, targets, self.state, self.leadership.is_leader):
@@ -105,11 +108,14 @@ class Daemon:
         self.delivery: AlertDelivery | None = None
         self._leader_lock = threading.Lock()
         self._history_expired_at = 0.0
+        # The rules' sink: delivery's inbox, kept across leaderships (None: no delivery).
+        self.inbox: Inbox | None = None
         if settings.route is not None:
             # Imported only when delivery is configured: the notifiers' libraries cost memory.
             from piggywatch.delivery import register_delivery_metrics
 
             register_delivery_metrics(self.store)
+            self.inbox = Inbox()
         self._source = CombinedSource(self.store, None, lambda: MEMORY_WINDOW)
         self.rules = self._build_rules()
         if self.rules is not None:
@@ -139,8 +145,7 @@ class Daemon:
 
     def statements_report(self) -> dict[str, Any]:
         """The top statements of every target, for GET /api/v1/statements."""
-        return {name: [s.as_dict() for s in collector.top_statements()]
-                for name, collector in self._statements.items()}
+        return {name: build() for name, build in self._reports.get("statements", {}).items()}
 
     def sample_once(self) -> None:
         """Run every collector once, in order, without the scheduler or the server."""
@@ -168,7 +173,7 @@ class Daemon:
             return None
         no_data = self.settings.no_data
         return RuleManager(
-            self.store, self._source, self._dispatch,
+            self.store, self._source, self.inbox if self.inbox is not None else _no_delivery,
             default_interval=self.settings.evaluation_interval,
             no_data=NoData(no_data.default),
             no_data_groups={g: NoData(p) for g, p in no_data.groups.items()},
@@ -179,11 +184,6 @@ class Daemon:
     def rule_paths(self) -> list[Path]:
         """The rule files the configured globs match now."""
         return expand_globs(self.settings.rule_files, self.base_dir)
-
-    def _dispatch(self, event: AlertEvent) -> None:
-        delivery = self.delivery
-        if delivery is not None:
-            delivery.dispatcher.handle(event)
 
     # --- leadership -------------------------------------------------------------------
 
@@ -210,7 +210,8 @@ class Daemon:
                 delivery = AlertDelivery(self.settings, state,
                                          may_send=self.leadership.confirm,
                                          completion_state=self.state,
-                                         in_flight_grace=self._in_flight_grace())
+                                         in_flight_grace=self._in_flight_grace(),
+                                         inbox=self.inbox)
                 delivery.start(firing_events(self.rules))
                 # Only now: a rule reload on another thread reconciles a started dispatcher.
                 self.delivery = delivery
@@ -257,7 +258,7 @@ class Daemon:
 
         delivery = self.delivery
         self._endpoints.alerting = DaemonApi(
-            self.rules, delivery.dispatcher if delivery else None,
+            self.rules, delivery.incidents if delivery else None,
             unavailable=unavailable if self.settings.route is not None else "")
         # The acknowledgement hooks act on the leader's delivery; 503 elsewhere (retried).
         hooks = delivery.hooks if delivery is not None and not unavailable else None
@@ -494,6 +495,10 @@ def _mtimes(paths: list[Path]) -> dict[Path, float]:
         except OSError:
             found[path] = -1.0
     return found
+
+
+def _no_delivery(event: AlertEvent) -> None:
+    """The rules' sink when no route is configured: alerts are only exported."""
 
 
 def _utc(ts: float) -> datetime:

@@ -189,7 +189,8 @@ def endpoints(directory: Path, stack: ExitStack, *, route: bool = True,
         stack.callback(dispatcher.close)
     return Endpoints(build_registry(MemoryStore(), process_metrics=False),
                      ready=lambda: (True, "ready"), statements=dict,
-                     alerting=DaemonApi(None, dispatcher, unavailable=unavailable),
+                     alerting=DaemonApi(None, dispatcher.incidents if dispatcher else None,
+                                        unavailable=unavailable),
                      access=Access(api_token=TOKEN))
 
 

@@ -106,6 +106,17 @@ LAYERS = [
     ("piggywatch.state", "piggywatch.alerting"),
     ("piggywatch.state", "piggywatch.rules"),
     ("piggywatch.state", "piggywatch.collectors"),
+    # Delivery's data flows one way: what the dispatcher feeds (the outbox, the notifiers)
+    # and the inbox that feeds it never reach back up into the dispatcher or the incidents.
+    *[(low, high) for low in ("piggywatch.alerting.outbox", "piggywatch.alerting.outbox_lane",
+                              "piggywatch.alerting.outbox_store", "piggywatch.alerting.inbox",
+                              "piggywatch.alerting.notifiers", "piggywatch.alerting.channels")
+      for high in ("piggywatch.alerting.dispatcher", "piggywatch.alerting.incidents",
+                   "piggywatch.alerting.incident_book")],
+    ("piggywatch.alerting.incident_book", "piggywatch.alerting.dispatcher"),
+    ("piggywatch.alerting.incidents", "piggywatch.alerting.dispatcher"),
+    # The daemon knows collectors by what they declare, never by class.
+    ("piggywatch.daemon", "piggywatch.collectors.postgres.statements"),
 ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from piggywatch.store import MetricSpec, Sample
 
@@ -42,6 +42,20 @@ class Collector(Protocol):
 
     def collect(self, now: float) -> list[Sample]:
         """Run one sampling cycle; ``now`` is the wall-clock time stamped on the samples."""
+        ...
+
+
+# One report of the HTTP API (GET /api/v1/<name>) for one target, built when asked.
+Report = Callable[[], list[dict[str, Any]]]
+
+
+@runtime_checkable
+class ServesReports(Protocol):
+    """A collector that also serves API reports (the statements collector: its top
+    statements). The daemon gathers them by name, without knowing the collector's class."""
+
+    def reports(self) -> Mapping[str, Report]:
+        """The reports this collector serves, by report name."""
         ...
 
 

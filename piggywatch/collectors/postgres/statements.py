@@ -19,7 +19,7 @@ from typing import Any
 
 from psycopg import sql
 
-from piggywatch.collectors.base import CollectorError
+from piggywatch.collectors.base import CollectorError, Report
 from piggywatch.collectors.postgres.query_text import QueryTexts
 from piggywatch.collectors.postgres.statement_counters import Continuity, StatementCounters
 from piggywatch.collectors.postgres.statement_snapshot import (
@@ -155,6 +155,10 @@ class StatementsCollector:
             texts = [self._texts.get(group) or "" for group, *_ in top]
         return [_figures(labels, text, delta, totals, interval)
                 for (_, labels, delta, totals), text in zip(top, texts, strict=True)]
+
+    def reports(self) -> dict[str, Report]:
+        """The API report this collector serves (GET /api/v1/statements)."""
+        return {"statements": lambda: [s.as_dict() for s in self.top_statements()]}
 
     @property
     def main_query(self) -> sql.Composed | None:
