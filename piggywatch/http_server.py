@@ -2,7 +2,7 @@
 
 One thread reads and writes every connection without blocking (TLS handshake included); only
 complete requests go to a small fixed pool of threads that run the WSGI app through wsgiref,
-into memory, and the reading thread sends their responses. So:
+into memory (``wsgi_adapter.py``), and the reading thread sends their responses. So:
 
 - a client that sends half a request, or none, or reads its response slowly, costs a socket
   and a buffer, not a thread;
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import io
 import json
 import logging
 import queue
@@ -35,14 +34,12 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import IO, Any, cast
-from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
+from typing import Any
+
+from piggywatch.wsgi_adapter import Request, WSGIApp, answer, wsgi_server
 
 log = logging.getLogger("piggywatch.server")
-
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_REQUEST_TIMEOUT_SECONDS = 10.0
@@ -75,15 +72,6 @@ class _Connection:
     out: memoryview | None = None
 
 
-@dataclass(frozen=True)
-class _Request:
-    """A connection whose request has arrived in full, for a worker to answer."""
-
-    sock: socket.socket
-    data: bytes
-    response: _ResponseBuffer = field(default_factory=lambda: _ResponseBuffer())
-
-
 class HttpServer:
     """The daemon's HTTP server, optionally over TLS: ``start()`` serves in the background."""
 
@@ -93,8 +81,7 @@ class HttpServer:
                  threads: int = WORKER_THREADS) -> None:
         if max_connections < 1 or not 0 < request_timeout < float("inf"):
             raise ValueError("max_connections must be >= 1 and request_timeout > 0 seconds")
-        server_class = _IPv6WSGIServer if ":" in host else _WSGIServer
-        self._wsgi = server_class((host, port), _RequestHandler, bind_and_activate=False)
+        self._wsgi = wsgi_server(host, port)
         try:
             self._wsgi.server_bind()
             self._wsgi.server_activate()
@@ -123,7 +110,7 @@ class HttpServer:
         self._responses: queue.SimpleQueue[tuple[socket.socket, bytes]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._answering = 0  # handed to the workers and not yet closed
-        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self._stopping = False
         self._refused = 0
         self._refusal_logged_at = -REFUSALS_LOGGED_EVERY_SECONDS
@@ -283,7 +270,7 @@ class HttpServer:
             del self._reading[connection.sock.fileno()]
             with self._lock:
                 self._answering += 1
-            self._queue.put(_Request(connection.sock, bytes(connection.data)))
+            self._queue.put(Request(connection.sock, bytes(connection.data)))
 
     def _handshake(self, connection: _Connection) -> bool:
         sock = connection.sock
@@ -396,9 +383,7 @@ class HttpServer:
         so a client that reads slowly holds no worker either."""
         while (request := self._queue.get()) is not None:
             try:
-                address = request.sock.getpeername()
-                # wsgiref types its request as a socket; ours carries the bytes read as well.
-                _RequestHandler(request, address, self._wsgi)  # type: ignore[arg-type]
+                answer(request, self._wsgi)
             except OSError as exc:  # the client is gone: nothing to send
                 log.debug("http: answering a request failed: %s", exc)
             except Exception:  # a bug: log it, keep serving
@@ -448,100 +433,3 @@ def _finish(sock: socket.socket) -> None:
 def _close(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.close()
-
-
-class _WSGIServer(WSGIServer):
-    """Used for its bound socket and WSGI environ; the loop is HttpServer's."""
-
-    request_queue_size = 128
-
-
-class _IPv6WSGIServer(_WSGIServer):
-    address_family = socket.AF_INET6
-
-
-class _ResponseBuffer(io.BufferedIOBase):
-    """Where wsgiref writes the response (the reader thread sends it afterwards)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._parts: list[bytes] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        chunk = bytes(data)
-        self._parts.append(chunk)
-        return len(chunk)
-
-    def getvalue(self) -> bytes:
-        return b"".join(self._parts)
-
-
-class _LogStream(io.TextIOBase):
-    """wsgi.errors: what an app writes there becomes a log line."""
-
-    def write(self, text: str) -> int:
-        if text.strip():
-            log.warning("http: %s", text.strip())
-        return len(text)
-
-
-class _ServerHandler(ServerHandler):
-    """wsgiref's handler with its errors logged, and a JSON 500 without the traceback."""
-
-    error_status = "500 Internal Server Error"
-    error_headers = [("Content-Type", "application/json")]  # noqa: RUF012 (wsgiref copies it)
-    error_body = json.dumps({"status": "error", "error": "internal error; the daemon's log "
-                             "has the details"}).encode()
-
-    def log_exception(self, exc_info: Any) -> None:
-        if isinstance(exc_info[1], OSError):
-            log.debug("http: the client went away: %s", exc_info[1])
-        else:
-            log.error("http: the request failed", exc_info=exc_info)
-
-
-class _RequestHandler(WSGIRequestHandler):
-    """wsgiref's request handler over a request already read in full."""
-
-    request: _Request
-
-    def setup(self) -> None:
-        self.connection = self.request.sock
-        self.rfile = io.BytesIO(self.request.data)
-        self.wfile = self.request.response
-
-    def get_stderr(self) -> Any:
-        return _LogStream()
-
-    def handle(self) -> None:
-        self.raw_requestline = self.rfile.readline(65537)
-        if len(self.raw_requestline) > 65536:
-            self.requestline = self.request_version = self.command = ""
-            self.send_error(414)
-            return
-        if not self.parse_request():
-            return
-        handler = _ServerHandler(self.rfile, cast(IO[bytes], self.wfile), self.get_stderr(),
-                                 self.get_environ(), multithread=True)
-        handler.request_handler = self  # type: ignore[attr-defined]  # wsgiref's back pointer
-        handler.run(self.server.get_app())  # type: ignore[attr-defined]
-
-    def send_error(self, code: int, message: str | None = None,
-                   explain: str | None = None) -> None:
-        """A request wsgiref cannot parse: a JSON error instead of its HTML page."""
-        reason = self.responses.get(code, ("Error", ""))[0]
-        body = json.dumps({"status": "error", "error": message or reason}).encode()
-        self.close_connection = True
-        self.send_response(code, reason)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http: " + format, *args)

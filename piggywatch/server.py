@@ -23,9 +23,9 @@ from piggywatch.http_server import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_REQUEST_TIMEOUT_SECONDS,
     HttpServer,
-    WSGIApp,
 )
 from piggywatch.state import STATE_ERRORS
+from piggywatch.wsgi_adapter import WSGIApp
 
 if TYPE_CHECKING:
     from piggywatch.config import ServerConfig
