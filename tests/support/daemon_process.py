@@ -29,11 +29,14 @@ class DaemonProcess:
     """
 
     def __init__(self, config: Path, workdir: Path, env: dict[str, str] | None = None,
-                 *, port: int | None = None, token: str = API_TOKEN) -> None:
+                 *, port: int | None = None, token: str = API_TOKEN,
+                 wait_ready: bool = True) -> None:
         self._fixed_port = port is not None
         self.port = port or free_port()
         self.config = config
         self.token = token
+        # Enter returns once /readyz answers 200, or with wait_ready false once /healthz does.
+        self._ready_path = "/readyz" if wait_ready else "/healthz"
         self.stderr_path = workdir / "daemon.stderr"
         self._env = {**os.environ, "PIGGYWATCH_SERVER__API_TOKEN": token, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -53,8 +56,8 @@ class DaemonProcess:
                 stdout=subprocess.DEVNULL, stderr=self._stderr, env=self._env)
             proc = self.proc
             wait_for(lambda p=proc: p.poll() is not None or  # type: ignore[misc]
-                     self.get("/readyz").status_code == 200,
-                     20, "/readyz is 200", interval=0.1, details=self.stderr)
+                     self.get(self._ready_path).status_code == 200,
+                     20, f"{self._ready_path} is 200", interval=0.1, details=self.stderr)
             if proc.poll() is None:
                 return self
             # Another process took the free port between its choice and the daemon's bind.
