@@ -60,7 +60,7 @@ CHANGING = "leadership is changing; retry in a few seconds"
 DELIVERY_METRICS_SECONDS = 5.0
 # How often a SQLite state file is checked (still there, writable) for the metric and log.
 STATE_CHECK_SECONDS = 2.0
-STATE_SOURCE = "piggywatch/state"
+STATE_STORE_KEY = "piggywatch/state"
 
 
 class Daemon:
@@ -116,7 +116,7 @@ class Daemon:
 
             register_delivery_metrics(self.store)
             self.inbox = Inbox()
-        self._source = CombinedSource(self.store, None, lambda: MEMORY_WINDOW)
+        self._series = CombinedSource(self.store, None, lambda: MEMORY_WINDOW)
         self.rules = self._build_rules()
         if self.rules is not None:
             self.rules.suspend()  # until this replica is elected (at once, with SQLite)
@@ -173,7 +173,7 @@ class Daemon:
             return None
         no_data = self.settings.no_data
         return RuleManager(
-            self.store, self._source, self.inbox if self.inbox is not None else _no_delivery,
+            self.store, self._series, self.inbox if self.inbox is not None else _no_delivery,
             default_interval=self.settings.evaluation_interval,
             no_data=NoData(no_data.default),
             no_data_groups={g: NoData(p) for g, p in no_data.groups.items()},
@@ -202,7 +202,7 @@ class Daemon:
             if self.rules is not None:
                 history = History(state)
                 history.keep(self.rules.long_range_selectors(MEMORY_WINDOW))
-                self._source.history = self.history = history
+                self._series.history = self.history = history
                 self.rules.resume(AlertStateDB(state))
             if self.settings.route is not None:
                 from piggywatch.delivery import AlertDelivery, firing_events
@@ -242,7 +242,7 @@ class Daemon:
                 delivery.stop(STOP_GRACE_SECONDS - 1.0 if self._stop.is_set() else 0.0)
                 clear_delivery_metrics(self.store)
             history, self.history = self.history, None
-            self._source.history = None
+            self._series.history = None
             if history is not None:
                 if self._stop.is_set():
                     # Keep what memory holds, so long-range rules see it after a restart.
@@ -362,7 +362,7 @@ class Daemon:
         start = time.time()
         for job in self.jobs:
             self._scheduler.add_job(
-                job.run, "interval", seconds=job.interval, id=job.source, name=job.source,
+                job.run, "interval", seconds=job.interval, id=job.store_key, name=job.store_key,
                 next_run_time=_utc(start),
                 # A cycle that could not start on time is skipped, not run late in a burst.
                 misfire_grace_time=max(1, int(job.interval / 2)),
@@ -404,12 +404,12 @@ class Daemon:
                 log.info("state file %s is usable again", self.state.describe())
             self._state_problem = problem
         now = time.time()
-        self.store.publish(STATE_SOURCE, [Sample("piggywatch_state_database_up", labels_of(),
+        self.store.publish(STATE_STORE_KEY, [Sample("piggywatch_state_database_up", labels_of(),
                                                  0.0 if problem else 1.0, now)], now)
 
     def _publish_leadership(self) -> None:
         now = time.time()
-        self.store.publish(leadership_metrics.SOURCE, self.leadership.samples(now), now)
+        self.store.publish(leadership_metrics.STORE_KEY, self.leadership.samples(now), now)
 
     def _publish_leader_metrics(self) -> None:
         self._publish_leadership()

@@ -76,10 +76,10 @@ class AlertDelivery:
     def publish(self, store: MemoryStore) -> None:
         """Write the delivery metrics to the store."""
         now = time.time()
-        store.publish(incident_desk.SOURCE, self.incidents.samples(now), now)
-        store.publish(outboxes.SOURCE, self.outbox.samples(now), now)
+        store.publish(incident_desk.STORE_KEY, self.incidents.samples(now), now)
+        store.publish(outboxes.STORE_KEY, self.outbox.samples(now), now)
         if self.hooks is not None:
-            store.publish(ack.SOURCE, self.hooks.samples(), now)
+            store.publish(ack.STORE_KEY, self.hooks.samples(), now)
 
     def stop(self, grace: float) -> None:
         """Stop dispatching, deliver for up to ``grace`` seconds, close the state."""
@@ -101,9 +101,9 @@ def register_delivery_metrics(store: MemoryStore) -> None:
 def clear_delivery_metrics(store: MemoryStore) -> None:
     """Withdraw the delivery metrics (a standby delivers nothing; the leader exports them)."""
     now = time.time()
-    store.publish(incident_desk.SOURCE, [], now)
-    store.publish(outboxes.SOURCE, [], now)
-    store.publish(ack.SOURCE, [], now)
+    store.publish(incident_desk.STORE_KEY, [], now)
+    store.publish(outboxes.STORE_KEY, [], now)
+    store.publish(ack.STORE_KEY, [], now)
 
 
 def firing_events(rules: RuleManager | None) -> list[AlertEvent] | None:

@@ -58,7 +58,7 @@ class CollectorJob:
     _merge_key: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     @property
-    def source(self) -> str:
+    def store_key(self) -> str:
         """The store key of this job's snapshot."""
         return f"{self.owner}/{self.collector.name}"
 
@@ -92,16 +92,16 @@ class CollectorJob:
             self.store.register(self.collector.specs())
         stamped = self.interval <= STAMPED_MAX_INTERVAL
         if error is None:
-            self.store.publish(self.source, samples, now, stamped=stamped)
+            self.store.publish(self.store_key, samples, now, stamped=stamped)
             if self._failing is not None:
                 log.info("collector %s of %s recovered", self.collector.name, self.owner)
                 self._failing = None
         elif samples:
             # Only what the failure itself established (e.g. redis_up 0) stays current.
-            self.store.publish(self.source, samples, now, stamped=stamped)
+            self.store.publish(self.store_key, samples, now, stamped=stamped)
         else:
             # Stale figures would look current; drop them until the next success.
-            self.store.clear(self.source)
+            self.store.clear(self.store_key)
         self.attempted = True
         self.self_metrics.cycle_done(
             self.owner, self.collector.name, duration=time.monotonic() - started, now=now,

@@ -47,7 +47,7 @@ from piggywatch.store import MetricKind, MetricSpec, Sample, labels_of
 
 log = logging.getLogger(__name__)
 
-SOURCE = "piggywatch/leadership"
+STORE_KEY = "piggywatch/leadership"
 SPECS = (
     MetricSpec("piggywatch_leader", MetricKind.GAUGE,
                "1 on the replica that evaluates rules and delivers notifications, 0 on "

@@ -10,7 +10,7 @@ from piggywatch import __version__
 from piggywatch.store import MemoryStore, MetricKind, MetricSpec, Sample, labels_of
 
 REASONS = ("connect", "query", "timeout", "busy", "setup", "internal")
-SOURCE = "piggywatch/self"
+STORE_KEY = "piggywatch/self"
 
 SPECS = (
     MetricSpec("pg_up", MetricKind.GAUGE,
@@ -125,4 +125,4 @@ class SelfMetrics:
                 out.append(Sample("piggywatch_collector_samples",
                                   labels_of(target=target, collector=collector), n, now))
         out.append(Sample("piggywatch_store_series", (), self._store.series_count(), now))
-        self._store.publish(SOURCE, out, now)
+        self._store.publish(STORE_KEY, out, now)

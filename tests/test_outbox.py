@@ -33,7 +33,7 @@ from piggywatch.alerting.model import (
     Notification,
     Outcome,
 )
-from piggywatch.alerting.outbox import SOURCE, SPECS, Outbox
+from piggywatch.alerting.outbox import SPECS, STORE_KEY, Outbox
 from piggywatch.alerting.outbox_store import decode_notification, encode_notification
 from piggywatch.alerting.settings import Receiver
 from piggywatch.state import NotLeader, PostgresState, SQLiteState, StateStore, Tx
@@ -676,7 +676,7 @@ def test_metrics_describe_depth_age_results_and_latency(
     assert values[("piggywatch_notification_latency_seconds_sum", "")] == 65 + 62
     store = MemoryStore()
     store.register(SPECS)
-    store.publish(SOURCE, outbox.samples(clock.now), clock.now)  # every sample is declared
+    store.publish(STORE_KEY, outbox.samples(clock.now), clock.now)  # every sample is declared
     assert {s.name for s in outbox.samples(clock.now)} == {spec.name for spec in SPECS}
 
 

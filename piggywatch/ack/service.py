@@ -48,11 +48,11 @@ if TYPE_CHECKING:
     from piggywatch.alerting.escalation import Escalation
     from piggywatch.alerting.incidents import Incidents
 
-__all__ = ["SOURCE", "SPECS", "AckService", "HookAnswer", "silence_matchers"]
+__all__ = ["SPECS", "STORE_KEY", "AckService", "HookAnswer", "silence_matchers"]
 
 log = logging.getLogger(__name__)
 
-SOURCE = "piggywatch/ack"
+STORE_KEY = "piggywatch/ack"
 SPECS = (
     MetricSpec("piggywatch_hook_requests_total", MetricKind.COUNTER,
                "Requests to the acknowledgement hooks (pagerduty, slack, link) by outcome: "

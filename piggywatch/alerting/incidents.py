@@ -25,11 +25,11 @@ from piggywatch.alerting.settings import Receiver
 from piggywatch.alerting.silences import Silences
 from piggywatch.store.samples import MetricKind, MetricSpec, Sample, labels_of
 
-__all__ = ["SOURCE", "SPECS", "AckResult", "Incidents"]
+__all__ = ["SPECS", "STORE_KEY", "AckResult", "Incidents"]
 
 log = logging.getLogger("piggywatch.alerting.dispatcher")
 
-SOURCE = "piggywatch/alerting"
+STORE_KEY = "piggywatch/alerting"
 
 SPECS = (
     MetricSpec("piggywatch_alert_incidents", MetricKind.GAUGE,
@@ -212,7 +212,7 @@ class Incidents:
             return found
 
     def samples(self, now: float) -> list[Sample]:
-        """The pipeline's metrics (see ``SPECS``), for ``MemoryStore.publish(SOURCE, …)``."""
+        """The pipeline's metrics (see ``SPECS``), for ``MemoryStore.publish(STORE_KEY, …)``."""
         book = self._book
         with book.lock:
             levels: dict[tuple[int, bool], int] = {}

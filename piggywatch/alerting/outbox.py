@@ -32,12 +32,12 @@ from types import TracebackType
 from piggywatch.alerting.inbox import FailureSink
 from piggywatch.alerting.model import Delivery, Notification, Notifier, Outcome
 from piggywatch.alerting.outbox_lane import Lane, PendingItem
-from piggywatch.alerting.outbox_metrics import SOURCE, SPECS, OutboxMetrics
+from piggywatch.alerting.outbox_metrics import SPECS, STORE_KEY, OutboxMetrics
 from piggywatch.alerting.outbox_store import Claim, OutboxStore
 from piggywatch.state import STATE_ERRORS, NotLeader, StateLike
 from piggywatch.store.samples import Sample
 
-__all__ = ["SOURCE", "SPECS", "Outbox"]
+__all__ = ["SPECS", "STORE_KEY", "Outbox"]
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ class Outbox:
     # -- metrics
 
     def samples(self, now: float) -> list[Sample]:
-        """The outbox's metrics (see ``SPECS``), for ``MemoryStore.publish(SOURCE, …)``."""
+        """The outbox's metrics (see ``SPECS``), for ``MemoryStore.publish(STORE_KEY, …)``."""
         with self._lock:
             return self._metrics.samples(now, self._lanes.values())
 

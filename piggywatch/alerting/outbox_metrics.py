@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from piggywatch.alerting.outbox_lane import Lane
 from piggywatch.store.samples import MetricKind, MetricSpec, Sample, labels_of
 
-__all__ = ["RESULTS", "SOURCE", "SPECS", "OutboxMetrics"]
+__all__ = ["RESULTS", "SPECS", "STORE_KEY", "OutboxMetrics"]
 
-SOURCE = "piggywatch/outbox"
+STORE_KEY = "piggywatch/outbox"
 RESULTS = ("accepted", "retried", "failed")
 
 SPECS = (
