@@ -108,7 +108,7 @@ def test_pagerduty_acknowledged_webhook_stops_the_climb(
             wait_for(lambda: "Acknowledged by Jane Oncall in PagerDuty" in str(
                 channels.slack.message(post.channel, post.ts).attachments), 10,
                 "the Slack message says who acknowledged in PagerDuty")
-            time.sleep(WAIT + 2)
+            daemon.wait_until_settled(after=time.time() + WAIT)
             assert not leads_mailed(channels), "Level 2 was paged after the acknowledgement"
             assert [e["event_action"] for e in channels.pagerduty.events] == ["trigger"], \
                 "PagerDuty's own acknowledgement is not echoed back to it"
@@ -150,7 +150,7 @@ def test_slack_button_acknowledges_pagerduty_on_the_same_dedup_key(
             wait_for(lambda: "Acknowledged by @jane in Slack" in str(
                 channels.slack.message(post.channel, post.ts).attachments), 10,
                 "the Slack message updated")
-            time.sleep(WAIT + 1)
+            daemon.wait_until_settled(after=time.time() + WAIT)
             assert not leads_mailed(channels)
             [alert] = daemon.api("GET", "/api/v1/alerts").json()["data"]["alerts"]
             assert (alert["ack"]["source"], alert["ack"]["by_id"]) == ("slack", "U0ONCALL1")
@@ -173,7 +173,7 @@ def test_mail_link_get_does_nothing_post_acknowledges(
             local = daemon.url + link.group(1).removeprefix("http://piggywatch.test")
             page = httpx.get(local, timeout=10)
             assert page.status_code == 200 and "oncall@example.com" in page.text
-            time.sleep(1)
+            daemon.wait_until_settled(after=time.time())
             [alert] = daemon.api("GET", "/api/v1/alerts").json()["data"]["alerts"]
             assert alert["ack"] is None, "a GET (a mail scanner) acknowledged"
             token = local.rsplit("/", 1)[1]
@@ -184,7 +184,7 @@ def test_mail_link_get_does_nothing_post_acknowledges(
             [alert] = daemon.api("GET", "/api/v1/alerts").json()["data"]["alerts"]
             assert (alert["ack"]["source"], alert["ack"]["by"]) == ("email",
                                                                     "oncall@example.com")
-            time.sleep(WAIT + 1)
+            daemon.wait_until_settled(after=time.time() + WAIT)
             assert not leads_mailed(channels)
     finally:
         for conn in connections:

@@ -108,7 +108,7 @@ def under_load(pg_cluster: ThrowawayCluster) -> Iterator[None]:
         with psycopg.connect(pg_cluster.dsn(dbname=DEMO_DATABASE), autocommit=True) as conn:
             while not stop.is_set():
                 conn.execute("SELECT 1")
-                time.sleep(0.005)
+                stop.wait(0.005)  # pacing: about 200 commits a second
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
@@ -186,11 +186,20 @@ def range_values(prometheus: str, expr: str, seconds: float) -> list[float]:
 
 def test_irate_of_a_counter_collected_every_15s_scraped_every_5s_has_no_spurious_zeros(
         prometheus: str, scrapers: dict[str, str]) -> None:
-    # Collections 15 s apart: wait until a window of four scrapes lies after the second one.
-    time.sleep(2 * SCRAPE)
     expr = (f'irate(pg_stat_database_xact_commit{{job="piggywatch", '
             f'datname="{DEMO_DATABASE}"}}[1m])')
-    ours = range_values(prometheus, expr, 3 * SCRAPE)
+
+    def window() -> list[float]:
+        try:
+            values = range_values(prometheus, expr, 3 * SCRAPE)
+        except ValueError:  # no series yet
+            return []
+        return values if len(values) >= 3 else []
+
+    # Collections 15 s apart: wait until irate has a value at each scrape of the window
+    # (two collections lie behind it), then look for zeros in it.
+    ours = wait_for(window, 12 * SCRAPE,
+                    "irate over three scrapes of PiggyWatch's counter")
     theirs = range_values(prometheus, expr.replace("piggywatch", "postgres_exporter"),
                           3 * SCRAPE)
     assert len(ours) >= 3

@@ -149,7 +149,7 @@ def test_page_escalate_ack_resolve(pg_cluster: ThrowawayCluster, channels: Chann
                      "Slack message updated")
             [alert] = daemon.api("GET", "/api/v1/alerts").json()["data"]["alerts"]
             assert alert["ack"]["by"] == "alice" and alert["ack"]["comment"] == "on it"
-            time.sleep(4)
+            daemon.wait_until_settled(after=time.time() + 3)  # Level 3's wait: 3s
             assert hook.posts == [], "no Level 3 after the acknowledgement"
             # Connections dropped: resolved everywhere, in the same incident and thread.
             for conn in connections:
@@ -197,7 +197,7 @@ def test_kill_9_while_pagerduty_fails_delivers_once_after_restart(
         pd.clear()  # PagerDuty recovers while the daemon is down
         with DaemonProcess(config, tmp_path, port=port) as second:
             wait_for(lambda: len(pd.events) == 1, 20, "the trigger delivered after restart")
-            time.sleep(1.5)
+            second.wait_until_settled(after=time.time())
             second.terminate()
         [event] = pd.events
         assert event["event_action"] == "trigger"
@@ -235,7 +235,8 @@ escalations:
                                                     AlertState.FIRING, now, 0.85,
                                                     fired_at=now), now))
         wait_for(lambda: len(slack.messages) == 2, 10, "the alert and the failure on Slack")
-        time.sleep(1.0)
+        # Settled: the refused trigger is out of the outbox, nothing is left to retry.
+        wait_for(lambda: not delivery.outbox.pending(), 10, "the outbox empty")
     finally:
         delivery.stop(1.0)
     assert len(pd.requests) == 1, "a 400 is never retried"

@@ -22,6 +22,7 @@ from piggywatch.demo.cluster import (
     find_pg_bindir,
 )
 from piggywatch.demo.workload import SyntheticWorkload
+from tests.support.waiting import wait_for
 
 WORKLOAD_QUERYIDS = """
     SELECT count(DISTINCT queryid) FROM extensions.pg_stat_statements
@@ -35,15 +36,6 @@ def scalar(dsn: str, query: Any, params: tuple[Any, ...] | None = None) -> Any:
         row = conn.execute(query, params).fetchone()
     assert row is not None
     return row[0]
-
-
-def wait_for(condition: Any, timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return bool(condition())
 
 
 @pytest.fixture
@@ -146,7 +138,8 @@ def test_workload_produces_distinct_statements(pg_cluster: ThrowawayCluster) -> 
     workload = SyntheticWorkload(dsn, workers=2, pause=0.05)
     workload.start()
     try:
-        assert wait_for(lambda: scalar(dsn, WORKLOAD_QUERYIDS) >= 10, timeout=3.0)
+        wait_for(lambda: scalar(dsn, WORKLOAD_QUERYIDS) >= 10, 10, "10 distinct statements",
+                 interval=0.1)
         with psycopg.connect(dsn, autocommit=True) as conn:
             rows = conn.execute("SELECT application_name FROM pg_stat_activity").fetchall()
         app_names = {row[0] for row in rows}
@@ -163,13 +156,19 @@ def test_workload_survives_a_restart(
     caplog.set_level(logging.DEBUG, logger="piggywatch.demo.workload")
     dsn = pg_cluster.dsn(DEMO_DATABASE)
     new_log_rows = "SELECT count(*) FROM edge_functions_logs WHERE created_at > %s::timestamptz"
+    began = scalar(dsn, "SELECT now()")
     with SyntheticWorkload(dsn, workers=2, pause=0.02):
-        time.sleep(0.3)
+        wait_for(lambda: scalar(dsn, new_log_rows, (began,)) > 0, 10, "the workload writing",
+                 interval=0.1)
+        logged = len(caplog.records)
         pg_cluster.stop()
-        time.sleep(0.5)
+        # The workload has seen its connections fail before the server comes back.
+        wait_for(lambda: len(caplog.records) > logged, 10, "the workload noticing the stop",
+                 interval=0.05)
         pg_cluster.start()
         restarted_at = scalar(dsn, "SELECT now()")
-        assert wait_for(lambda: scalar(dsn, new_log_rows, (restarted_at,)) > 0, timeout=6.0)
+        wait_for(lambda: scalar(dsn, new_log_rows, (restarted_at,)) > 0, 20,
+                 "the workload writing again after the restart", interval=0.1)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert any("administrator command" in r.getMessage() for r in caplog.records)
 

@@ -116,7 +116,10 @@ def test_two_replicas_page_once_and_a_standby_answers_the_api(
         busy += load(pg_cluster)
         wait_for(lambda: len(pd.events) >= 1 and len(slack.messages) >= 1, 20,
                  "PagerDuty trigger and Slack post")
-        time.sleep(3 * TAKEOVER)  # time enough for a second replica's duplicate
+        # Three leases long, a standby that wrongly took over would have paged again; the
+        # leader has evaluated past that with nothing left to send.
+        leader.wait_until_settled(after=time.time() + 3 * TAKEOVER)
+        assert not is_leader(standby.metrics())
         assert len(triggers(pd)) == 1
         assert len(posts(channels)) == 1
         # The standby forwards API calls to the leader, which holds the alerts.
@@ -152,7 +155,6 @@ def test_sigkill_of_the_leader_with_an_escalation_due_fires_the_step_once(
         busy += load(pg_cluster)
         wait_for(lambda: len(pd.events) >= 1, 20, "PagerDuty trigger")
         # The Level 2 step falls due 4 s after the page; the leader dies before that.
-        time.sleep(1.0)
         assert smtp.mails == []
         assert leader.proc is not None
         leader.proc.send_signal(signal.SIGKILL)
@@ -160,9 +162,10 @@ def test_sigkill_of_the_leader_with_an_escalation_due_fires_the_step_once(
         leader.proc.wait()
         standby.wait_for_metric(is_leader, TAKEOVER + 5, "the standby takes over")
         took_over = time.monotonic() - killed
-        assert took_over <= TAKEOVER + 1.0, f"takeover took {took_over:.1f} s"
+        # One lease, with room for a loaded machine (the bench measures it: failover_bench).
+        assert took_over <= TAKEOVER + 3.0, f"takeover took {took_over:.1f} s"
         wait_for(lambda: len(smtp.mails) >= 1, 15, "the Level 2 mail from the new leader")
-        time.sleep(2 * TAKEOVER)
+        standby.wait_until_settled(after=time.time())
         assert len(smtp.mails) == 1, "the escalation step fired once"
         assert len(triggers(pd)) == 1, "no second trigger after the takeover"
         assert len({key for _, key in actions(pd)}) == 1
@@ -191,7 +194,7 @@ def test_a_leader_cut_from_the_state_database_steps_down_and_rejoins_as_standby(
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
         cut = time.monotonic()
         second.wait_for_metric(is_leader, TAKEOVER + 5, "the other replica takes over")
-        assert time.monotonic() - cut <= TAKEOVER + 1.0
+        assert time.monotonic() - cut <= TAKEOVER + 3.0
         first.wait_for_metric(lambda v: not is_leader(v), 5, "the cut leader steps down")
         # The incident resolves now: the new leader sends it, once.
         release(busy)
@@ -202,7 +205,8 @@ def test_a_leader_cut_from_the_state_database_steps_down_and_rejoins_as_standby(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
                 "'piggywatch-leader/%'").fetchone() == (2,), 3 * TAKEOVER + 5,
                 "the first replica's new lock session")
-        time.sleep(TAKEOVER)
+        # A lease later the first replica still waits as a standby.
+        second.wait_until_settled(after=time.time() + TAKEOVER)
         assert not is_leader(first.metrics()) and is_leader(second.metrics())
         assert value(first.metrics(), "piggywatch_leadership_changes_total",
                      to="standby") == 1.0

@@ -363,7 +363,7 @@ route:
             v = proc.metrics()
             for name in ("FirstUp", "SecondUp"):
                 assert value(v, "ALERTS", alertname=name, alertstate="firing") == 1
-            time.sleep(2)
+            proc.wait_until_settled(after=time.time())
             proc.terminate()
         assert sorted(statuses()) == firing
         log = proc.stderr()

@@ -53,6 +53,6 @@ route:
             proc.wait_until(lambda: "resolved" in statuses("BeforeReload"), 15,
                             "the removed rule's incident resolved")
             proc.wait_until(lambda: statuses("AfterReload") == ["firing"], 15, "the new page")
-            time.sleep(2)
+            proc.wait_until_settled(after=time.time())
             proc.terminate()
         assert statuses("BeforeReload") == ["firing", "resolved"]

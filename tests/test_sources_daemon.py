@@ -80,11 +80,18 @@ sources:
   system_memory: {{interval: 1s}}
 """)
     with DaemonProcess(config, tmp_path) as proc:
+        # Every series asserted below is there (the broken query has failed once, and said
+        # so), so the asserts read settled figures rather than race the first cycles.
         values = proc.wait_for_metric(
             lambda v: value(v, "probe_success", probe="broken") is not None
+            and value(v, "probe_success", probe="health") is not None
+            and value(v, "probe_http_status_code", probe="broken") is not None
             and value(v, "app_sessions_sessions") is not None
             and value(v, "redis_up") is not None
             and value(v, "system_memory_usage_ratio") is not None
+            and value(v, "piggywatch_collector_errors_total", collector="custom_sql:broken",
+                      reason="query") is not None
+            and "custom query 'broken'" in proc.stderr()
             and any(name == "edge_function_invocations_total" for name, _ in v),
             15, "every source")
         proc.terminate()

@@ -14,7 +14,7 @@ from typing import Any, Self
 
 import httpx
 
-from tests.support.metrics import Values, parse_metrics
+from tests.support.metrics import Values, parse_metrics, total
 from tests.support.ports import ATTEMPTS, free_port
 from tests.support.waiting import wait_for
 
@@ -110,6 +110,32 @@ class DaemonProcess:
         self.wait_until(check, timeout, what)
         return found[0]
 
+    def wait_until_settled(self, after: float, timeout: float = 30.0,
+                           passes: int = 2) -> Values:
+        """The positive signal that nothing more is on its way: wait until the wall clock is
+        past ``after`` (e.g. the end of an escalation's wait), then until the rules were
+        evaluated ``passes`` more times (the dispatcher runs on the evaluating thread, so it
+        ran its passes too), with the outbox empty and the notification counts unchanged
+        across those passes. Returns the metrics read last; a test then asserts that
+        nothing (more) was sent."""
+        wait_for(lambda: time.time() >= after, max(0.0, after - time.time()) + timeout,
+                 "the clock to pass the moment asked", interval=0.05)
+        first = self.metrics()
+        seen: list[Values] = [first]
+
+        def settled() -> bool:
+            values = self.metrics()
+            last = seen[-1]
+            seen.append(values)
+            return (total(values, "piggywatch_rule_evaluations_total")
+                    >= total(first, "piggywatch_rule_evaluations_total") + passes
+                    and total(values, "piggywatch_outbox_depth") == 0
+                    and _notifications(values) == _notifications(last))
+
+        wait_for(settled, timeout, f"{passes} evaluations with the outbox empty and no "
+                 "notification counted in between", interval=0.2, details=self.stderr)
+        return seen[-1]
+
     def terminate(self, timeout: float = 5.0) -> tuple[int, float]:
         """SIGTERM; returns the exit code and how long the exit took."""
         assert self.proc is not None
@@ -122,6 +148,12 @@ class DaemonProcess:
         if not self._stderr.closed:
             self._stderr.flush()
         return self.stderr_path.read_text(errors="replace")
+
+
+def _notifications(values: Values) -> dict[frozenset[tuple[str, str]], float]:
+    return {labels: v for (name, labels), v in values.items()
+            if name in ("piggywatch_notifications_total",
+                        "piggywatch_notifications_created_total")}
 
 
 def fast_rules_config(dsn: str) -> str:
