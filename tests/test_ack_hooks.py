@@ -26,12 +26,13 @@ from piggywatch.ack.slack_interactions import (
 )
 from piggywatch.ack.socket_mode import SlackSocketMode
 from piggywatch.alerting.dispatcher import Dispatcher
-from piggywatch.alerting.model import Action, Delivery, Notification, Outcome
+from piggywatch.alerting.model import Action
 from piggywatch.alerting.notifiers.slack import slack_message
 from piggywatch.alerting.outbox import Outbox
 from piggywatch.alerting.settings import AlertingSettings
 from piggywatch.http_server import HttpServer
 from piggywatch.rules.alerts import Alert, AlertEvent, AlertState, EventKind
+from tests.support.notifiers import RecordingNotifier
 from tests.support.servers.pagerduty_hooks import (
     PagerDutyRestServer,
     PagerDutyWebhookSender,
@@ -78,11 +79,6 @@ escalations:
 """
 
 
-class Accepting:
-    def send(self, notification: Notification, receipt: Any) -> Delivery:
-        return Delivery(Outcome.ACCEPTED)
-
-
 class Hooks:
     """A dispatcher with an unstarted outbox (what it committed is read back), the hook
     service, and the hook endpoints served by the daemon's HTTP server."""
@@ -90,7 +86,7 @@ class Hooks:
     def __init__(self, tmp_path: Path, slack: SlackServer, pd_api: str) -> None:
         state = tmp_path / "state.db"
         self.settings = AlertingSettings.model_validate(yaml.safe_load(config(slack, pd_api)))
-        self.outbox = Outbox(state, {name: Accepting() for name in RECEIVERS})
+        self.outbox = Outbox(state, {name: RecordingNotifier() for name in RECEIVERS})
         self.dispatcher = Dispatcher(self.settings, self.outbox, state)
         self.links = AckLinks(LINK_SECRET, 86400, "http://piggywatch.test")
         self.service = AckService(self.dispatcher.incidents, state, self.settings.receivers,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import yaml
 from click.testing import CliRunner
 
 from piggywatch.alerting.dispatcher import Dispatcher
-from piggywatch.alerting.model import Action, Delivery, Notification, Outcome
+from piggywatch.alerting.model import Action
 from piggywatch.alerting.outbox import Outbox
 from piggywatch.alerting.settings import AlertingSettings
 from piggywatch.api import DaemonApi
@@ -25,6 +25,7 @@ from piggywatch.exporter import build_registry
 from piggywatch.rules.manager import NoData, RuleManager
 from piggywatch.server import Access, Endpoints, HttpServer
 from piggywatch.store import MemoryStore, MetricKind, MetricSpec, Sample, labels_of
+from tests.support.notifiers import RecordingNotifier
 from tests.support.servers.tls import cryptography_available, make_certificate
 
 TOKEN = "api-token-for-tests-0123456789"
@@ -43,11 +44,6 @@ route: {receiver: oncall, group_by: [alertname, target], group_wait: 0s}
 """
 
 
-class Accepting:
-    def send(self, notification: Notification, receipt: Mapping[str, str]) -> Delivery:
-        return Delivery(Outcome.ACCEPTED)
-
-
 @dataclass
 class Running:
     url: str
@@ -60,7 +56,7 @@ def serve(tmp_path: Path, access: Access, tls: tuple[str, str] | None = None
     """Rules with one firing alert, notified through the dispatcher, behind the API."""
     store = MemoryStore()
     store.register([MetricSpec("queue_depth", MetricKind.GAUGE, "test")])
-    outbox = Outbox(tmp_path / "state.db", {"oncall": Accepting()})
+    outbox = Outbox(tmp_path / "state.db", {"oncall": RecordingNotifier()})
     settings = AlertingSettings.model_validate(yaml.safe_load(DELIVERY))
     dispatcher = Dispatcher(settings, outbox, tmp_path / "state.db")
     rules = RuleManager(store, store, dispatcher.handle, no_data=NoData.OK)

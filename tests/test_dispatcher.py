@@ -7,7 +7,7 @@ committed is read back with ``pending()`` and nothing is sent anywhere.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -21,6 +21,7 @@ from piggywatch.alerting.outbox import Outbox
 from piggywatch.alerting.settings import AlertingSettings
 from piggywatch.rules.alerts import Alert, AlertEvent, AlertState, EventKind
 from piggywatch.state import StateLike
+from tests.support.notifiers import RecordingNotifier
 
 LONDON = ZoneInfo("Europe/London")
 T0 = datetime(2026, 3, 4, 10, 0, tzinfo=LONDON).timestamp()  # a Wednesday, 10:00
@@ -65,20 +66,13 @@ time_intervals:
 """
 
 
-class Accepting:
-    """A channel that takes everything (the outbox is never started in these tests)."""
-
-    def send(self, notification: Notification, receipt: Mapping[str, str]) -> Delivery:
-        return Delivery(Outcome.ACCEPTED)
-
-
 class Pipeline:
     """A dispatcher and its (unstarted) outbox on one state file (or store)."""
 
     def __init__(self, state: StateLike, config: str = CONFIG) -> None:
         self.state = state
         self.settings = AlertingSettings.model_validate(yaml.safe_load(config))
-        self.outbox = Outbox(state, {name: Accepting() for name in RECEIVERS})
+        self.outbox = Outbox(state, {name: RecordingNotifier() for name in RECEIVERS})
         self.dispatcher = Dispatcher(self.settings, self.outbox, state, clock=lambda: T0)
         self.seen = 0
 
