@@ -84,7 +84,7 @@ def main() -> int:
                                                       alert, now))
                 _wait(lambda n=i: len([m for m in slack.messages if m.thread_ts is None]) > n)
                 post = [m for m in slack.messages if m.thread_ts is None][i]
-                key = next(e.incident for e in delivery.dispatcher.incidents()
+                key = next(e.incident for e in delivery.incidents.incidents()
                            if e.group_labels.get("target") == f"t{i}")
                 # On-call answers later than Slack's one-message-a-second throttle (the outbox
                 # keeps it per receiver): measured is the way back, not the throttle.
