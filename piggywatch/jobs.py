@@ -186,9 +186,9 @@ def build_collectors(config: TargetConfig, target: PostgresTarget) -> list[tuple
 # (and its library: redis-py, httpx) is imported only when its key is configured.
 SOURCES: dict[str, str] = {
     "edge_functions": "piggywatch.collectors.edge_functions",
-    "custom_sql": "piggywatch.collectors.custom_sql",
     "growth": "piggywatch.collectors.growth",
     "cost": "piggywatch.collectors.cost",
+    "custom_sql": "piggywatch.collectors.custom_sql",
     "redis": "piggywatch.collectors.redis_cache",
     "probes": "piggywatch.collectors.probes",
     "system_memory": "piggywatch.collectors.system_memory",
