@@ -7,6 +7,7 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,17 @@ def test_unknown_role_has_no_password(pg_cluster: ThrowawayCluster) -> None:
         pg_cluster.dsn(user="nobody")
 
 
-def test_stop_and_start_keep_port_and_data(pg_cluster: ThrowawayCluster) -> None:
+@pytest.fixture(scope="module")
+def own_cluster() -> Iterator[ThrowawayCluster]:
+    """A cluster of this module's own with the demo, for the tests that stop and start it:
+    the session's cluster stays up for every other test."""
+    with ThrowawayCluster(max_connections=20) as cluster:
+        cluster.bootstrap_demo()
+        yield cluster
+
+
+def test_stop_and_start_keep_port_and_data(own_cluster: ThrowawayCluster) -> None:
+    pg_cluster = own_cluster
     port = pg_cluster.port
     dsn = pg_cluster.dsn(DEMO_DATABASE)
     pg_cluster.stop()
@@ -151,8 +162,9 @@ def test_workload_produces_distinct_statements(pg_cluster: ThrowawayCluster) -> 
 
 
 def test_workload_survives_a_restart(
-    pg_cluster: ThrowawayCluster, caplog: pytest.LogCaptureFixture
+    own_cluster: ThrowawayCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
+    pg_cluster = own_cluster
     caplog.set_level(logging.DEBUG, logger="piggywatch.demo.workload")
     dsn = pg_cluster.dsn(DEMO_DATABASE)
     new_log_rows = "SELECT count(*) FROM edge_functions_logs WHERE created_at > %s::timestamptz"
