@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from piggywatch.ack.http import HookEndpoints
-from piggywatch.config import parse_settings
+from piggywatch.config_file import parse_settings
 from piggywatch.delivery import AlertDelivery
 from piggywatch.http_server import HttpServer
 from piggywatch.rules.alerts import Alert, AlertEvent, AlertState, EventKind

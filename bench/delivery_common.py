@@ -8,14 +8,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from piggywatch.config import parse_settings
+from piggywatch.config_file import parse_settings
 from piggywatch.delivery import AlertDelivery, register_delivery_metrics
 from piggywatch.rules.manager import NoData, RuleManager
 from piggywatch.store import MemoryStore, MetricKind, MetricSpec
 from tests.support.servers._http import RecordedRequest, Reply
 from tests.support.servers.pagerduty import PagerDutyServer
 from tests.support.servers.webhook import WebhookServer
-
 
 ROUTING_KEY = "B3NCHK3Y0123456789abcdefABCDEF00"
 RULE = """\

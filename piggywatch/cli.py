@@ -20,7 +20,8 @@ from piggywatch.api_client import (
     printable,
     silences_table,
 )
-from piggywatch.config import ConfigError, Settings, check_listen, load_settings
+from piggywatch.config import Settings, check_listen
+from piggywatch.config_file import ConfigError, load_settings
 from piggywatch.yamlpos import FileProblems
 
 CONFIG_OPTION = click.option(

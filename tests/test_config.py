@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from piggywatch.config import ConfigError, load_settings, parse_settings
+from piggywatch.config_file import ConfigError, load_settings, parse_settings
 from piggywatch.config_types import MAX_DURATION_SECONDS, parse_duration
 
 GOOD = """\

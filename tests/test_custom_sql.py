@@ -16,7 +16,7 @@ from piggywatch.collectors.custom_sql import (
     custom_sql_collectors,
 )
 from piggywatch.collectors.postgres.target import PostgresTarget
-from piggywatch.config import ConfigError, parse_settings
+from piggywatch.config_file import ConfigError, parse_settings
 from piggywatch.demo.cluster import DEMO_DATABASE, MONITOR_ROLE, ThrowawayCluster
 from piggywatch.jobs import CollectorJob
 from piggywatch.selfmetrics import SelfMetrics

@@ -17,7 +17,7 @@ import httpx
 import psycopg
 import pytest
 
-from piggywatch.config import parse_settings
+from piggywatch.config_file import parse_settings
 from piggywatch.delivery import AlertDelivery
 from piggywatch.demo.cluster import ThrowawayCluster
 from piggywatch.rules.alerts import Alert, AlertEvent, AlertState, EventKind

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from piggywatch.config import parse_settings
+from piggywatch.config_file import parse_settings
 from piggywatch.delivery import AlertDelivery
 from piggywatch.rules.alerts import Alert, AlertEvent, AlertState, EventKind
 from tests.support.servers.slack import SlackServer

@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from types import FrameType
 
-from piggywatch.config import ConfigError, load_settings
+from piggywatch.config_file import ConfigError, load_settings
 from piggywatch.demo.cluster import PostgresNotFound, ThrowawayCluster
 
 DEMO_CONFIG = "piggywatch.yaml"
