@@ -15,7 +15,7 @@ import pytest
 
 from piggywatch.demo.cluster import ThrowawayCluster
 from tests.support.daemon_process import DaemonProcess, fast_rules_config
-from tests.support.metrics import Values, value
+from tests.support.metrics import Values, total, value
 from tests.support.servers.pagerduty import PagerDutyServer
 from tests.support.waiting import wait_for
 from tests.test_delivery_e2e import Channels, actions, load, setup
@@ -154,7 +154,13 @@ def test_sigkill_of_the_leader_with_an_escalation_due_fires_the_step_once(
         leader, standby = leader_of(a, b)
         busy += load(pg_cluster)
         wait_for(lambda: len(pd.events) >= 1, 20, "PagerDuty trigger")
-        # The Level 2 step falls due 4 s after the page; the leader dies before that.
+        # The Level 2 step falls due 4 s after the page; the leader dies before that, once it
+        # has recorded Level 1 as delivered (killed between a send and its record, the next
+        # leader sends again: at least once, by design).
+        leader.wait_for_metric(
+            lambda v: total(v, "piggywatch_outbox_depth") == 0
+            and value(v, "piggywatch_notifications_total", receiver="oncall-pagerduty",
+                      result="accepted") == 1.0, 10, "Level 1 recorded as delivered")
         assert smtp.mails == []
         assert leader.proc is not None
         leader.proc.send_signal(signal.SIGKILL)
