@@ -54,7 +54,10 @@ def log_table(pg_cluster: ThrowawayCluster) -> Iterator[tuple[str, psycopg.Conne
     with psycopg.connect(pg_cluster.dsn(dbname="piggybong"), autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (LIKE edge_functions_logs INCLUDING ALL)")
         conn.execute(f"GRANT SELECT ON {table} TO piggywatch")
-        yield table, conn
+        try:
+            yield table, conn
+        finally:  # the session's demo database keeps only its own tables and grants
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def sql_collector(table: str, target: PostgresTarget, state: Path, *, lateness: str = "2m",
