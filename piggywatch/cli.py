@@ -75,7 +75,7 @@ def run(config_path: Path, listen: str | None) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
     import logging
 
-    from piggywatch.daemon import Daemon, exit_now_if_stuck
+    from piggywatch.daemon import Daemon, ListenError, exit_now_if_stuck
     from piggywatch.observability import setup_logging, setup_sentry
 
     settings = _load(config_path)
@@ -91,7 +91,7 @@ def run(config_path: Path, listen: str | None) -> None:
     daemon = Daemon(settings, listen=listen, base_dir=config_path.resolve().parent)
     try:
         clean = daemon.run_forever()
-    except StateUnusable as exc:
+    except (StateUnusable, ListenError) as exc:
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(1) from None
     except FileProblems as exc:  # rule files that do not load: not started without them

@@ -63,6 +63,10 @@ STATE_CHECK_SECONDS = 2.0
 STATE_STORE_KEY = "piggywatch/state"
 
 
+class ListenError(Exception):
+    """The HTTP server cannot listen where it is told to; the message says where and why."""
+
+
 class Daemon:
     """The running PiggyWatch: scheduler, collectors, store and HTTP server."""
 
@@ -349,9 +353,14 @@ class Daemon:
                                               ca_file=self.settings.ha.ca_file or None)
         self._endpoints = endpoints
         tls = (server.tls.cert_file, server.tls.key_file) if server.tls else None
-        self.http = HttpServer(endpoints, host, port, tls=tls,
-                               max_connections=server.max_connections,
-                               request_timeout=server.request_timeout)
+        try:
+            self.http = HttpServer(endpoints, host, port, tls=tls,
+                                   max_connections=server.max_connections,
+                                   request_timeout=server.request_timeout)
+        except OSError as exc:  # the address is taken, not ours, or the TLS pair is wrong
+            raise ListenError(f"cannot listen on {host or '*'}:{port}: "
+                              f"{exc.strerror or exc} (another process on that port? "
+                              "choose another with --listen or server.listen)") from exc
         self.http.start()
         workers = max(4, min(32, len(self.jobs) + 2))
         self._scheduler = BackgroundScheduler(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -178,6 +179,20 @@ def test_what_run_cannot_start_with_is_refused_by_check_and_by_run(tmp_path: Pat
     assert "Traceback" not in stderr, stderr[-2000:]
     assert code == 1, stderr[-2000:]
     assert any(all(part in line for part in case.expect) for line in stderr.splitlines()), stderr
+
+
+def test_a_listen_address_in_use_is_one_error_line_not_a_traceback(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        config = tmp_path / "piggywatch.yaml"
+        config.write_text(CONFIG + f"server: {{listen: '127.0.0.1:{port}'}}\n")
+        (tmp_path / "rules.yaml").write_bytes(RULES)
+        code, stderr = run_until_exit(config, timeout=30)
+    assert code == 1, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, stderr[-2000:]
+    assert f"cannot listen on 127.0.0.1:{port}" in errors[0], errors
 
 
 def test_what_check_passes_run_starts_and_serves(tmp_path: Path) -> None:
