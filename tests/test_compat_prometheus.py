@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +25,7 @@ import yaml
 from piggywatch.demo.cluster import DEMO_DATABASE, MONITOR_ROLE, ThrowawayCluster
 from tests.support.compat import POSTGRES_EXPORTER, postgres_exporter
 from tests.support.daemon_process import DaemonProcess
-from tests.support.ports import free_port
+from tests.support.prometheus import running_prometheus
 from tests.test_grafana_prometheus import dashboard_panels, query, wait_for
 
 pytestmark = [
@@ -139,22 +137,12 @@ def scrapers(pg_cluster: ThrowawayCluster, under_load: None,
 def prometheus(scrapers: dict[str, str], tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[str]:
     """A real Prometheus scraping both every 5 s; its URL once both have been scraped."""
-    home = tmp_path_factory.mktemp("prometheus")
-    config = home / "prometheus.yml"
-    config.write_text(yaml.safe_dump({
+    config = {
         "global": {"scrape_interval": f"{SCRAPE}s", "scrape_timeout": f"{SCRAPE}s"},
         "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [address]}]}
                            for job, address in scrapers.items()],
-    }))
-    listen = f"127.0.0.1:{free_port()}"
-    log = home / "prometheus.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(["prometheus", f"--config.file={config}",
-                                 f"--web.listen-address={listen}",
-                                 f"--storage.tsdb.path={home / 'data'}"],
-                                stdout=out, stderr=subprocess.STDOUT, text=True, cwd=home)
-    url = f"http://{listen}"
-    try:
+    }
+    with running_prometheus(tmp_path_factory.mktemp("prometheus"), config) as (url, proc, log):
         wait_for(lambda: httpx.get(f"{url}/-/ready", timeout=2).is_success,
                  30, "Prometheus did not become ready", proc, log)
         # Two collections of PiggyWatch's collectors are in once a rate over them exists.
@@ -165,13 +153,6 @@ def prometheus(scrapers: dict[str, str], tmp_path_factory: pytest.TempPathFactor
                                 '{job="postgres_exporter"}[1m])'),
                  60, "Prometheus did not get two collections of both", proc, log)
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def range_values(prometheus: str, expr: str, seconds: float) -> list[float]:

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from tests.support.ports import free_port
+from tests.support.prometheus import running_prometheus
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
                                 reason="the prometheus server is not installed")
@@ -118,34 +119,17 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def prometheus(demo: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prometheus scraping the demo every second with the shipped rules; its URL."""
-    home = tmp_path_factory.mktemp("prometheus")
-    config = home / "prometheus.yml"
-    config.write_text(yaml.safe_dump({
+    config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s",
                    "evaluation_interval": "1s"},
         "rule_files": [str(RULES / "*.yaml")],
         "scrape_configs": [{"job_name": "piggywatch",
                             "static_configs": [{"targets": [demo]}]}],
-    }))
-    listen = f"127.0.0.1:{free_port()}"
-    log = home / "prometheus.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(["prometheus", f"--config.file={config}",
-                                 f"--web.listen-address={listen}",
-                                 f"--storage.tsdb.path={home / 'data'}"],
-                                stdout=out, stderr=subprocess.STDOUT, text=True, cwd=home)
-    url = f"http://{listen}"
-    try:
+    }
+    with running_prometheus(tmp_path_factory.mktemp("prometheus"), config) as (url, proc, log):
         wait_for(lambda: httpx.get(f"{url}/-/ready", timeout=2).is_success,
                  30, "Prometheus did not become ready", proc, log)
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
