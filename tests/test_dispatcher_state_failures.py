@@ -21,8 +21,8 @@ import pytest
 from piggywatch.alerting.acks import Ack, Acks
 from piggywatch.alerting.model import Action
 from piggywatch.rules.alerts import EventKind
-from piggywatch.state import NotLeader, PostgresState, SQLiteState, StateStore, Tx
-from tests.support.state import away, failing, reopen
+from piggywatch.state import NotLeader, SQLiteState, StateStore, Tx
+from tests.support.state import away, failing, on_postgresql, reopen
 from tests.test_dispatcher import T0, Pipeline, _event
 
 HIGH = ("PostgresConnectionsHigh", "high")
@@ -237,10 +237,9 @@ def test_a_failing_pass_is_logged_once_and_retried_until_the_database_is_back(
         assert after.new() == [], "the pass was saved once the table was back"
 
 
+@on_postgresql
 def test_a_deposed_leader_stops_dispatching_quietly(
         state: StateStore, caplog: pytest.LogCaptureFixture) -> None:
-    if not isinstance(state, PostgresState):
-        pytest.skip("fencing is PostgreSQL's")
     caplog.set_level(logging.INFO, logger="piggywatch.alerting.dispatcher")
     deposed = threading.Event()
 

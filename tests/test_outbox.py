@@ -39,6 +39,7 @@ from piggywatch.alerting.outbox_store import decode_notification, encode_notific
 from piggywatch.alerting.settings import Receiver
 from piggywatch.state import NotLeader, PostgresState, SQLiteState, StateStore, Tx
 from piggywatch.store import MemoryStore
+from tests.support.state import on_postgresql
 from tests.support.waiting import wait_for
 
 T0 = float(int(time.time()))  # real-clock tests must not see their notifications expire
@@ -822,11 +823,10 @@ def test_with_no_grace_an_item_left_claimed_by_a_kill_9_is_retried_at_once(
     wait_until(lambda: not rows(state, "SELECT id FROM outbox_items"))
 
 
+@on_postgresql
 def test_an_item_left_claimed_by_a_kill_9_is_taken_over_within_the_grace_on_postgresql(
         state: StateStore, restart: Callable[[], StateStore],
         running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture) -> None:
-    if not isinstance(state, PostgresState):
-        pytest.skip("a claimant's liveness is read from pg_stat_activity")
     script = textwrap.dedent(f"""
         import threading
         from piggywatch.alerting.outbox import Outbox
@@ -865,11 +865,10 @@ def test_an_item_left_claimed_by_a_kill_9_is_taken_over_within_the_grace_on_post
     assert f"by process {token}, which has no state database session left" in caplog.text
 
 
+@on_postgresql
 def test_a_fenced_outbox_sends_nothing_once_deposed_but_records_what_it_sent(
         state: StateStore, restart: Callable[[], StateStore],
         running: Callable[[Outbox], Outbox], caplog: pytest.LogCaptureFixture) -> None:
-    if not isinstance(state, PostgresState):
-        pytest.skip("fencing is a PostgreSQL notion")
     deposed = threading.Event()
 
     def fence(tx: Tx) -> None:

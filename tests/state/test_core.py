@@ -15,7 +15,7 @@ from piggywatch.state import (
     state_from_url,
 )
 from piggywatch.state.migrations import LATEST, MIGRATIONS, ddl
-from tests.support.state import reopen
+from tests.support.state import on_postgresql, reopen
 
 
 def test_first_open_applies_every_migration_once(state: StateStore) -> None:
@@ -118,9 +118,8 @@ def test_postgres_ddl_widens_sqlite_types() -> None:
         "CREATE TABLE t (seq INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER)", "postgresql")
 
 
+@on_postgresql
 def test_postgres_tables_live_in_their_own_schema(state: StateStore) -> None:
-    if not isinstance(state, PostgresState):
-        pytest.skip("schemas are a PostgreSQL notion")
     state.connect()
     import psycopg
 

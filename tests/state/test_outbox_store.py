@@ -21,7 +21,7 @@ from piggywatch.alerting.outbox_store import (
     encode_notification,
 )
 from piggywatch.state import PostgresState, StateStore, instance_token
-from tests.support.state import reopen
+from tests.support.state import on_postgresql, on_sqlite, reopen
 from tests.test_outbox import note
 
 T0 = 1_764_000_000.25
@@ -367,9 +367,8 @@ def test_a_claim_records_the_claimants_instance_token(state: StateStore) -> None
     store.close()
 
 
+@on_postgresql
 def test_state_connections_carry_the_instance_token(state: StateStore) -> None:
-    if not isinstance(state, PostgresState):
-        pytest.skip("application_name is a PostgreSQL notion")
     assert state.connection_kwargs("piggywatch-state")["application_name"] == \
         f"piggywatch-state/{instance_token()}"
     conn = state.connect()
@@ -380,10 +379,9 @@ def test_state_connections_carry_the_instance_token(state: StateStore) -> None:
         conn.close()
 
 
+@on_postgresql
 def test_an_item_claimed_by_a_process_with_no_session_left_is_taken_over_at_once(
         state: StateStore, caplog: pytest.LogCaptureFixture) -> None:
-    if not isinstance(state, PostgresState):
-        pytest.skip("a claimant's liveness is read from pg_stat_activity")
     caplog.set_level(logging.INFO, logger="piggywatch.alerting.outbox_store")
     store = OutboxStore(state)
     [seq] = store.add([note("a")], T0)
@@ -398,10 +396,9 @@ def test_an_item_claimed_by_a_process_with_no_session_left_is_taken_over_at_once
     store.close()
 
 
+@on_postgresql
 def test_an_item_claimed_by_a_live_process_waits_out_the_grace(
         state: StateStore, caplog: pytest.LogCaptureFixture) -> None:
-    if not isinstance(state, PostgresState):
-        pytest.skip("a claimant's liveness is read from pg_stat_activity")
     caplog.set_level(logging.INFO, logger="piggywatch.alerting.outbox_store")
     store = OutboxStore(state)
     [seq] = store.add([note("a")], T0)
@@ -425,10 +422,9 @@ def test_an_item_claimed_by_a_live_process_waits_out_the_grace(
     store.close()
 
 
+@on_sqlite
 def test_on_sqlite_a_claim_by_another_token_within_the_grace_waits(
         state: StateStore) -> None:
-    if isinstance(state, PostgresState):
-        pytest.skip("covered by the liveness tests")
     store = OutboxStore(state)
     [seq] = store.add([note("a")], T0)
     assert seq is not None

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psycopg
+import pytest
 from psycopg import sql
 
 from piggywatch.state import STATE_ERRORS, PostgresState, SQLiteState, StateStore
@@ -57,3 +58,9 @@ def failing(call: Callable[[], object]) -> bool:
     except STATE_ERRORS:
         return True
     return False
+
+
+# For a test of the ``state`` fixture that only means something on one backend: it runs on
+# that one alone instead of being skipped on the other.
+on_postgresql = pytest.mark.parametrize("state", ["postgresql"], indirect=True)
+on_sqlite = pytest.mark.parametrize("state", ["sqlite"], indirect=True)
