@@ -10,10 +10,9 @@ what the receivers got after the outbox's dedup.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,33 +20,19 @@ import pytest
 import yaml
 
 from piggywatch.alerting.dispatcher import Dispatcher
-from piggywatch.alerting.model import Delivery, Notification, Outcome
 from piggywatch.alerting.outbox import Outbox
 from piggywatch.alerting.settings import AlertingSettings
 from piggywatch.rules.alerts import Alert, AlertEvent, AlertState, EventKind
 from piggywatch.state import SQLiteState, StateLike, StateStore
+from tests.support.notifiers import RecordingNotifier
 from tests.support.state import away, failing, reopen
 from tests.test_dispatcher import CONFIG, RECEIVERS, T0, Pipeline
 
 HOUR = 3600.0
 
 
-class Recorder:
+class Recorder(RecordingNotifier):
     """Every receiver's channel: records what it is sent, accepts everything."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.sent: list[Notification] = []
-
-    def send(self, notification: Notification, receipt: Mapping[str, str]) -> Delivery:
-        with self._lock:
-            self.sent.append(notification)
-        return Delivery(Outcome.ACCEPTED)
-
-    def got(self) -> Counter[tuple[str, str, int]]:
-        """(receiver, action, level) → how many times it was received."""
-        with self._lock:
-            return Counter((n.receiver, n.action.value, n.level) for n in self.sent)
 
     def ids(self) -> list[str]:
         with self._lock:
