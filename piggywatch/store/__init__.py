@@ -1,9 +1,10 @@
 """The series model and the in-memory store: the only place samples live."""
 
 from piggywatch.store.memory import MemoryStore, SeriesPoint
-from piggywatch.store.samples import Labels, MetricKind, MetricSpec, Sample, labels_of
+from piggywatch.store.samples import Changes, Labels, MetricKind, MetricSpec, Sample, labels_of
 
 __all__ = [
+    "Changes",
     "Labels",
     "MemoryStore",
     "MetricKind",

@@ -48,3 +48,17 @@ class Sample(NamedTuple):
     labels: Labels
     value: float
     timestamp: float
+
+
+class Changes(NamedTuple):
+    """A source's new snapshot, told as what changed since its previous one.
+
+    ``changed``: the series that are new or whose value differs (a sample each);
+    ``removed``: (name, labels) of the series the previous snapshot had and this one lacks.
+    Every other series of the previous snapshot carries on with the same value. A source of
+    thousands of series of which a few change each cycle (pg_stat_statements at top_k 5000)
+    then costs the store work for those few, not for all.
+    """
+
+    changed: list[Sample]
+    removed: list[tuple[str, Labels]]
