@@ -209,8 +209,8 @@ class SeriesHistory:
     of the buffer on every append.
     """
 
-    __slots__ = ("first", "full_labels", "gap", "labels", "n", "name", "owners", "timeline",
-                 "values")
+    __slots__ = ("first", "full_labels", "gap", "held", "held_value", "labels", "n", "name",
+                 "owners", "timeline", "values")
 
     def __init__(self, name: str, labels: Labels) -> None:
         self.name = name
@@ -226,6 +226,12 @@ class SeriesHistory:
         # How many sources' current snapshots hold this series: stale once none does.
         self.owners = 0
         self.full_labels: Labels | None = None
+        # Set while the series' source publishes changes only (``MemoryStore.publish_changes``):
+        # its value ``held_value`` carries on at every entry of the source's timeline ``held``
+        # after its last point. Those points are written when the series is next read or
+        # appended to (``catch_up``), so a series that does not change costs nothing a cycle.
+        self.held: Timeline | None = None
+        self.held_value = 0.0
 
     def is_empty(self) -> bool:
         return not self.n
@@ -238,6 +244,10 @@ class SeriesHistory:
 
         ``shared`` is the publishing source's timeline when its newest entry is ``t_ms``.
         """
+        if self.held is not None:
+            # What it held stands at the entries before this one; this value carries on.
+            self.catch_up(horizon_ms, before_ms=t_ms)
+            self.held_value = value
         n = self.n
         if self.timeline is shared and n < len(self.values) and shared is not None \
                 and shared.dropped + len(shared.times) == self.first + n + 1 \
@@ -297,6 +307,7 @@ class SeriesHistory:
 
         ``source`` is the timeline of the source letting the series go, if it has one.
         """
+        self.release(horizon_ms, at_ms)
         self.expire(horizon_ms)
         if self.n:
             at = max(at_ms, self.last_ms() + 1)
@@ -305,6 +316,8 @@ class SeriesHistory:
 
     def expire(self, horizon_ms: int) -> None:
         """Forget the points once all are older than ``horizon_ms``; reads skip older ones."""
+        if self.held is not None:
+            self.catch_up(horizon_ms)
         if not self.n:
             return
         timeline = self.timeline
@@ -314,7 +327,10 @@ class SeriesHistory:
             del self.values[:]
 
     def window(self, query: TimeRange) -> tuple[list[float], list[float]] | None:
-        """Copies of the points in the range, timestamps in seconds; None if none."""
+        """Copies of the points in the range, timestamps in seconds; None if none.
+
+        A held series must be caught up first (the store does it; this needs no horizon).
+        """
         if not self.n:
             return None
         at, seconds = query.entries(self.timeline)
@@ -332,6 +348,54 @@ class SeriesHistory:
         if not kept:
             return None
         return [stamps[k] for k in kept], [found[k] for k in kept]
+
+    def hold(self, timeline: Timeline, value: float) -> None:
+        """From now on ``value`` carries on at every later entry of ``timeline`` (the
+        publishing source's), until the next append or ``release``."""
+        self.held = timeline
+        self.held_value = value
+
+    def release(self, horizon_ms: int, before_ms: int | None = None) -> None:
+        """Stop holding: write the held value at the entries before ``before_ms`` (all of
+        them without it) first."""
+        if self.held is not None:
+            self.catch_up(horizon_ms, before_ms)
+            self.held = None
+
+    def catch_up(self, horizon_ms: int, before_ms: int | None = None) -> None:
+        """Write the held value at the held timeline's live entries after the last point and
+        before ``before_ms`` (all of them without it)."""
+        held = self.held
+        if held is None:
+            return
+        held.expire(horizon_ms)
+        end = held.end()
+        if before_ms is not None and end > held.live_from() and held.at(end - 1) >= before_ms:
+            end = held.dropped + bisect_left(held.times, before_ms - held.base, held.start)
+        value = self.held_value
+        if self.timeline is not held:
+            # Moved to a timeline of its own meanwhile (rare): point by point.
+            last = self.last_ms() if self.n else _NEVER_MS
+            for index in range(held.live_from(), end):
+                t_ms = held.at(index)
+                if t_ms > last:
+                    self.timeline.add(t_ms, horizon_ms)
+                    self._push(value, horizon_ms)
+            return
+        start = self.first + self.n
+        live = held.live_from()
+        if start < live:
+            # Every point it had expired, and so did the entries up to ``live``.
+            self.first, self.n, start = live, 0, live
+            self.gap = -1
+        need = end - start
+        if need <= 0:
+            return
+        if self.n + need > len(self.values):
+            self._make_room(need, horizon_ms)
+        n = self.n
+        self.values[n:n + need] = array("d", [value]) * need
+        self.n = n + need
 
     def _push(self, value: float, horizon_ms: int) -> None:
         if self.n == len(self.values):
@@ -401,6 +465,7 @@ class SeriesHistory:
 
 
 _ZERO = array("d", [0.0])
+_NEVER_MS = -(2**63)
 # The timeline of a series that never held a point: owned by nobody, so the first append
 # replaces it.
 _NOWHERE = Timeline(shared=True)

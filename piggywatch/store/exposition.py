@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import threading
 import zlib
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import cast
 
 from prometheus_client.utils import floatToGoString
 
-from piggywatch.store.samples import Labels, MetricKind, MetricSpec, Sample
+from piggywatch.store.samples import Changes, Labels, MetricKind, MetricSpec, Sample
 
 # Prometheus's own target labels, which a PostgreSQL target's samples carry (beside
 # ``server``, as postgres_exporter's do once scraped) for the rule evaluator: not exposed,
@@ -120,6 +120,40 @@ def _deflate(data: bytes) -> bytes:
     return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
 
 
+class _Lines:
+    """One family's lines from a source that publishes changes, without their line ends:
+    joined into the chunk when a scrape first asks (a stamped source's every line ends in the
+    new timestamp at every publish, so rendering at publish would be the whole chunk again)."""
+
+    __slots__ = ("_data", "end", "lines")
+
+    def __init__(self, lines: tuple[str, ...], end: str) -> None:
+        self.lines = lines
+        self.end = end
+        self._data: bytes | None = None
+
+    def data(self) -> bytes:
+        if self._data is None:
+            end = self.end
+            self._data = (end.join(self.lines) + end).encode() if self.lines else b""
+        return self._data
+
+
+# A source's chunk of one family: its bytes, or its lines to join when first scraped.
+Chunk = bytes | _Lines
+
+
+class _Changing:
+    """What a source that publishes changes has rendered: each series' line (without its
+    end) by family, and its label texts."""
+
+    __slots__ = ("families", "texts")
+
+    def __init__(self) -> None:
+        self.families: dict[str, dict[Labels, str]] = {}
+        self.texts: LabelTexts = {}
+
+
 class _Family:
     """One family's pieces at one version, and their deflated form once asked for."""
 
@@ -157,8 +191,9 @@ class Exposition:
         self._lock = threading.Lock()
         self._headers: dict[str, bytes] = {}
         # source → (stamped, {family: chunk}), in the order sources first published.
-        self._sources: dict[str, tuple[bool, dict[str, bytes]]] = {}
+        self._sources: dict[str, tuple[bool, Mapping[str, Chunk]]] = {}
         self._prefixes: dict[str, LabelTexts] = {}
+        self._changing: dict[str, _Changing] = {}
         self._version = 0
         self._body: _Body | None = None
 
@@ -175,9 +210,46 @@ class Exposition:
         """Render ``source``'s samples (outside any lock); ``put`` them once published."""
         chunks, prefixes = render_source(samples, stamped, self._prefixes.get(source, {}))
         self._prefixes[source] = prefixes
+        self._changing.pop(source, None)
         return chunks
 
-    def put(self, source: str, stamped: bool, chunks: dict[str, bytes]) -> None:
+    def render_changes(self, source: str, changes: Changes, at: float, stamped: bool, *,
+                       full: bool) -> dict[str, Chunk]:
+        """Render what changed of ``source`` (outside any lock); ``put`` the result once
+        published. ``full``: ``changes`` holds all of the source's series."""
+        state = self._changing.get(source)
+        if state is None or full:
+            state = self._changing[source] = _Changing()
+            self._prefixes.pop(source, None)
+        families, texts = state.families, state.texts
+        changed, removed = changes
+        for name, labels in removed:
+            lines = families.get(name)
+            if lines is not None and lines.pop(labels, None) is not None and not lines:
+                del families[name]
+        last_labels: Labels | None = None
+        text = ""
+        for sample in changed:
+            name, labels = sample.name, sample.labels
+            if labels is not last_labels:
+                last_labels = labels
+                key = id(labels)
+                hit = texts.get(key)
+                if hit is None or hit[0] is not labels:
+                    hit = texts[key] = (labels, label_text(labels))
+                text = hit[1]
+            lines = families.get(name)
+            if lines is None:
+                lines = families[name] = {}
+            lines[labels] = f"{name}{text} {go_float(sample.value)}"
+        if removed and len(texts) > 2 * sum(map(len, families.values())):
+            # Label texts of series long gone: keep only the current series'.
+            current = {id(labels) for lines in families.values() for labels in lines}
+            state.texts = {key: hit for key, hit in texts.items() if key in current}
+        end = f" {round(float(at) * 1000)}\n" if stamped else "\n"
+        return {name: _Lines(tuple(lines.values()), end) for name, lines in families.items()}
+
+    def put(self, source: str, stamped: bool, chunks: Mapping[str, Chunk]) -> None:
         """Make ``chunks`` (from ``render``) the source's exposition."""
         with self._lock:
             self._sources[source] = (stamped, chunks)
@@ -188,6 +260,7 @@ class Exposition:
         with self._lock:
             if self._sources.pop(source, None) is not None:
                 self._version += 1
+        self._changing.pop(source, None)
 
     def body(self, names: Collection[str] | None = None) -> bytes:
         """The text exposition of every family (or of the families in ``names``)."""
@@ -239,7 +312,8 @@ class Exposition:
             into = stamped if is_stamped else unstamped
             for name, chunk in chunks.items():
                 if names is None or name in names:
-                    into.setdefault(name, []).append(chunk)
+                    into.setdefault(name, []).append(
+                        chunk if chunk.__class__ is bytes else cast(_Lines, chunk).data())
         return [_Family(name, (headers[name], *stamped.get(name, ()), *unstamped.get(name, ())))
                 for name in sorted(stamped.keys() | unstamped.keys())]
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from piggywatch.store.buffers import SeriesHistory, Timeline, TimeRange
 from piggywatch.store.exposition import Exposition
-from piggywatch.store.samples import Labels, MetricSpec, Sample
+from piggywatch.store.samples import Changes, Labels, MetricSpec, Sample
 from piggywatch.store.series import LabelMatcher, MatchOp, Series
 
 _NAME_LABEL = "__name__"
@@ -32,10 +32,25 @@ class SeriesPoint:
 
 @dataclass(slots=True)
 class _Snapshot:
-    samples: tuple[Sample, ...]
+    batch: tuple[Sample, ...] | None
     owned: set[SeriesHistory]
     # Exposed with each sample's own timestamp (see ``publish``).
     stamped: bool = False
+    # A source that publishes changes (``publish_changes``): each series' latest sample and
+    # history, and the time of its latest publish, at which every series stands.
+    series: dict[tuple[str, Labels], tuple[Sample, SeriesHistory]] | None = None
+    at: float = 0.0
+
+    @property
+    def samples(self) -> tuple[Sample, ...]:
+        """Every sample of the snapshot (a changes-only source's, stamped at its latest
+        publish: a series that did not change was collected again then)."""
+        if self.batch is None:
+            assert self.series is not None
+            at = self.at
+            self.batch = tuple(sample if sample.timestamp == at else sample._replace(timestamp=at)
+                               for sample, _ in self.series.values())
+        return self.batch
 
 
 def _to_ms(seconds: float) -> int:
@@ -197,6 +212,10 @@ class MemoryStore:
                 hist.append(t_ms, sample.value, horizon, shared)
                 owned.add(hist)
             previous = self._sources.get(source)
+            if previous is not None and previous.series is not None:
+                # The source published changes before: its series stop carrying on alone.
+                for hist in previous.owned:
+                    hist.release(horizon, now_ms)
             self._sources[source] = _Snapshot(batch, owned, stamped)
             self.exposition.put(source, stamped, chunks)
             self._hand_over(set() if previous is None else previous.owned, owned, now_ms,
@@ -204,6 +223,93 @@ class MemoryStore:
             self._appends_since_sweep += len(batch)
             if self._appends_since_sweep >= max(len(self._orphans), _SWEEP_MIN_APPENDS):
                 self._sweep()
+
+    def publish_changes(self, source: str, changes: Changes, now: float, *,
+                        stamped: bool = False, full: bool = False) -> None:
+        """Change ``source``'s snapshot by ``changes`` (see ``Changes``), all stamped ``now``.
+
+        The series that did not change carry on with their value: they cost nothing here,
+        their points at ``now`` are written when they are next read. ``full``: ``changes``
+        holds the whole snapshot (a first publish, or after a failed cycle or ``clear``);
+        without it the source's current snapshot must be one ``publish_changes`` made.
+        """
+        changed = changes.changed
+        if any(sample.timestamp != now for sample in changed):
+            raise ValueError(f"{source}: a published change is not stamped with its publish time")
+        with self._lock:
+            previous = self._sources.get(source)
+            continues = previous is not None and previous.series is not None
+        if not full and not continues:
+            raise ValueError(f"{source}: changes published without a snapshot to change")
+        if full:
+            self.publish(source, changed, now, stamped=stamped)
+        chunks = self.exposition.render_changes(source, changes, now, stamped, full=full)
+        now_ms = _to_ms(now)
+        with self._lock:
+            if full:
+                self._hold_all(source, now)
+            else:
+                self._apply_changes(source, changes, now, now_ms)
+            self.exposition.put(source, stamped, chunks)
+
+    def _hold_all(self, source: str, now: float) -> None:
+        """Turn ``source``'s snapshot, just published whole, into one that changes."""
+        snapshot = self._sources[source]
+        timeline = self._timelines[source]
+        by_name = self._by_name
+        series = {}
+        for sample in snapshot.samples:
+            hist = by_name[sample.name][sample.labels]
+            hist.hold(timeline, sample.value)
+            series[sample.name, sample.labels] = (sample, hist)
+        snapshot.series, snapshot.at = series, now
+
+    def _apply_changes(self, source: str, changes: Changes, now: float, now_ms: int) -> None:
+        changed, removed = changes
+        undeclared = {s.name for s in changed}.difference(self._specs)
+        if undeclared:
+            raise KeyError(f"sample of undeclared metric {min(undeclared)}")
+        snapshot = self._sources[source]
+        series = snapshot.series
+        assert series is not None
+        self._advance(now_ms)
+        horizon = self._horizon_ms
+        timeline = self._timelines[source]
+        # Every series of the source stands at this entry, changed or not.
+        shared = timeline if timeline.add(now_ms, horizon) else None
+        by_name, owned = self._by_name, snapshot.owned
+        for sample in changed:
+            name, labels = sample.name, sample.labels
+            known = series.get((name, labels))
+            if known is None:
+                family = by_name.get(name)
+                hist = None if family is None else family.get(labels)
+                if hist is None:
+                    hist = self._new_series(name, labels)
+                if hist not in owned:
+                    owned.add(hist)
+                    hist.owners += 1
+                    self._orphans.discard(hist)
+            else:
+                hist = known[1]
+            hist.append(now_ms, sample.value, horizon, shared)
+            hist.hold(timeline, sample.value)
+            series[name, labels] = (sample, hist)
+        for key in removed:
+            gone = series.pop(key, None)
+            if gone is None:
+                continue
+            hist = gone[1]
+            owned.discard(hist)
+            hist.release(horizon, now_ms)
+            hist.owners -= 1
+            if hist.owners == 0:
+                hist.mark_stale(now_ms, horizon, timeline)
+                self._orphans.add(hist)
+        snapshot.batch, snapshot.at = None, now
+        self._appends_since_sweep += len(changed)
+        if self._appends_since_sweep >= max(len(self._orphans), _SWEEP_MIN_APPENDS):
+            self._sweep()
 
     def clear(self, source: str, now: float | None = None) -> None:
         """Forget ``source``'s snapshot and mark its series stale.
@@ -257,6 +363,14 @@ class MemoryStore:
             return []
         return [SeriesPoint(t, v) for t, v in zip(*found, strict=True)]
 
+    def source_size(self, source: str) -> int:
+        """How many series ``source``'s current snapshot holds."""
+        with self._lock:
+            snapshot = self._sources.get(source)
+            if snapshot is None:
+                return 0
+            return len(snapshot.series) if snapshot.series is not None else len(snapshot.owned)
+
     def series_count(self) -> int:
         """How many series the store holds."""
         with self._lock:
@@ -283,6 +397,8 @@ class MemoryStore:
             # what hist.expire and hist.window do.
             expired: Timeline | None = None
             for hist in self._matching(matchers):
+                if hist.held is not None:
+                    hist.catch_up(horizon)
                 n = hist.n
                 if not n:
                     continue

@@ -1,0 +1,126 @@
+"""A source that publishes only its changes (``MemoryStore.publish_changes``) is seen exactly
+as the same source publishing its whole snapshot every cycle: by the evaluator's select(),
+by history(), by /metrics (parsed with prometheus-client's own parser) and by current()."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from piggywatch.store import Changes, Labels, MemoryStore, MetricKind, MetricSpec, Sample
+from piggywatch.store.series import LabelMatcher, MatchOp
+
+T0 = 1_700_000_000.0
+NAMES = ("pg_stat_statements_calls_total", "pg_stat_statements_seconds_total")
+SPECS = [MetricSpec(name, MetricKind.COUNTER, "x") for name in NAMES]
+LABELS: list[Labels] = [(("queryid", str(q)), ("target", "main")) for q in range(6)]
+SOURCE = "main/statements"
+
+Snapshot = dict[tuple[str, Labels], float]
+
+
+def new_store(retention: float) -> MemoryStore:
+    store = MemoryStore(retention=retention)
+    store.register(SPECS)
+    return store
+
+
+def changes_between(before: Snapshot | None, after: Snapshot, now: float) -> Changes:
+    before = before or {}
+    changed = [Sample(name, labels, value, now) for (name, labels), value in after.items()
+               if before.get((name, labels)) != value]
+    return Changes(changed, [key for key in before if key not in after])
+
+
+def everything(store: MemoryStore, at: float) -> list[tuple[Labels, list[float], list[float]]]:
+    found = store.select([LabelMatcher.of("__name__", MatchOp.REGEX, ".+")], T0 - 10, at)
+    return sorted((s.labels, list(s.timestamps), [repr(v) for v in s.values])  # type: ignore[misc]
+                  for s in found)
+
+
+def exposed(store: MemoryStore) -> list[tuple[str, tuple[tuple[str, str], ...], float, object]]:
+    body = store.exposition.body().decode()
+    return sorted((s.name, tuple(sorted(s.labels.items())), s.value, s.timestamp)
+                  for family in text_string_to_metric_families(body) for s in family.samples)
+
+
+snapshot_st = st.dictionaries(
+    st.tuples(st.sampled_from(NAMES), st.sampled_from(LABELS)),
+    st.sampled_from([0.0, 1.0, 2.5, 7.0, math.inf]), max_size=8)
+# A cycle: the source's snapshot at that moment, or None for a failed cycle (cleared), and
+# how long after the previous cycle it comes.
+cycle_st = st.tuples(st.one_of(snapshot_st, st.none()), st.sampled_from([0.5, 1.0, 2.0, 7.0]))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cycles=st.lists(cycle_st, min_size=1, max_size=25),
+       retention=st.sampled_from([3.0, 10.0, 3600.0]), stamped=st.booleans(),
+       reads=st.lists(st.integers(0, 24), max_size=6))
+def test_publishing_changes_is_publishing_the_whole_snapshot(
+        cycles: list[tuple[Snapshot | None, float]], retention: float, stamped: bool,
+        reads: list[int]) -> None:
+    whole, changing = new_store(retention), new_store(retention)
+    now = T0
+    previous: Snapshot | None = None
+    for index, (snapshot, step) in enumerate(cycles):
+        now += step
+        if snapshot is None:
+            whole.clear(SOURCE, now)
+            changing.clear(SOURCE, now)
+            previous = None
+            continue
+        whole.publish(SOURCE, [Sample(n, labels, v, now) for (n, labels), v in snapshot.items()],
+                      now, stamped=stamped)
+        changing.publish_changes(SOURCE, changes_between(previous, snapshot, now), now,
+                                 stamped=stamped, full=previous is None)
+        previous = snapshot
+        if index in reads:  # reading catches held series up: later cycles must not mind
+            assert everything(changing, now) == everything(whole, now)
+    assert everything(changing, now) == everything(whole, now)
+    assert exposed(changing) == exposed(whole)
+    assert [(spec.name, sorted(samples)) for spec, samples in changing.current()] == \
+        [(spec.name, sorted(samples)) for spec, samples in whole.current()]
+    for name in NAMES:
+        for labels in LABELS:
+            assert [(p.timestamp, repr(p.value)) for p in changing.history(name, labels)] == \
+                [(p.timestamp, repr(p.value)) for p in whole.history(name, labels)]
+
+
+def test_a_series_that_never_changes_keeps_a_point_every_cycle_and_costs_no_append() -> None:
+    store = new_store(3600.0)
+    labels = LABELS[0]
+    first = {(NAMES[0], labels): 5.0, (NAMES[1], labels): 1.0}
+    store.publish_changes(SOURCE, changes_between(None, first, T0), T0, full=True)
+    # 99 cycles in which only the second series changes.
+    for k in range(1, 100):
+        store.publish_changes(SOURCE, Changes([Sample(NAMES[1], labels, 1.0 + k, T0 + k)], []),
+                              T0 + k)
+    steady = store.history(NAMES[0], labels)
+    assert [p.timestamp for p in steady] == [T0 + k for k in range(100)]
+    assert {p.value for p in steady} == {5.0}
+    assert [p.value for p in store.history(NAMES[1], labels)] == [1.0 + k for k in range(100)]
+
+
+def test_a_series_held_longer_than_the_retention_keeps_its_value() -> None:
+    store = new_store(10.0)
+    key = (NAMES[0], LABELS[0])
+    store.publish_changes(SOURCE, changes_between(None, {key: 3.0}, T0), T0, full=True)
+    for k in range(1, 60):
+        store.publish_changes(SOURCE, Changes([], []), T0 + k)
+    points = store.history(*key)
+    assert [p.timestamp for p in points] == [T0 + k for k in range(49, 60)]
+    assert {p.value for p in points} == {3.0}
+
+
+def test_changes_without_a_snapshot_to_change_are_refused() -> None:
+    store = new_store(3600.0)
+    with pytest.raises(ValueError, match="without a snapshot"):
+        store.publish_changes(SOURCE, Changes([], []), T0)
+    store.publish_changes(SOURCE, Changes([], []), T0, full=True)
+    with pytest.raises(ValueError, match="not stamped"):
+        store.publish_changes(SOURCE, Changes([Sample(NAMES[0], LABELS[0], 1.0, T0)], []),
+                              T0 + 1)
