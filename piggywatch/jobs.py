@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from importlib import import_module
 
 from piggywatch.collectors import Collector, CollectorError
-from piggywatch.collectors.base import SourceContext, SourceJob
+from piggywatch.collectors.base import CollectsChanges, SourceContext, SourceJob
 from piggywatch.collectors.postgres.compat import CompatCollector
 from piggywatch.collectors.postgres.connections import SPECS as CONNECTIONS_SPECS
 from piggywatch.collectors.postgres.connections import ConnectionsCollector
@@ -21,7 +21,7 @@ from piggywatch.collectors.postgres.target import PostgresTarget
 from piggywatch.config import Settings, TargetConfig
 from piggywatch.selfmetrics import SelfMetrics
 from piggywatch.state import StateStore
-from piggywatch.store import Labels, MemoryStore, Sample, labels_of
+from piggywatch.store import Changes, Labels, MemoryStore, Sample, labels_of
 
 log = logging.getLogger("piggywatch.daemon")
 
@@ -56,6 +56,8 @@ class CollectorJob:
     # The last cycle's label sets with the target's labels merged in, by id of the original.
     _merged: dict[int, tuple[Labels, Labels]] = field(default_factory=dict, repr=False)
     _merge_key: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    # Whether the store's snapshot of this job is one its changes apply to (CollectsChanges).
+    _changing: bool = field(default=False, repr=False)
 
     @property
     def store_key(self) -> str:
@@ -71,6 +73,9 @@ class CollectorJob:
             self.running = False
 
     def _cycle(self) -> None:
+        if isinstance(self.collector, CollectsChanges):
+            self._changes_cycle(self.collector)
+            return
         started = time.monotonic()
         now = self.clock()
         error: str | None = None
@@ -108,7 +113,67 @@ class CollectorJob:
             error=error, samples=len(samples),
             up=self.target.up if self.target is not None else None)
 
-    def _with_target_labels(self, samples: list[Sample]) -> list[Sample]:
+    def _changes_cycle(self, collector: CollectsChanges) -> None:
+        """One cycle of a collector that tells what changed: only that is labelled and
+        published (a failed cycle is handled as ``_cycle`` handles it)."""
+        started = time.monotonic()
+        now = self.clock()
+        # New target labels (the server's, once known) change every series: tell all.
+        full = not self._changing or (self.target is not None and self._merge_key != (
+            *self.target.labels, ("target", self.target.name)))
+        stamped = self.interval <= STAMPED_MAX_INTERVAL
+        try:
+            changed, removed = collector.collect_changes(now, full=full)
+        except CollectorError as exc:
+            self._changing = False
+            self._report_failure(exc.reason, str(exc))
+            samples = self._with_target_labels(list(exc.samples)) \
+                if self.target is not None else list(exc.samples)
+            self._settle(samples, exc.reason, stamped, now, started)
+            return
+        except Exception:
+            self._changing = False
+            log.exception("collector %s of %s crashed", self.collector.name, self.owner)
+            self._settle([], "internal", stamped, now, started)
+            return
+        if self.target is not None:
+            changed = self._with_target_labels(changed, keep=not full)
+            merged = self._merged
+            gone = []
+            for name, labels in removed:
+                hit = merged.pop(id(labels), None)
+                gone.append((name, labels if hit is None or hit[0] is not labels else hit[1]))
+            removed = gone
+        self.store.publish_changes(self.store_key, Changes(changed, removed), now,
+                                   stamped=stamped, full=full)
+        size = self.store.source_size(self.store_key)
+        # Label sets of series that left without being told (a collector that renamed a
+        # series' labels object) would pile up: the next cycle tells all, which starts over.
+        self._changing = len(self._merged) <= 2 * size + 64
+        if self._failing is not None:
+            log.info("collector %s of %s recovered", self.collector.name, self.owner)
+            self._failing = None
+        self.attempted = True
+        self.self_metrics.cycle_done(
+            self.owner, self.collector.name, duration=time.monotonic() - started, now=now,
+            error=None, samples=size,
+            up=self.target.up if self.target is not None else None)
+
+    def _settle(self, samples: list[Sample], error: str, stamped: bool, now: float,
+                started: float) -> None:
+        """A failed cycle: keep only what the failure established, as ``_cycle`` does."""
+        if samples:
+            self.store.publish(self.store_key, samples, now, stamped=stamped)
+        else:
+            self.store.clear(self.store_key)
+        self.attempted = True
+        self.self_metrics.cycle_done(
+            self.owner, self.collector.name, duration=time.monotonic() - started, now=now,
+            error=error, samples=len(samples),
+            up=self.target.up if self.target is not None else None)
+
+    def _with_target_labels(self, samples: list[Sample], *, keep: bool = False
+                            ) -> list[Sample]:
         """``samples`` with the target's labels, merged once per distinct label set.
 
         Collectors hand the same labels object to the samples of one series' families (and
@@ -133,8 +198,12 @@ class CollectorJob:
             fresh[key] = hit
             out.append(s if hit[1] is s.labels else _new_sample(Sample, (s[0], hit[1], s[2], s[3])))
         # Only this cycle's label sets are kept (each entry holds its key object alive,
-        # so an id is never reused while its entry is here).
-        self._merged = fresh
+        # so an id is never reused while its entry is here); with ``keep``, those of the
+        # series that did not change too (a changes-only cycle has only the changed ones).
+        if keep:
+            merged.update(fresh)
+        else:
+            self._merged = fresh
         return out
 
     def _report_failure(self, reason: str, message: str) -> None:

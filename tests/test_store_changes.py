@@ -11,6 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from piggywatch.collectors.base import CollectorError
+from piggywatch.collectors.postgres.target import PostgresTarget
+from piggywatch.jobs import CollectorJob
+from piggywatch.selfmetrics import SelfMetrics
 from piggywatch.store import Changes, Labels, MemoryStore, MetricKind, MetricSpec, Sample
 from piggywatch.store.series import LabelMatcher, MatchOp
 
@@ -51,9 +55,10 @@ def exposed(store: MemoryStore) -> list[tuple[str, tuple[tuple[str, str], ...], 
 snapshot_st = st.dictionaries(
     st.tuples(st.sampled_from(NAMES), st.sampled_from(LABELS)),
     st.sampled_from([0.0, 1.0, 2.5, 7.0, math.inf]), max_size=8)
-# A cycle: the source's snapshot at that moment, or None for a failed cycle (cleared), and
-# how long after the previous cycle it comes.
-cycle_st = st.tuples(st.one_of(snapshot_st, st.none()), st.sampled_from([0.5, 1.0, 2.0, 7.0]))
+# A cycle: the source's snapshot at that moment, or a failed cycle (cleared at that moment,
+# or at the last publish as a job does), and how long after the previous cycle it comes.
+cycle_st = st.tuples(st.one_of(snapshot_st, st.sampled_from(["clear now", "clear"])),
+                     st.sampled_from([0.5, 1.0, 2.0, 7.0]))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -61,16 +66,17 @@ cycle_st = st.tuples(st.one_of(snapshot_st, st.none()), st.sampled_from([0.5, 1.
        retention=st.sampled_from([3.0, 10.0, 3600.0]), stamped=st.booleans(),
        reads=st.lists(st.integers(0, 24), max_size=6))
 def test_publishing_changes_is_publishing_the_whole_snapshot(
-        cycles: list[tuple[Snapshot | None, float]], retention: float, stamped: bool,
+        cycles: list[tuple[Snapshot | str, float]], retention: float, stamped: bool,
         reads: list[int]) -> None:
     whole, changing = new_store(retention), new_store(retention)
     now = T0
     previous: Snapshot | None = None
     for index, (snapshot, step) in enumerate(cycles):
         now += step
-        if snapshot is None:
-            whole.clear(SOURCE, now)
-            changing.clear(SOURCE, now)
+        if isinstance(snapshot, str):
+            at = now if snapshot == "clear now" else None
+            whole.clear(SOURCE, at)
+            changing.clear(SOURCE, at)
             previous = None
             continue
         whole.publish(SOURCE, [Sample(n, labels, v, now) for (n, labels), v in snapshot.items()],
@@ -124,3 +130,74 @@ def test_changes_without_a_snapshot_to_change_are_refused() -> None:
     with pytest.raises(ValueError, match="not stamped"):
         store.publish_changes(SOURCE, Changes([Sample(NAMES[0], LABELS[0], 1.0, T0)], []),
                               T0 + 1)
+
+
+class Counting:
+    """A collector of a few counters that tells its cycles as changes, and can fail."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+        self.fail = False
+        self.told: list[bool] = []
+        self._labels: dict[str, Labels] = {}
+        self._last: dict[str, float] = {}
+
+    def specs(self) -> list[MetricSpec]:
+        return SPECS
+
+    def collect(self, now: float) -> list[Sample]:
+        return self.collect_changes(now, full=True).changed
+
+    def collect_changes(self, now: float, *, full: bool) -> Changes:
+        self.told.append(full)
+        if self.fail:
+            raise CollectorError("query", "the query failed")
+        last = {} if full else self._last
+        labels = self._labels
+        for key in self.values:
+            labels.setdefault(key, (("queryid", key),))
+        changed = [Sample(NAMES[0], labels[key], value, now) for key, value in self.values.items()
+                   if last.get(key) != value]
+        removed = [(NAMES[0], labels[key]) for key in last if key not in self.values]
+        self._last = dict(self.values)
+        return Changes(changed, removed)
+
+
+def test_a_job_publishes_changes_with_the_target_labels_and_starts_over_after_a_failure(
+        ) -> None:
+    store = new_store(3600.0)
+    collector = Counting()
+    target = PostgresTarget("main", "postgresql://127.0.0.1:1/x")
+    job = CollectorJob("main", target, collector, 1.0, store, SelfMetrics(store),
+                       clock=iter(T0 + k for k in range(100)).__next__)
+
+    def current() -> list[Sample]:
+        return [s for _, samples in store.current() for s in samples if s.name == NAMES[0]]
+
+    def values() -> dict[str, float]:
+        return {dict(s.labels)["queryid"]: s.value for s in current()}
+
+    collector.values = {"a": 1.0, "b": 2.0}
+    job.run()
+    collector.values = {"a": 1.0, "b": 3.0, "c": 1.0}
+    job.run()
+    collector.values = {"a": 1.0, "c": 1.0}
+    job.run()
+    assert collector.told == [True, False, False]
+    assert values() == {"a": 1.0, "c": 1.0}
+    assert all(dict(s.labels)["target"] == "main" for s in current())
+    b = (("queryid", "b"), ("target", "main"))
+    assert [p.value for p in store.history(NAMES[0], b)][:2] == [2.0, 3.0]
+    assert math.isnan(store.history(NAMES[0], b)[-1].value)  # stale once gone
+    collector.fail = True
+    job.run()
+    assert values() == {}
+    collector.fail = False
+    job.run()
+    assert collector.told[-1] is True  # after a failure: everything again
+    assert values() == {"a": 1.0, "c": 1.0}
+    a = (("queryid", "a"), ("target", "main"))
+    assert [p.timestamp - T0 for p in store.history(NAMES[0], a)
+            if not math.isnan(p.value)] == [0, 1, 2, 4]

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from piggywatch.store import MetricSpec, Sample
+from piggywatch.store import Changes, MetricSpec, Sample
 
 if TYPE_CHECKING:
     from piggywatch.collectors.postgres.target import PostgresTarget
@@ -42,6 +42,21 @@ class Collector(Protocol):
 
     def collect(self, now: float) -> list[Sample]:
         """Run one sampling cycle; ``now`` is the wall-clock time stamped on the samples."""
+        ...
+
+
+@runtime_checkable
+class CollectsChanges(Protocol):
+    """A collector that can also tell a cycle as what changed since its previous one.
+
+    For sources of thousands of series of which a few change a cycle (pg_stat_statements at
+    top_k 5000): the job and the store then work on those few (``MemoryStore.
+    publish_changes``). ``full``: tell everything (the store has nothing to change: first
+    cycle, or after a failed one). A series keeps its labels object from cycle to cycle.
+    """
+
+    def collect_changes(self, now: float, *, full: bool) -> Changes:
+        """Run one sampling cycle, as what changed; stamps every changed sample ``now``."""
         ...
 
 

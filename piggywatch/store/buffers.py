@@ -307,6 +307,8 @@ class SeriesHistory:
 
         ``source`` is the timeline of the source letting the series go, if it has one.
         """
+        # A source letting a held series go releases it first (up to the entries it was
+        # published at); this is for one that did not.
         self.release(horizon_ms, at_ms)
         self.expire(horizon_ms)
         if self.n:

@@ -321,6 +321,10 @@ class MemoryStore:
             if snapshot is None:
                 return
             self.exposition.drop(source)
+            if snapshot.series is not None:
+                # Its series stood at every publish of the source so far.
+                for hist in snapshot.owned:
+                    hist.release(self._horizon_ms)
             if now is not None:
                 self._advance(_to_ms(now))
             at_ms = self._now_ms if now is None else _to_ms(now)
