@@ -369,10 +369,10 @@ class Daemon:
             timezone="UTC",
         )
         start = time.time()
-        for job in self.jobs:
+        for job, phase in _phases(self.jobs):
             self._scheduler.add_job(
                 job.run, "interval", seconds=job.interval, id=job.store_key, name=job.store_key,
-                next_run_time=_utc(start),
+                next_run_time=_utc(start + phase),
                 # A cycle that could not start on time is skipped, not run late in a burst.
                 misfire_grace_time=max(1, int(job.interval / 2)),
             )
@@ -508,6 +508,26 @@ def _mtimes(paths: list[Path]) -> dict[Path, float]:
 
 def _no_delivery(event: AlertEvent) -> None:
     """The rules' sink when no route is configured: alerts are only exported."""
+
+
+# How far apart the cycles of one target's collectors start, at most.
+PHASE_STEP = 0.5
+
+
+def _phases(jobs: list[CollectorJob]) -> list[tuple[CollectorJob, float]]:
+    """Each job with the delay of its first cycle (and so of every later one).
+
+    The collectors of one target share its one connection, a cycle at a time: started
+    together, each would wait for the others (its duration counting the wait) and the
+    database would get their queries in bursts. So the k-th of a target's n jobs starts
+    k times min(interval / n, PHASE_STEP) seconds after the first, and intervals that are
+    multiples of each other keep them apart.
+    """
+    by_owner: dict[str, list[CollectorJob]] = {}
+    for job in jobs:
+        by_owner.setdefault(job.owner, []).append(job)
+    return [(job, k * min(job.interval / len(mine), PHASE_STEP))
+            for mine in by_owner.values() for k, job in enumerate(mine)]
 
 
 def _utc(ts: float) -> datetime:
