@@ -118,6 +118,76 @@ def run_both(history: list[tuple[Continuity, list[Entry]]]) -> None:
             *counters._snap.keys.raw).decoded
 
 
+def read_of(model: list[Entry], view: list[Entry]) -> tuple[list[int], list[Entry]]:
+    """What the collector's query returns, given the last snapshot ``model`` and the view
+    now: the positions whose entry differs from the model's there (key or calls), every
+    position past the model's end included; and the view as the counters then hold it (an
+    entry not returned keeps the counters it had: it changes only when its calls do)."""
+    positions: list[int] = []
+    held: list[Entry] = []
+    for position, (key, values) in enumerate(view):
+        if position < len(model) and model[position][0] == key \
+                and model[position][1][0] == values[0]:
+            held.append(model[position])
+        else:
+            positions.append(position)
+            held.append((key, values))
+    return positions, held
+
+
+def run_reads(history: list[tuple[Continuity, list[Entry]]]) -> None:
+    """Feed ``history`` to StatementCounters as the collector does (only what changed, by
+    position; the whole view after a reset) and the whole views to the reference."""
+    counters, reference = StatementCounters(), ReferenceCounters()
+    groups = sorted({key[:3] for _, entries in history for key, _ in entries})
+    groups.append((1, 10, 10**6))
+    model: list[Entry] = []
+    for step, (continuity, entries) in enumerate(history):
+        view = list({key: (key, values) for key, values in reversed(entries)}.values())[::-1]
+        if continuity is Continuity.CONTINUES:
+            positions, held = read_of(model, view)
+        else:
+            positions, held = list(range(len(view))), view
+        read = [view[p] for p in positions]
+        keys = [list(column) for column in zip(*(key for key, _ in read), strict=True)] \
+            or [[], [], [], []]
+        columns = [list(column) for column in zip(*(values for _, values in read),
+                                                   strict=True)] or [[] for _ in range(5)]
+        got = counters.advance_read(positions, (keys[0], keys[1], keys[2], keys[3]), columns,
+                                    len(view), continuity)
+        expected = reference.advance(make_snapshot(held), continuity)
+        assert observe(counters, got, groups) == observe(reference, expected, groups), step
+        assert counters._keys == [key for key, _ in held]
+        if continuity is Continuity.CONTINUES:
+            before = {key[:3] for key, _ in model}
+            assert counters.gone == before - {key[:3] for key, _ in held}, step
+        model = held
+
+
+@settings(max_examples=400)
+@given(st.data())
+def test_reads_of_what_changed_give_what_whole_snapshots_give(data: st.DataObject) -> None:
+    run_reads(data.draw(histories()))
+
+
+def test_an_entry_replaced_at_its_position_with_the_same_calls_is_read() -> None:
+    before = [((1, 10, 7, True), (3, 3.0, 3, 0.0, 0.0)), ((1, 10, 8, True), (1, 1.0, 1, 0.0, 0.0))]
+    # 7 evicted, 9 new in its place with the same calls; 8 still there.
+    after = [((1, 10, 9, True), (3, 6.0, 3, 0.0, 0.0)), ((1, 10, 8, True), (1, 1.0, 1, 0.0, 0.0))]
+    positions, _ = read_of(before, after)
+    assert positions == [0]
+    run_reads([(Continuity.FIRST, before), (Continuity.CONTINUES, after)])
+    counters = StatementCounters()
+    counters.advance_read([0, 1], ([1, 1], [10, 10], [7, 8], [True, True]),
+                          [[3, 1], [3.0, 1.0], [3, 1], [0.0, 0.0], [0.0, 0.0]], 2,
+                          Continuity.FIRST)
+    deltas = counters.advance_read([0], ([1], [10], [9], [True]), [[3], [6.0], [3], [0.0], [0.0]],
+                                   2, Continuity.CONTINUES)
+    assert deltas == {(1, 10, 9): (3, 6.0, 3, 0.0, 0.0)}
+    assert counters.gone == {(1, 10, 7)}
+    assert counters.totals([(1, 10, 7), (1, 10, 9)]) == [None, (3, 6.0, 3, 0.0, 0.0)]
+
+
 CONTINUITIES = [Continuity.CONTINUES] * 12 + [Continuity.RESET, Continuity.UNKNOWN,
                                               Continuity.FIRST]
 

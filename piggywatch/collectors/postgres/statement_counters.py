@@ -12,6 +12,7 @@ then cost nothing at all.
 from __future__ import annotations
 
 import struct
+from collections import deque
 from collections.abc import Sequence
 from enum import Enum
 from itertools import compress, filterfalse, repeat
@@ -23,6 +24,7 @@ from piggywatch.collectors.postgres.statement_snapshot import (
     Counters,
     Group,
     Key,
+    KeyColumns,
     Snapshot,
 )
 
@@ -64,6 +66,9 @@ class StatementCounters:
         self._index: dict[Key, int] = {}
         # Per group: what was lost to resets and evictions, added back to its counters.
         self._offsets: dict[Group, Counters] = {}
+        # The groups whose last entry left the view in the last advance (evicted or reset
+        # alone); after a FIRST, RESET or UNKNOWN advance, unknown (empty).
+        self.gone: set[Group] = set()
 
     def __len__(self) -> int:
         return len(self._snap)
@@ -80,6 +85,7 @@ class StatementCounters:
         C (list comparisons, ``map``, ``compress``); Python looks only at changed entries.
         """
         prev, self._snap = self._snap, snap
+        self.gone = set()
         if continuity is Continuity.FIRST:
             self._keys, self._index = _index_of(snap)
             self._offsets = {}
@@ -90,7 +96,7 @@ class StatementCounters:
         # An entry changed if its calls did: every execution adds one, and whatever else it
         # adds (time, rows) comes with it. (Were a change ever missed, the next delta of that
         # entry would include it: deltas are against the last values looked at.)
-        if snap.keys.raw == prev.keys.raw:
+        if snap.keys.raw is not None and snap.keys.raw == prev.keys.raw:
             # The same entries in the same order (the usual case): compare in place.
             snap.keys = prev.keys  # already decoded
             changed = list(compress(range(len(snap)), map(ne, snap.calls, prev.calls)))
@@ -103,6 +109,65 @@ class StatementCounters:
         deltas = self._deltas(snap, prev, changed, then)
         if departed:
             self._forget_departed(prev, departed)
+        return deltas
+
+    def advance_read(self, positions: list[int], keys: KeyColumns, counters: list[list[Any]],
+                     size: int, continuity: Continuity) -> dict[Group, Counters]:
+        """Take the next snapshot as a read of what changed; return what ``advance`` does.
+
+        ``positions`` (ascending, from 0) are those where the view's entry differs from the
+        last snapshot's entry there, by key or by calls, and every position past the last
+        snapshot's end; ``keys`` and ``counters`` are their columns; the view has ``size``
+        entries. Every other position holds the entry it held, with the same counters (an
+        entry changes only when its calls do). Costs what the read holds, not the view:
+        the snapshot is patched in place. Other continuities than CONTINUES need the whole
+        view (``positions`` every one).
+        """
+        n_read = len(positions)
+        if continuity is not Continuity.CONTINUES:
+            if n_read != size:
+                raise ValueError("a reset or first snapshot needs the whole view")
+            return self.advance(Snapshot.of_lists(keys, counters), continuity)
+        snap, index, keys_before = self._snap, self._index, self._keys
+        pn = len(keys_before)
+        if len(index) != pn:  # the same key twice: only matching every entry copes
+            whole = _patched(snap, positions, keys, counters, size)
+            return self.advance(whole, continuity)
+        self.gone = set()
+        key_columns = snap.keys.decoded
+        columns = [column.all() for column in snap.columns]
+        calls_before = columns[0]
+        new_keys = list(zip(*keys, strict=True))
+        # Where each entry read was (pn: not there), and which of them changed.
+        at = list(map(index.get, new_keys, repeat(pn)))
+        changed = [k for k, (j, calls) in enumerate(zip(at, counters[0], strict=True))
+                   if j == pn or calls != calls_before[j]]
+        then = [at[k] for k in changed]
+        groups = [new_keys[k][:3] for k in changed]
+        now = [[column[k] for k in changed] for column in counters]
+        before = [[column[j] if j < pn else 0 for j in then] for column in columns]
+        # Entries that left: those overwritten at their position or cut off at the end,
+        # unless they turn up at another position.
+        out = [keys_before[p] for p, key in zip(positions, new_keys, strict=True)
+               if p < pn and keys_before[p] != key]
+        out += keys_before[size:pn]
+        departed: list[tuple[Group, Counters]] = []
+        if out:
+            present = set(new_keys)
+            departed = [(key[:3], tuple(column[index[key]] for column in columns))
+                        for key in out if key not in present]
+            for key in out:
+                if key not in present:
+                    del index[key]
+        targets: list[list[Any]] = [*key_columns, *columns, keys_before]
+        sources: list[Sequence[Any]] = [*keys, *counters, new_keys]
+        for column, values in zip(targets, sources, strict=True):
+            _patch(column, positions, values, size)
+        index.update(zip(new_keys, positions, strict=True))
+        snap.keys.raw = None  # the lists are the truth now
+        deltas = self._deltas_of(groups, now, before)
+        if departed:
+            self._forget(departed)
         return deltas
 
     def _match(self, snap: Snapshot, prev: Snapshot) -> tuple[list[int], list[int], list[int]]:
@@ -139,6 +204,8 @@ class StatementCounters:
         n, pn = len(snap), len(prev)
         new, old = snap.keys.raw, prev.keys.raw
         index = self._index
+        if new is None or old is None:  # held as lists only (see advance_read)
+            return None
         if not n or not pn or len(index) != pn:  # pn > len(index): duplicate keys
             return None
         for raw_new, raw_old in zip(new, old, strict=True):
@@ -234,12 +301,16 @@ class StatementCounters:
         Column by column in C rather than entry by entry: a busy server changes thousands
         of entries per interval.
         """
-        now = snap.columns_at(changed)
-        before = prev.columns_at(then)
-        diff = [list(map(sub, a, b)) for a, b in zip(now, before, strict=True)]
         dbids, userids, queryids, _ = snap.keys.decoded
         groups = list(zip(map(dbids.__getitem__, changed), map(userids.__getitem__, changed),
                           map(queryids.__getitem__, changed), strict=True))
+        return self._deltas_of(groups, snap.columns_at(changed), prev.columns_at(then))
+
+    def _deltas_of(self, groups: list[Group], now: list[list[Any]],
+                   before: list[list[Any]]) -> dict[Group, Counters]:
+        """Deltas of entries of ``groups`` from their counters ``before`` to ``now`` (column
+        by column), by group; an entry that went down was reset alone."""
+        diff = [list(map(sub, a, b)) for a, b in zip(now, before, strict=True)]
         if any(min(column, default=0) < 0 for column in diff):
             offsets = self._offsets
             for k, group in enumerate(groups):
@@ -311,14 +382,41 @@ class StatementCounters:
         return now if continuity is Continuity.RESET else {}
 
     def _forget_departed(self, prev: Snapshot, positions: list[int]) -> None:
+        self._forget([(prev.group(j), prev.counters(j)) for j in positions])
+
+    def _forget(self, departed: list[tuple[Group, Counters]]) -> None:
         """Entries evicted (or reset one by one) left the view: keep what they counted."""
         offsets = self._offsets
-        for j in positions:
-            group = prev.group(j)
+        for group, counters in departed:
             if group in self:
-                offsets[group] = _sum(offsets.get(group, ZERO), prev.counters(j))
+                offsets[group] = _sum(offsets.get(group, ZERO), counters)
             else:
                 offsets.pop(group, None)  # gone entirely; should it return, it starts afresh
+                self.gone.add(group)
+
+
+def _patch(column: list[Any], positions: list[int], values: Sequence[Any], size: int) -> None:
+    """``column`` cut or grown to ``size``, with ``values`` at ``positions`` (which hold
+    every position past the old end)."""
+    if size < len(column):
+        del column[size:]
+    elif size > len(column):
+        column.extend(repeat(None, size - len(column)))
+    deque(map(column.__setitem__, positions, values), maxlen=0)
+
+
+def _patched(snap: Snapshot, positions: list[int], keys: KeyColumns,
+             counters: list[list[Any]], size: int) -> Snapshot:
+    """A new snapshot: ``snap`` with the entries read patched in (see ``advance_read``)."""
+    before = snap.keys.decoded
+    dbids, userids, queryids = list(before[0]), list(before[1]), list(before[2])
+    toplevel = list(before[3])
+    columns = [list(column.all()) for column in snap.columns]
+    targets: list[list[Any]] = [dbids, userids, queryids, toplevel, *columns]
+    sources: list[Sequence[Any]] = [*keys, *counters]
+    for column, values in zip(targets, sources, strict=True):
+        _patch(column, positions, values, size)
+    return Snapshot.of_lists((dbids, userids, queryids, toplevel), columns)
 
 
 def _index_of(snap: Snapshot) -> tuple[list[Key], dict[Key, int]]:

@@ -1,9 +1,10 @@
 """pg_stat_statements at one moment, kept as PostgreSQL sent it.
 
-The statements collector reads the whole view every cycle, thousands of entries, while
-only a few of them changed. So the columns arrive as the bytes of binary arrays (one per
-column) and stay that way: the key columns are compared as bytes and decoded only when they
-differ from the previous snapshot's, the counters decoded only where they are read.
+A whole read of the view arrives as the bytes of binary arrays (one per column) and stays
+that way until needed: the key columns are compared as bytes and decoded only when they
+differ from the previous snapshot's, the counters decoded only where they are read. The
+collector's usual read brings only the entries that changed; the snapshot it keeps is then
+decoded lists patched in place, and has no bytes (``raw`` is None).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 
 # One entry of pg_stat_statements: dbid, userid, queryid, toplevel.
 Key = tuple[int, int, int, bool]
+# The key columns, entry i at index i of each: dbids, userids, queryids, toplevel flags.
+KeyColumns = tuple[list[int], list[int], list[int], list[bool]]
 # One exported series: dbid, userid, queryid. Entries differing only in toplevel add up into
 # one, because postgres_exporter's labels (queryid, datname, user) have no toplevel.
 Group = tuple[int, int, int]
@@ -85,8 +88,18 @@ class PackedKeys:
 
     def __init__(self, dbids: bytes | None, userids: bytes | None, queryids: bytes | None,
                  toplevel: bytes | None) -> None:
-        self.raw = (dbids or b"", userids or b"", queryids or b"", toplevel or b"")
-        self._decoded: tuple[list[int], list[int], list[int], list[bool]] | None = None
+        self.raw: tuple[bytes, bytes, bytes, bytes] | None = (
+            dbids or b"", userids or b"", queryids or b"", toplevel or b"")
+        self._decoded: KeyColumns | None = None
+
+    @classmethod
+    def of_lists(cls, columns: KeyColumns
+                 ) -> PackedKeys:
+        """Keys held as lists only (no bytes): ``raw`` is None."""
+        keys = cls(None, None, None, None)
+        keys.raw = None
+        keys._decoded = columns
+        return keys
 
     @classmethod
     def of(cls, dbids: Sequence[int], userids: Sequence[int], queryids: Sequence[int],
@@ -95,16 +108,17 @@ class PackedKeys:
         return cls(encode_array(dbids, "I"), encode_array(userids, "I"),
                    encode_array(queryids, "q"), encode_array(toplevel, "?"))
 
-    def adopt_decoded(self, columns: tuple[list[int], list[int], list[int], list[bool]]
+    def adopt_decoded(self, columns: KeyColumns
                       ) -> None:
         """Take ``columns`` as what decoding ``raw`` gives (the caller built them from the
         previous sample's decoded keys), instead of decoding thousands of entries again."""
         self._decoded = columns
 
     @property
-    def decoded(self) -> tuple[list[int], list[int], list[int], list[bool]]:
+    def decoded(self) -> KeyColumns:
         """dbids, userids, queryids and toplevel flags, entry i at index i of each."""
         if self._decoded is None:
+            assert self.raw is not None  # set by __init__, cleared only with _decoded set
             dbids, userids, queryids, toplevel = self.raw
             self._decoded = (decode_array(dbids, "I"), decode_array(userids, "I"),
                              decode_array(queryids, "q"), decode_array(toplevel, "?"))
@@ -127,11 +141,20 @@ class PackedColumn:
         self.decoded: list[Any] | None = None
 
     @classmethod
+    def of_list(cls, values: list[Any], code: str) -> PackedColumn:
+        """A column held as a list only; its ``raw`` bytes are not kept up to date."""
+        column = cls(None, code)
+        column.decoded = values
+        return column
+
+    @classmethod
     def of(cls, values: Sequence[Any], code: str) -> PackedColumn:
         """A column from a list, packed as PostgreSQL would send it."""
         return cls(encode_array(values, code), code)
 
     def __len__(self) -> int:
+        if self.decoded is not None:  # patched in place: the list is the truth
+            return len(self.decoded)
         return _ARRAY_HEADER.unpack_from(self.raw)[3] if self.raw else 0
 
     def all(self) -> list[Any]:
@@ -151,6 +174,15 @@ class Snapshot:
         self.keys = keys
         # calls, exec time (ms), rows, block read time (ms), block write time (ms).
         self.columns = (calls, exec_ms, rows, read_ms, write_ms)
+
+    @classmethod
+    def of_lists(cls, keys: KeyColumns,
+                 counters: Sequence[list[Any]]) -> Snapshot:
+        """A snapshot held as lists (see ``PackedKeys.of_lists``)."""
+        calls, exec_ms, rows, read_ms, write_ms = (
+            PackedColumn.of_list(values, code)
+            for values, code in zip(counters, COUNTER_CODES, strict=True))
+        return cls(PackedKeys.of_lists(keys), calls, exec_ms, rows, read_ms, write_ms)
 
     @classmethod
     def empty(cls) -> Snapshot:
