@@ -114,8 +114,9 @@ def run_both(history: list[tuple[Continuity, list[Entry]]]) -> None:
         expected = reference.advance(make_snapshot(entries), continuity)
         assert observe(counters, got, groups) == observe(reference, expected, groups), step
         assert counters._keys == list(zip(*counters._snap.keys.decoded, strict=True))
-        assert counters._snap.keys.decoded == PackedKeys(
-            *counters._snap.keys.raw).decoded
+        raw = counters._snap.keys.raw
+        assert raw is not None
+        assert counters._snap.keys.decoded == PackedKeys(*raw).decoded
 
 
 def read_of(model: list[Entry], view: list[Entry]) -> tuple[list[int], list[Entry]]:
