@@ -399,6 +399,38 @@ class SeriesHistory:
         self.values[n:n + need] = array("d", [value]) * need
         self.n = n + need
 
+    def change_held(self, value: float, horizon_ms: int) -> bool:
+        """Held on its own timeline, whose newest entry is new: write the held value at the
+        entries before that one and ``value`` at it, and hold ``value`` on. False (nothing
+        done) when that does not fit: the caller appends instead.
+
+        What ``catch_up`` and ``append`` would do together, in one step: a source that
+        publishes changes calls it for each series that changed.
+        """
+        held = self.held
+        if held is not self.timeline or held is None or (value != value and _is_absent(value)):
+            return False
+        end = held.dropped + len(held.times)
+        start = self.first + self.n
+        live = held.dropped + held.start
+        if start < live:
+            # Every point it had expired, and so did the entries up to ``live``.
+            self.first, self.n, start = live, 0, live
+            self.gap = -1
+        need = end - start
+        if need <= 0:
+            return False
+        if self.n + need > len(self.values):
+            self._make_room(need, horizon_ms)
+        n = self.n
+        values = self.values
+        if need > 1:
+            values[n:n + need - 1] = array("d", [self.held_value]) * (need - 1)
+        values[n + need - 1] = value
+        self.n = n + need
+        self.held_value = value
+        return True
+
     def _push(self, value: float, horizon_ms: int) -> None:
         if self.n == len(self.values):
             self._make_room(1, horizon_ms)

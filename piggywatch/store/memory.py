@@ -292,6 +292,9 @@ class MemoryStore:
                     self._orphans.discard(hist)
             else:
                 hist = known[1]
+                if shared is not None and hist.change_held(sample.value, horizon):
+                    series[name, labels] = (sample, hist)
+                    continue
             hist.append(now_ms, sample.value, horizon, shared)
             hist.hold(timeline, sample.value)
             series[name, labels] = (sample, hist)
