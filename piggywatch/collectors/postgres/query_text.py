@@ -90,6 +90,9 @@ class QueryTexts:
         self._limit = limit
         self._scrubbed: dict[Hashable, str] = {}
         self._raw: dict[Hashable, str] = {}
+        # Texts pushed out so far: a caller that knows which keys have a text need only
+        # look again when this moved.
+        self.evicted = 0
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._scrubbed or key in self._raw
@@ -119,6 +122,7 @@ class QueryTexts:
         while len(self) > self._limit:
             oldest = self._raw if self._raw else self._scrubbed
             del oldest[next(iter(oldest))]
+            self.evicted += 1
 
 
 def _follows_ident(text: str, i: int) -> bool:

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import filterfalse, repeat
 from typing import Any
 
 from psycopg import sql
@@ -22,22 +22,15 @@ from psycopg import sql
 from piggywatch.collectors.base import CollectorError, Report
 from piggywatch.collectors.postgres.query_text import QueryTexts
 from piggywatch.collectors.postgres.statement_counters import Continuity, StatementCounters
-from piggywatch.collectors.postgres.statement_snapshot import (
-    COUNTER_CODES,
-    ZERO,
-    Counters,
-    Group,
-    PackedColumn,
-    PackedKeys,
-    Snapshot,
-)
+from piggywatch.collectors.postgres.statement_positions import Positions, Read, read_view
+from piggywatch.collectors.postgres.statement_snapshot import ZERO, Counters, Group
 from piggywatch.collectors.postgres.statements_setup import (
     NOT_LOADED,
     StatementsSetup,
     find_statements,
 )
 from piggywatch.collectors.postgres.target import PostgresTarget, Session
-from piggywatch.store import Labels, MetricKind, MetricSpec, Sample, labels_of
+from piggywatch.store import Changes, Labels, MetricKind, MetricSpec, Sample, labels_of
 
 CALLS = "pg_stat_statements_calls_total"
 SECONDS = "pg_stat_statements_seconds_total"
@@ -65,6 +58,11 @@ SPECS = (
     MetricSpec("pg_stat_statements_stats_reset_timestamp_seconds", _G,
                "When pg_stat_statements was last reset, as a Unix timestamp"),
 )
+
+_STATEMENT_METRICS = (CALLS, SECONDS, ROWS, BLOCK_READ, BLOCK_WRITE)
+# What top_statements() reports: the exported groups in order, their labels, interval
+# deltas and totals.
+_Top = tuple[list[Group], dict[Group, Labels], dict[Group, Counters], dict[Group, Counters]]
 
 # Query texts cached per top-K slot: generous, so statements drifting in and out of the top
 # K do not send the collector back to the (expensive) query texts every cycle.
@@ -129,19 +127,27 @@ class StatementsCollector:
         self._schema = schema
         self._setup: StatementsSetup | None = None
         self._counters = StatementCounters()
+        self._positions = Positions()
         self._has_snapshot = False
         self._snapshot_at = 0.0
         self._stats_reset: float | None = None
+        # The last result, per exported group: its labels (the same object cycle after
+        # cycle) and its totals; and the values of the other series.
         self._exported: list[Group] = []
         self._labels: dict[Group, Labels] = {}
+        self._totals: dict[Group, Counters] = {}
+        self._gauges: dict[str, float] = {}
         self._datnames: dict[int, str] = {}
         self._usernames: dict[int, str] = {}
         self._names_at = float("-inf")
         self._texts = QueryTexts(max(_MIN_TEXTS, _TEXTS_PER_SLOT * top_k))
+        # Exported groups without a text yet, and the cache's evictions when that was known.
+        self._textless: set[Group] = set()
+        self._texts_evicted = 0
         # What top_statements() reports, kept raw: figures (and texts, scrubbed on first
         # read) are worked out only when asked for. The lock guards these and the texts.
         self._top_lock = threading.Lock()
-        self._top: tuple[tuple[Group, Labels, Counters, Counters], ...] = ()
+        self._top: _Top = ([], {}, {}, {})
         self._top_interval = 0.0
 
     def specs(self) -> Sequence[MetricSpec]:
@@ -151,10 +157,10 @@ class StatementsCollector:
     def top_statements(self) -> list[StatementFigures]:
         """The statements exported by the last sample, most time in the interval first."""
         with self._top_lock:
-            top, interval = self._top, self._top_interval
-            texts = [self._texts.get(group) or "" for group, *_ in top]
-        return [_figures(labels, text, delta, totals, interval)
-                for (_, labels, delta, totals), text in zip(top, texts, strict=True)]
+            (chosen, labels, deltas, totals), interval = self._top, self._top_interval
+            texts = [self._texts.get(group) or "" for group in chosen]
+        return [_figures(labels[group], text, deltas.get(group, ZERO), totals[group], interval)
+                for group, text in zip(chosen, texts, strict=True)]
 
     def reports(self) -> dict[str, Report]:
         """The API report this collector serves (GET /api/v1/statements)."""
@@ -162,14 +168,24 @@ class StatementsCollector:
 
     @property
     def main_query(self) -> sql.Composed | None:
-        """The query run on every cycle (None until the first), for benchmarks and EXPLAIN."""
+        """The query run on every cycle (None until the first), for benchmarks and EXPLAIN.
+
+        Its parameters are those of ``statement_positions.Positions.params``."""
         return self._setup.main if self._setup else None
 
     def collect(self, now: float) -> list[Sample]:
         """One cycle: read pg_stat_statements, advance the deltas, export the top K."""
+        return self.collect_changes(now, full=True).changed
+
+    def collect_changes(self, now: float, *, full: bool) -> Changes:
+        """One cycle, told as what changed since the last one's result.
+
+        ``full``: every series in ``changed`` (first cycle, or after a failed one). Else the
+        work is what changed: statements that ran, entered or left the top K.
+        """
         try:
             with self._target.session(self._timeout) as db:
-                return self._cycle(db, now)
+                return self._cycle(db, now, full)
         except CollectorError as exc:
             # Anything may have changed (extension dropped, updated, privileges): look again.
             self._setup = None
@@ -177,102 +193,140 @@ class StatementsCollector:
                 raise CollectorError("setup", NOT_LOADED) from None
             raise
 
-    def _cycle(self, db: Session, now: float) -> list[Sample]:
+    def _cycle(self, db: Session, now: float, full: bool) -> Changes:
         setup = self._setup or find_statements(db, self._schema)
         self._setup = setup
-        # Binary: arrays of thousands of numbers load far faster than from text.
-        rows = db.fetch(setup.main, binary=True)
-        continuity = Continuity.CONTINUES if self._has_snapshot else Continuity.FIRST
-        if len(rows) == 3:
-            # pg_stat_statements_info read on both sides of the snapshot: a reset between
-            # the two reads leaves it unknowable whether the entries are from before or after.
-            (dealloc, stats_reset, *_), snapshot_row, (_, reset_after, *_) = rows
-            if reset_after != stats_reset:
-                continuity = Continuity.UNKNOWN
-            elif self._has_snapshot and stats_reset != self._stats_reset:
-                continuity = Continuity.RESET
-            # The earlier of the two: after an unknowable cycle, the next one then counts
-            # everything since the reset, which that cycle did not.
-            self._stats_reset = stats_reset
-        else:
-            (dealloc, stats_reset, *_), snapshot_row = (None, None), rows[0]
-        # array_agg over no rows is NULL.
-        snapshot = Snapshot(PackedKeys(*snapshot_row[2:6]), *(
-            PackedColumn(raw, code)
-            for raw, code in zip(snapshot_row[6:], COUNTER_CODES, strict=True)))
-        deltas = self._counters.advance(snapshot, continuity)
+        read, size, continuity = self._read(db, setup)
+        counters = self._counters
+        deltas = counters.advance_read(read.positions, read.keys, read.counters, size,
+                                       continuity)
         interval = now - self._snapshot_at if continuity is not Continuity.FIRST else 0.0
         self._has_snapshot = True
         self._snapshot_at = now
+        # Only a cycle that continues knows which groups left; else every one is checked.
+        gone = counters.gone if continuity is Continuity.CONTINUES else None
 
-        chosen = self._choose(deltas)
+        chosen, entering, leaving = self._choose(deltas, gone)
+        relabelled = self._resolve_names(db, entering)
+        self._fetch_texts(db, setup, chosen, entering, leaving, deltas)
+
+        labels, totals = self._labels, self._totals
+        # Series that leave: statements out of the top K, and the old labels of renamed ones.
+        old_labels = dict(relabelled)
+        removed: list[tuple[str, Labels]] = []
+        for group in leaving:
+            lab = labels.pop(group)
+            removed += zip(_STATEMENT_METRICS, repeat(old_labels.pop(group, lab)))
+            del totals[group]
+        for lab in old_labels.values():
+            removed += zip(_STATEMENT_METRICS, repeat(lab))
+        if full or gone is None:
+            dirty = chosen
+        else:
+            # Only these can have other totals: the rest did nothing since the last cycle.
+            dirty = list(dict.fromkeys([*filter(totals.__contains__, deltas), *entering,
+                                        *old_labels]))
+        changed: list[Sample] = []
+        for group, values in zip(dirty, counters.totals(dirty), strict=True):
+            values = values or ZERO
+            known = labels.get(group)
+            if known is None:
+                dbid, userid, queryid = group
+                known = labels[group] = labels_of(queryid=str(queryid),
+                                                  datname=self._datname(dbid),
+                                                  user=self._username(userid))
+            before = None if full or group in old_labels else totals.get(group)
+            totals[group] = values
+            changed += _statement_samples(known, values, before, now)
+        gauges, gone_gauges = self._gauge_samples(setup, read, now, full)
+        changed += gauges
         self._exported = chosen
-        self._resolve_names(db, chosen)
-        self._fetch_texts(db, setup, chosen, deltas)
-
-        counters = self._counters
-        totals = [found or ZERO for found in counters.totals(chosen)]
-        out = self._statement_samples(chosen, totals, now)
-        entries = float(len(counters))
-        out.append(Sample("pg_stat_statements_entries", (), entries, now))
-        out.append(Sample("pg_stat_statements_max_entries", (), setup.max_entries, now))
-        if setup.max_entries > 0:
-            out.append(Sample("pg_stat_statements_fill_ratio", (),
-                              entries / setup.max_entries, now))
-        if dealloc is not None:
-            out.append(Sample("pg_stat_statements_dealloc_total", (), float(dealloc), now))
-        if stats_reset is not None:
-            out.append(Sample("pg_stat_statements_stats_reset_timestamp_seconds", (),
-                              float(stats_reset), now))
-        top = tuple(zip(chosen, map(self._labels.__getitem__, chosen),
-                        map(deltas.get, chosen, repeat(ZERO)), totals, strict=True))
         with self._top_lock:
-            self._top, self._top_interval = top, interval
-        return out
+            self._top = (chosen, labels.copy(), deltas, totals.copy())
+            self._top_interval = interval
+        return Changes(changed, [] if full else removed + gone_gauges)
 
-    def _choose(self, deltas: dict[Group, Counters]) -> list[Group]:
-        """The K groups to export: most time in the interval first.
+    def _read(self, db: Session, setup: StatementsSetup) -> tuple[Read, int, Continuity]:
+        """Read what changed (the whole view when needed): the read, the view's size (of
+        entries the role may see), and how it relates to the last snapshot."""
+        positions = self._positions
+        read = read_view(db, setup, positions)
+        if not read.whole and (
+                not read.positions or read.positions[-1] < positions.size - 1  # shrank
+                or read.hidden or read.stats_reset != self._stats_reset
+                or read.reset_after != read.stats_reset):
+            # A reset can leave an entry equal at its position to one before, with other
+            # counters; and a view that shrank says how far only by its size.
+            read = read_view(db, setup, None)
+        continuity = Continuity.CONTINUES if self._has_snapshot else Continuity.FIRST
+        if read.stats_reset is not None or read.reset_after is not None:
+            # pg_stat_statements_info read on both sides of the snapshot: a reset between
+            # the two reads leaves it unknowable whether the entries are from before or after.
+            if read.reset_after != read.stats_reset:
+                continuity = Continuity.UNKNOWN
+            elif self._has_snapshot and read.stats_reset != self._stats_reset:
+                continuity = Continuity.RESET
+            # The earlier of the two: after an unknowable cycle, the next one then counts
+            # everything since the reset, which that cycle did not.
+            self._stats_reset = read.stats_reset
+        if read.hidden:
+            # Entries of roles this one may not see have no queryid: left out, and the
+            # positions would not be the view's, so every read is whole while they last.
+            read = read.visible()
+            positions.clear()
+            return read, len(read.positions), continuity
+        size = len(read.positions) if read.whole else read.positions[-1] + 1
+        positions.patch(read, size)
+        return read, size, continuity
+
+    def _choose(self, deltas: dict[Group, Counters], gone: set[Group] | None
+                ) -> tuple[list[Group], list[Group], list[Group]]:
+        """The K groups to export, most time in the interval first; those entering the
+        export and those leaving it.
 
         Statements idle in the interval tie at zero; among them the ones exported last time
         are kept (so their series don't flap), then the ones with most time in total.
+        ``gone``: the groups that left the view, if known (else each is looked up).
         """
-        k, counters = self._top_k, self._counters
+        k, counters, exported, labels = self._top_k, self._counters, self._exported, self._labels
         chosen = [group for group, d in heapq.nlargest(k, deltas.items(), key=_busyness)
                   if d[0] > 0 or d[1] > 0]
+        entering = list(filterfalse(labels.__contains__, chosen))
+        busy = set(chosen)
+        kept = list(filterfalse(busy.__contains__, exported))
+        if gone is None:
+            leaving = [group for group in kept if group not in counters]
+            kept = [group for group in kept if group in counters]
+        else:
+            leaving = [group for group in gone if group in labels]
+            if leaving:
+                kept = list(filterfalse(gone.__contains__, kept))
+        room = max(0, k - len(chosen))
+        leaving += kept[room:]  # idle, and pushed out by busy ones
+        chosen += kept[:room]
         if len(chosen) < k and len(counters) > len(chosen):
-            seen = set(chosen)
-            for group in self._exported:
-                if len(chosen) >= k:
-                    break
-                if group not in seen and group in counters:
-                    chosen.append(group)
-                    seen.add(group)
-            if len(chosen) < k and len(counters) > len(chosen):
-                chosen.extend(counters.busiest_overall(k - len(chosen), seen))
-        return chosen
+            more = counters.busiest_overall(k - len(chosen), set(chosen))
+            chosen += more
+            entering += more  # none of them exported: the exported are all in chosen
+        return chosen, entering, leaving
 
-    def _statement_samples(self, chosen: list[Group], totals: list[Counters],
-                           now: float) -> list[Sample]:
-        old_labels = self._labels
-        labels: dict[Group, Labels] = {}
-        out: list[Sample] = []
-        append = out.append
-        new = tuple.__new__
-        for group, (calls, ms, nrows, read_ms, write_ms) in zip(chosen, totals, strict=True):
-            lab = old_labels.get(group)
-            if lab is None:
-                dbid, userid, queryid = group
-                lab = labels_of(queryid=str(queryid), datname=self._datname(dbid),
-                                user=self._username(userid))
-            labels[group] = lab
-            # tuple.__new__: Sample's own __new__ is a Python function, five per statement.
-            append(new(Sample, (CALLS, lab, float(calls), now)))
-            append(new(Sample, (SECONDS, lab, ms / 1000.0, now)))
-            append(new(Sample, (ROWS, lab, float(nrows), now)))
-            append(new(Sample, (BLOCK_READ, lab, read_ms / 1000.0, now)))
-            append(new(Sample, (BLOCK_WRITE, lab, write_ms / 1000.0, now)))
-        self._labels = labels
-        return out
+    def _gauge_samples(self, setup: StatementsSetup, read: Read, now: float, full: bool
+                       ) -> tuple[list[Sample], list[tuple[str, Labels]]]:
+        """The view's own series (entries, fill, evictions, reset time): those that changed,
+        and those no longer there."""
+        entries = float(len(self._counters))
+        values = {"pg_stat_statements_entries": entries,
+                  "pg_stat_statements_max_entries": setup.max_entries}
+        if setup.max_entries > 0:
+            values["pg_stat_statements_fill_ratio"] = entries / setup.max_entries
+        if read.dealloc is not None:
+            values["pg_stat_statements_dealloc_total"] = float(read.dealloc)
+        if read.stats_reset is not None:
+            values["pg_stat_statements_stats_reset_timestamp_seconds"] = float(read.stats_reset)
+        before, self._gauges = self._gauges, values
+        return ([Sample(name, (), value, now) for name, value in values.items()
+                 if full or before.get(name) != value],
+                [(name, ()) for name in before if name not in values])
 
     def _datname(self, dbid: int) -> str:
         return self._datnames.get(dbid) or str(dbid)
@@ -281,21 +335,35 @@ class StatementsCollector:
         # pg_get_userbyid's wording for a dropped role, as postgres_exporter would show it.
         return self._usernames.get(userid) or f"unknown (OID={userid})"
 
-    def _resolve_names(self, db: Session, chosen: list[Group]) -> None:
+    def _resolve_names(self, db: Session, entering: list[Group]) -> list[tuple[Group, Labels]]:
+        """Look up database and role names when some are missing or stale; the exported
+        groups whose labels that changed, with their old labels (new ones in ``_labels``)."""
         stale = time.monotonic() - self._names_at > _NAMES_MAX_AGE
-        missing = any(g[0] not in self._datnames or g[1] not in self._usernames for g in chosen)
+        missing = any(g[0] not in self._datnames or g[1] not in self._usernames
+                      for g in entering)
         if not (stale or missing):
-            return
+            return []
         rows = db.fetch("SELECT 'd', oid, datname FROM pg_database "
                         "UNION ALL SELECT 'u', oid, rolname FROM pg_roles")
         datnames = {oid: name for kind, oid, name in rows if kind == "d"}
         usernames = {oid: name for kind, oid, name in rows if kind == "u"}
-        if datnames != self._datnames or usernames != self._usernames:
-            self._labels = {}
-        self._datnames, self._usernames = datnames, usernames
         self._names_at = time.monotonic()
+        if datnames == self._datnames and usernames == self._usernames:
+            return []
+        self._datnames, self._usernames = datnames, usernames
+        relabelled = []
+        labels = self._labels
+        for group, old in labels.items():
+            dbid, userid, queryid = group
+            new = labels_of(queryid=str(queryid), datname=self._datname(dbid),
+                            user=self._username(userid))
+            if new != old:
+                relabelled.append((group, old))
+                labels[group] = new
+        return relabelled
 
     def _fetch_texts(self, db: Session, setup: StatementsSetup, chosen: list[Group],
+                     entering: list[Group], leaving: list[Group],
                      deltas: dict[Group, Counters]) -> None:
         """Fetch the texts of chosen statements not cached yet, and of other busy ones.
 
@@ -303,12 +371,19 @@ class StatementsCollector:
         the texts of the statements busiest in this interval, the likely next entrants, and
         trips are at most one per ``text_refresh`` seconds.
         """
-        texts = self._texts
+        texts, textless = self._texts, self._textless
         with self._top_lock:
-            missing = [group for group in chosen if group not in texts]
-        if not missing or time.monotonic() - self._texts_at < self._text_refresh:
+            if texts.evicted != self._texts_evicted:
+                # Texts were pushed out, maybe of exported statements: look at them all.
+                textless = self._textless = set(filterfalse(texts.__contains__, chosen))
+                self._texts_evicted = texts.evicted
+            else:
+                textless.difference_update(leaving)
+                textless.update(filterfalse(texts.__contains__, entering))
+        if not textless or time.monotonic() - self._texts_at < self._text_refresh:
             return
         self._texts_at = time.monotonic()
+        missing = list(textless)
         wanted = set(missing)
         room = _MIN_TEXTS // 2
         for group in heapq.nlargest(room, deltas, key=lambda g: deltas[g][1]):
@@ -328,6 +403,9 @@ class StatementsCollector:
             for group in missing:
                 # Not found: gone since the snapshot; "" so as not to ask again every cycle.
                 texts.add(group, found.get(group, ""))
+            # Filling the cache may have pushed out texts of exported statements: should
+            # it have, the next cycle looks at them all (evicted moved).
+            textless.clear()
 
 
 def _int8_array(values: Iterable[int]) -> str:
@@ -338,6 +416,31 @@ def _int8_array(values: Iterable[int]) -> str:
     a tenth of that, and PostgreSQL's cast parses them just as well.
     """
     return "{" + ",".join(map(str, values)) + "}"
+
+
+def _statement_samples(labels: Labels, values: Counters, before: Counters | None,
+                       now: float) -> list[Sample]:
+    """The five series of a statement; with ``before``, only those whose value changed."""
+    calls, ms, nrows, read_ms, write_ms = values
+    new = tuple.__new__  # Sample's own __new__ is a Python function, five per statement
+    if before is None:
+        return [new(Sample, (CALLS, labels, float(calls), now)),
+                new(Sample, (SECONDS, labels, ms / 1000.0, now)),
+                new(Sample, (ROWS, labels, float(nrows), now)),
+                new(Sample, (BLOCK_READ, labels, read_ms / 1000.0, now)),
+                new(Sample, (BLOCK_WRITE, labels, write_ms / 1000.0, now))]
+    out = []
+    if calls != before[0]:
+        out.append(new(Sample, (CALLS, labels, float(calls), now)))
+    if ms != before[1]:
+        out.append(new(Sample, (SECONDS, labels, ms / 1000.0, now)))
+    if nrows != before[2]:
+        out.append(new(Sample, (ROWS, labels, float(nrows), now)))
+    if read_ms != before[3]:
+        out.append(new(Sample, (BLOCK_READ, labels, read_ms / 1000.0, now)))
+    if write_ms != before[4]:
+        out.append(new(Sample, (BLOCK_WRITE, labels, write_ms / 1000.0, now)))
+    return out
 
 
 def _busyness(item: tuple[Group, Counters]) -> tuple[float, int]:

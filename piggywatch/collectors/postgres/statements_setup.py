@@ -41,11 +41,12 @@ SELECT current_user, current_database(),
 class StatementsSetup:
     """Where pg_stat_statements is and the queries that read it on this server.
 
-    ``main`` returns one row holding the whole view as arrays (the bytes of binary arrays),
-    one per column: dbid, userid, queryid, toplevel, calls, exec time, rows, block read
-    time, block write time; after two columns (dealloc, stats_reset as epoch) that are NULL
-    in that row. With pg_stat_statements_info (PostgreSQL 14+), a row of it comes before and
-    after.
+    ``main`` takes the parameters of ``statement_positions.Positions`` and returns one row
+    holding the entries that changed as arrays (the bytes of binary arrays), one per
+    column: position (from 1), dbid, userid, queryid, toplevel, calls, exec time, rows,
+    block read time, block write time; after two columns (dealloc, stats_reset as epoch)
+    that are NULL in that row. With pg_stat_statements_info (PostgreSQL 14+), a row of it
+    comes before and after.
     """
 
     schema: str
@@ -122,23 +123,31 @@ def _build(db: Session, schema: str, max_entries: float) -> StatementsSetup:
     toplevel = sql.Identifier("toplevel") if "toplevel" in columns else sql.SQL("true")
     func = sql.SQL("{}.pg_stat_statements").format(sql.Identifier(schema))
     # One row of arrays rather than thousands of rows, each array as its binary bytes
-    # (array_send is what binary output would run anyway): the keys are compared as bytes
-    # and decoded only when they changed, the other columns decoded only where needed.
+    # (array_send is what binary output would run anyway), of the entries that differ from
+    # what the last read found at their position (statement_positions): the last position
+    # (%s) and the position of each entry (ordinality), calls * 2 + toplevel, the queryid
+    # (0 for one the role may not see), dbid and userid as one int8. Positions past the
+    # arrays' end read as NULL: new entries are returned; empty arrays return every entry.
     # (false): no query texts, which PostgreSQL would read from a file.
     main = sql.SQL(
-        "SELECT NULL::int8, NULL::float8, array_send(array_agg(dbid)), "
-        "array_send(array_agg(userid)), array_send(array_agg(queryid)), "
-        "array_send(array_agg({})), array_send(array_agg(calls)), array_send(array_agg({})), "
-        "array_send(array_agg(rows)), array_send(array_agg({})), array_send(array_agg({})) "
-        "FROM {}(false) WHERE queryid IS NOT NULL"
-    ).format(toplevel, exec_time, read_time, write_time, func)
+        "SELECT NULL::int8, NULL::float8, array_send(array_agg(ordinality)), "
+        "array_send(array_agg(dbid)), array_send(array_agg(userid)), "
+        "array_send(array_agg(coalesce(queryid, 0))), array_send(array_agg({top})), "
+        "array_send(array_agg(calls)), array_send(array_agg({exec})), "
+        "array_send(array_agg(rows)), array_send(array_agg({read})), "
+        "array_send(array_agg({write})) FROM {func}(false) WITH ORDINALITY "
+        "WHERE ordinality >= %s "
+        "OR (calls * 2 + {top}::int) IS DISTINCT FROM (%s::int8[])[ordinality] "
+        "OR coalesce(queryid, 0) <> (%s::int8[])[ordinality] "
+        "OR ((dbid::int8 << 32) | userid::int8) <> (%s::int8[])[ordinality]"
+    ).format(exec=exec_time, read=read_time, write=write_time, func=func, top=toplevel)
     if db.columns("pg_stat_statements_info", schema):
         # The reset time on both sides of the snapshot, in the same round trip: a UNION ALL
         # runs its branches in order.
         info = sql.SQL(
             "SELECT dealloc, EXTRACT(EPOCH FROM stats_reset)::float8, NULL::bytea, "
             "NULL::bytea, NULL::bytea, NULL::bytea, NULL::bytea, NULL::bytea, NULL::bytea, "
-            "NULL::bytea, NULL::bytea FROM {}.pg_stat_statements_info"
+            "NULL::bytea, NULL::bytea, NULL::bytea FROM {}.pg_stat_statements_info"
         ).format(sql.Identifier(schema))
         main = sql.SQL("{info} UNION ALL ({main}) UNION ALL {info}").format(info=info, main=main)
     texts = sql.SQL(
