@@ -69,6 +69,10 @@ class StatementCounters:
         # The groups whose last entry left the view in the last advance (evicted or reset
         # alone); after a FIRST, RESET or UNKNOWN advance, unknown (empty).
         self.gone: set[Group] = set()
+        # The groups of the entries the last advance_read took: only their totals can have
+        # changed (an entry can come back at another position with other counters and the
+        # same calls: no delta, yet other counters).
+        self.touched: list[Group] = []
 
     def __len__(self) -> int:
         return len(self._snap)
@@ -124,6 +128,7 @@ class StatementCounters:
         view (``positions`` every one).
         """
         n_read = len(positions)
+        self.touched = list(zip(*keys[:3], strict=True))
         if continuity is not Continuity.CONTINUES:
             if n_read != size:
                 raise ValueError("a reset or first snapshot needs the whole view")

@@ -224,8 +224,8 @@ class StatementsCollector:
             dirty = chosen
         else:
             # Only these can have other totals: the rest did nothing since the last cycle.
-            dirty = list(dict.fromkeys([*filter(totals.__contains__, deltas), *entering,
-                                        *old_labels]))
+            dirty = list(dict.fromkeys([*filter(totals.__contains__, counters.touched),
+                                        *entering, *old_labels]))
         changed: list[Sample] = []
         for group, values in zip(dirty, counters.totals(dirty), strict=True):
             values = values or ZERO
