@@ -173,6 +173,10 @@ class StatementsCollector:
         Its parameters are those of ``statement_positions.Positions.params``."""
         return self._setup.main if self._setup else None
 
+    def main_params(self) -> tuple[Any, ...]:
+        """The parameters of the main query's next run (what the last read found)."""
+        return self._positions.params()
+
     def collect(self, now: float) -> list[Sample]:
         """One cycle: read pg_stat_statements, advance the deltas, export the top K."""
         return self.collect_changes(now, full=True).changed
