@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -125,6 +125,19 @@ class _RulePlan:
     labels_cached: bool  # no label template reads live data
     labels_use_value: bool  # some label template reads $value
     annotations: tuple[tuple[str, str, bool, bool], ...]  # key, template, cached, uses value
+    # Rendering may wait until the annotations are read: none reads live data (a `query`
+    # must run at its evaluation) and some read $value.
+    deferrable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """Annotations to render when read: the series and value of the alert's last evaluation."""
+
+    series: Labels
+    value: float
+    expand: Expander
+    plan: _RulePlan
 
 
 class AlertingRuleState:
@@ -142,6 +155,8 @@ class AlertingRuleState:
         # Rendered templates by result series (only the series of the last evaluation).
         self._rendered: dict[Labels, _Rendered] = {}
         self._plan: _RulePlan | None = None
+        # By fingerprint: alerts whose annotations are rendered when read (evaluate's defer).
+        self._pending: dict[str, _Pending] = {}
 
     def _plan_for(self, context: Hashable) -> _RulePlan:
         templates = (tuple(self.labels.items()), tuple(self.annotations.items()))
@@ -156,14 +171,17 @@ class AlertingRuleState:
         plan = _RulePlan(templates, context,
                          labels_cached=not any(i.live for i in label_inputs),
                          labels_use_value=any(i.uses_value for i in label_inputs),
-                         annotations=tuple(annotations))
+                         annotations=tuple(annotations),
+                         deferrable=all(cached for _, _, cached, _ in annotations)
+                         and any(uses_value for _, _, _, uses_value in annotations))
         self._plan = plan
         self._rendered = {}
         return plan
 
     def evaluate(self, results: Sequence[Result], ts: float, expand: Expander,
                  missing: MissingPolicy | None = None, *,
-                 cache_context: Hashable | None = None, limit: int = 0) -> list[AlertEvent]:
+                 cache_context: Hashable | None = None, defer: bool = False,
+                 limit: int = 0) -> list[AlertEvent]:
         """Apply one evaluation's result at time ``ts``; return the transitions.
 
         With a ``limit`` (the group's; 0 is none), more pending and firing alerts than that
@@ -175,6 +193,12 @@ class AlertingRuleState:
         the labels, the value and ``cache_context`` alone (the external labels and URL), so
         a series' rendered labels and annotations are reused while those stay the same.
         Only the series of this evaluation are remembered.
+
+        With ``defer`` as well, the annotations of an alert that stays active and needs
+        rendering only because $value changed are rendered when they are read: through
+        ``alerts()``, an event, or ``render_pending()`` (read ``active`` only after that).
+        In a storm thousands of alerts stay firing with a changing value, and nothing reads
+        their annotations between two evaluations.
         """
         events: list[AlertEvent] = []
         present: set[str] = set()
@@ -187,8 +211,9 @@ class AlertingRuleState:
             entry = previous.get(result.labels) if plan is not None else None
             bits = _float_bits(result.value) if plan is not None else b""
             same_value = entry is not None and entry.value == bits
-            if entry is not None and plan is not None and plan.labels_cached and (
-                    same_value or not plan.labels_use_value):
+            labels_reused = entry is not None and plan is not None and plan.labels_cached \
+                and (same_value or not plan.labels_use_value)
+            if labels_reused and entry is not None:
                 labels = entry.labels
                 fp = entry.fingerprint
             else:
@@ -205,11 +230,29 @@ class AlertingRuleState:
                 built["alertname"] = self.name
                 labels = tuple(sorted(built.items()))
                 fp = fingerprint(labels)
+            if fp in present:
+                # Prometheus refuses the whole evaluation in this case, and so do we.
+                self._rendered = rendered
+                raise DuplicateAlertError(
+                    f"rule {self.name!r}: two result series give the same alert labels "
+                    f"{dict(labels)} (they differ only in labels the rule overwrites)")
+            present.add(fp)
+            alert = self.active.get(fp)
+            if alert is not None and alert.state is AlertState.INACTIVE:
+                alert = None
+            self._pending.pop(fp, None)
             if plan is None:
                 if template_labels is None:
                     template_labels = dict(result.labels)
                 annotations = {key: expand(template, template_labels, result.value)
                                for key, template in self.annotations.items()}
+            elif (defer and alert is not None and labels_reused and entry is not None
+                  and not same_value and plan.deferrable):
+                # Rendered when read (see render_pending); the entry stays what it rendered.
+                alert.value = result.value
+                self._pending[fp] = _Pending(result.labels, result.value, expand, plan)
+                rendered[result.labels] = entry
+                continue
             else:
                 annotations = {}
                 for key, template, cached, uses_value in plan.annotations:
@@ -220,15 +263,7 @@ class AlertingRuleState:
                             template_labels = dict(result.labels)
                         annotations[key] = expand(template, template_labels, result.value)
                 rendered[result.labels] = _Rendered(bits, labels, fp, dict(annotations))
-            if fp in present:
-                # Prometheus refuses the whole evaluation in this case, and so do we.
-                self._rendered = rendered
-                raise DuplicateAlertError(
-                    f"rule {self.name!r}: two result series give the same alert labels "
-                    f"{dict(labels)} (they differ only in labels the rule overwrites)")
-            present.add(fp)
-            alert = self.active.get(fp)
-            if alert is not None and alert.state is not AlertState.INACTIVE:
+            if alert is not None:
                 alert.value = result.value
                 alert.annotations = annotations
                 continue
@@ -273,7 +308,35 @@ class AlertingRuleState:
                                                   "alerts")
         return events
 
+    def render_pending(self) -> None:
+        """Render the annotations ``evaluate`` left to be rendered when read."""
+        for fp in list(self._pending):
+            self._render(fp)
+
+    def _render(self, fp: str) -> None:
+        pending = self._pending.pop(fp, None)
+        alert = self.active.get(fp)
+        if pending is None or alert is None:
+            return
+        template_labels = dict(pending.series)
+        bits = _float_bits(pending.value)
+        entry = self._rendered.get(pending.series)
+        if entry is not None and entry.fingerprint != fp:
+            entry = None
+        annotations = {}
+        for key, template, _, uses_value in pending.plan.annotations:
+            if entry is not None and (not uses_value or entry.value == bits):
+                annotations[key] = entry.annotations[key]
+            else:
+                annotations[key] = pending.expand(template, template_labels, pending.value)
+        alert.annotations = annotations
+        if entry is not None and self._plan is pending.plan:
+            # The next evaluation reuses them while the value stays.
+            self._rendered[pending.series] = _Rendered(bits, entry.labels, fp,
+                                                       dict(annotations))
+
     def _drop_all(self, firing: list[Alert], ts: float, reason: str) -> None:
+        self.render_pending()
         # Prometheus clears the rule's alerts (pending, firing and resolved) and sends none;
         # Alertmanager then resolves the ones it had once they are no longer re-sent. The
         # alerting side hears the resolutions at once instead.
@@ -291,12 +354,24 @@ class AlertingRuleState:
     def restore(self, alerts: Iterable[Alert]) -> None:
         """Take back the alerts saved before a restart (no events: nothing changed)."""
         self.active = {a.fingerprint: a for a in alerts}
+        self._pending = {}
 
     def alerts(self) -> list[Alert]:
-        """Pending and firing alerts (resolved ones are only kept for reporting)."""
+        """Pending and firing alerts (resolved ones are only kept for reporting), their
+        annotations rendered for the last evaluation."""
+        self.render_pending()
         return [a for a in self.active.values() if a.state is not AlertState.INACTIVE]
 
+    def alert_states(self) -> Iterator[tuple[Labels, AlertState, float]]:
+        """(labels, state, active since) of each pending and firing alert: what ALERTS
+        exports."""
+        for alert in self.active.values():
+            if alert.state is not AlertState.INACTIVE:
+                yield alert.labels, alert.state, alert.active_at
+
     def _event(self, kind: EventKind, alert: Alert, ts: float) -> AlertEvent:
+        if self._pending:
+            self._render(alert.fingerprint)
         return AlertEvent(kind, self.group, self.name, replace(alert), ts)
 
 

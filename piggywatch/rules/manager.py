@@ -35,7 +35,7 @@ from piggywatch.rules.promql.parse import lookback_window, walk
 from piggywatch.rules.state_db import AlertStateDB
 from piggywatch.rules.templating import QuerySample, render_or_error
 from piggywatch.state import STATE_ERRORS, NotLeader
-from piggywatch.store import Labels, MemoryStore, MetricKind, MetricSpec, Sample, labels_of
+from piggywatch.store import Changes, Labels, MemoryStore, MetricKind, MetricSpec, Sample, labels_of
 from piggywatch.store.series import LabelMatcher, SeriesSource
 
 log = logging.getLogger(__name__)
@@ -88,10 +88,21 @@ class _GroupRun:
     failures: int = 0
     last_duration: float = 0.0
     last_at: float = 0.0
-    # (alert labels, alert state) -> the ALERTS_FOR_STATE and ALERTS label sets, for the
-    # alerts of the last export only.
-    export_labels: dict[tuple[Labels, str], tuple[Labels, Labels]] = field(
-        default_factory=dict)
+    export: _AlertsExport = field(default_factory=lambda: _AlertsExport())
+
+
+@dataclass
+class _AlertsExport:
+    """What a group's last ALERTS export published, so that the next one tells the store
+    only what changed: in a storm thousands of alerts stay active, and re-publishing them
+    every evaluation was most of its cost."""
+
+    # Alert labels -> the ALERTS_FOR_STATE label set and value (when the alert became active).
+    for_state: dict[Labels, tuple[Labels, float]] = field(default_factory=dict)
+    # (alert labels, alert state) -> the ALERTS label set.
+    alerts: dict[tuple[Labels, str], Labels] = field(default_factory=dict)
+    # Whether the store's snapshot of the group's ALERTS is the one these describe.
+    published: bool = False
 
 
 def rule_keys(group: RuleGroup) -> list[str]:
@@ -213,6 +224,9 @@ class RuleManager:
             self._runs = {}
             for group in groups:
                 run = _GroupRun(group)
+                if group.name in old:
+                    # The same ALERTS source in the store: carry on telling it changes.
+                    run.export = old[group.name].export
                 for rule, key in zip(group.rules, rule_keys(group), strict=True):
                     if isinstance(rule, AlertingRule):
                         state = AlertingRuleState(group.name, rule.name, hold=rule.hold,
@@ -221,7 +235,9 @@ class RuleManager:
                                                   annotations=rule.annotations)
                         previous = old.get(group.name)
                         if previous is not None and key in previous.states:
-                            state.active = previous.states[key].active
+                            before = previous.states[key]
+                            before.render_pending()
+                            state.active = before.active
                         elif (group.name, key) in self._restored:
                             state.restore(self._restored.pop((group.name, key)))
                         run.states[key] = state
@@ -325,7 +341,9 @@ class RuleManager:
             if self._db is not None:
                 try:
                     for key, state in run.states.items():
-                        self._db.save(name, key, state.active.values())
+                        if self._db.unsaved(name, key, state.active.values()):
+                            state.render_pending()
+                            self._db.save(name, key, state.active.values())
                 except NotLeader:
                     # Deposed since the evaluation began: the new leader evaluates and
                     # notifies from the state it loaded; these events are not ours to send.
@@ -374,7 +392,8 @@ class RuleManager:
             return Missing.HOLD if policy is NoData.KEEP_LAST else Missing.PRESENT
 
         return state.evaluate(results, at, self._expander(at), missing if down else None,
-                              cache_context=self._template_context, limit=limit)
+                              cache_context=self._template_context, defer=True,
+                              limit=limit)
 
     def _alert_without_data(self, state: AlertingRuleState, at: float,
                             policy: NoData) -> list[AlertEvent]:
@@ -435,23 +454,36 @@ class RuleManager:
     # --- exposition ---------------------------------------------------------------------
 
     def _publish_alerts(self, run: _GroupRun, at: float) -> None:
-        out: list[Sample] = []
-        previous = run.export_labels
-        exported: dict[tuple[Labels, str], tuple[Labels, Labels]] = {}
+        export = run.export
+        for_state: dict[Labels, tuple[Labels, float]] = {}
+        alerts: dict[tuple[Labels, str], Labels] = {}
+        changed: list[Sample] = []
         for state in run.states.values():
-            for alert in state.alerts():
-                key = (alert.labels, alert.state.value)
-                found = previous.get(key)
-                if found is None:
-                    labels = dict(alert.labels)
-                    for_state = labels_of(labels)
-                    labels["alertstate"] = alert.state.value
-                    found = (for_state, labels_of(labels))
-                exported[key] = found
-                out.append(Sample("ALERTS_FOR_STATE", found[0], alert.active_at, at))
-                out.append(Sample("ALERTS", found[1], 1.0, at))
-        run.export_labels = exported
-        self._store.publish(f"rules/{run.group.name}/ALERTS", out, at)
+            for labels, alert_state, active_at in state.alert_states():
+                found = export.for_state.get(labels)
+                if found is None or found[1] != active_at:
+                    found = (labels_of(dict(labels)) if found is None else found[0], active_at)
+                    changed.append(Sample("ALERTS_FOR_STATE", found[0], active_at, at))
+                for_state[labels] = found
+                key = (labels, alert_state.value)
+                series = export.alerts.get(key)
+                if series is None:
+                    series = labels_of(dict(labels), alertstate=alert_state.value)
+                    changed.append(Sample("ALERTS", series, 1.0, at))
+                alerts[key] = series
+        removed = [("ALERTS_FOR_STATE", found[0]) for labels, found in export.for_state.items()
+                   if labels not in for_state]
+        removed += [("ALERTS", series) for key, series in export.alerts.items()
+                    if key not in alerts]
+        source = f"rules/{run.group.name}/ALERTS"
+        if not export.published:
+            # A first export: replace whatever the source held, then tell what is there.
+            # (A full publish_changes would render the whole export twice.)
+            self._store.publish_changes(source, Changes([], []), at, full=True)
+        # Unknown after a failure: the next export starts afresh.
+        export.published = False
+        self._store.publish_changes(source, Changes(changed, removed), at)
+        export.for_state, export.alerts, export.published = for_state, alerts, True
 
     def _publish_meta(self, at: float) -> None:
         out = [Sample("piggywatch_rule_files_last_reload_success", (), self._reload_ok, at)]

@@ -38,6 +38,10 @@ class AlertStateDB:
             self._saved[key] = _signature(alerts)
         return found
 
+    def unsaved(self, group: str, rule: str, alerts: Iterable[Alert]) -> bool:
+        """Whether ``save`` would write: the rule's alerts changed since the last save."""
+        return self._saved.get((group, rule), ()) != _signature(list(alerts))
+
     def save(self, group: str, rule: str, alerts: Iterable[Alert]) -> bool:
         """Store a rule's alerts if they changed since the last save; return whether written."""
         current = list(alerts)
