@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from . import _check, _exec, _nodes, _parser, _prometheus
+from . import _check, _exec, _gofmt, _nodes, _parser, _prometheus
 from ._values import AlertData, string_map
 
 # Prometheus prepends these definitions to every label and annotation template.
@@ -171,6 +171,42 @@ def _user_position(text: str, pos: int) -> tuple[int, int]:
     return line, offset - (before.rfind("\n") + 1) + 1
 
 
+_TEXT, _LABEL, _VALUE = "text", "label", "value"
+
+
+@functools.lru_cache(maxsize=1024)
+def _direct_parts(name: str, text: str) -> tuple[tuple[str, str], ...] | None:
+    """The template as (_TEXT, text), (_LABEL, name) and (_VALUE, "") parts when that is all
+    it is -- text, ``{{ $labels.x }}`` and ``{{ $value }}``, as most alert templates are --
+    so it renders by joining, without running the interpreter; otherwise None.
+
+    Such a template cannot fail: $labels and $value are the prefix's (nothing else declares
+    a variable), a missing label reads as "" (missingkey=zero) and $value prints as Go's %v.
+    """
+    tree = _parse(name, text)
+    if isinstance(tree, _parser.ParseError) or not _has_prefix(name, text) or any(
+            body is not tree.root for body in tree.templates.values()):
+        return None
+    parts: list[tuple[str, str]] = []
+    for node in tree.root.nodes[_PREFIX_NODES:]:
+        if isinstance(node, _nodes.TextNode):
+            parts.append((_TEXT, node.text))
+            continue
+        if not isinstance(node, _nodes.ActionNode) or node.pipe.decl or len(
+                node.pipe.cmds) != 1 or len(node.pipe.cmds[0].args) != 1:
+            return None
+        arg = node.pipe.cmds[0].args[0]
+        if not isinstance(arg, _nodes.VariableNode):
+            return None
+        if arg.ident == ["$value"]:
+            parts.append((_VALUE, ""))
+        elif len(arg.ident) == 2 and arg.ident[0] == "$labels":
+            parts.append((_LABEL, arg.ident[1]))
+        else:
+            return None
+    return tuple(parts)
+
+
 def check_template(template: str) -> None:
     """Reject a template Prometheus could not parse or that is bound to fail when rendered.
 
@@ -217,6 +253,10 @@ def render(
         raise TemplateError(
             f"error parsing template {name}: template: {name}:{tree.line}: {tree.message}"
         )
+    direct = _direct_parts(name, template)
+    if direct is not None:
+        return "".join([text if kind == _TEXT else labels.get(text, "") if kind == _LABEL
+                        else _gofmt.sprint([float(value)]) for kind, text in direct])
     data = AlertData(
         labels=string_map(labels.items()),
         external_labels=string_map((external_labels or {}).items()),
