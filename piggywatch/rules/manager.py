@@ -462,13 +462,15 @@ class RuleManager:
             for labels, alert_state, active_at in state.alert_states():
                 found = export.for_state.get(labels)
                 if found is None or found[1] != active_at:
-                    found = (labels_of(dict(labels)) if found is None else found[0], active_at)
+                    # Alert labels are sorted already, and the sort keeps them (cheaply).
+                    found = (tuple(sorted(labels)) if found is None else found[0], active_at)
                     changed.append(Sample("ALERTS_FOR_STATE", found[0], active_at, at))
                 for_state[labels] = found
                 key = (labels, alert_state.value)
                 series = export.alerts.get(key)
                 if series is None:
-                    series = labels_of(dict(labels), alertstate=alert_state.value)
+                    series = tuple(sorted([pair for pair in labels if pair[0] != "alertstate"]
+                                          + [("alertstate", alert_state.value)]))
                     changed.append(Sample("ALERTS", series, 1.0, at))
                 alerts[key] = series
         removed = [("ALERTS_FOR_STATE", found[0]) for labels, found in export.for_state.items()
