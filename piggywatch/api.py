@@ -9,14 +9,16 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from piggywatch.alerting.incidents import Incidents
-from piggywatch.alerting.silences import Silence
 from piggywatch.config_types import parse_duration
 from piggywatch.rules.manager import RuleManager
 from piggywatch.rules.templating import format_go_float
 from piggywatch.server import ApiError, read_body
 
 if TYPE_CHECKING:
+    # Annotations only: the incidents (and the outbox they bring) are imported by delivery,
+    # when a route is configured, not by every daemon (issue 13: ~2 MB RSS).
+    from piggywatch.alerting.incidents import Incidents
+    from piggywatch.alerting.silences import Silence
     from piggywatch.leadership import Leadership
 
 NO_DELIVERY = "alert delivery is not configured (the configuration has no route)"

@@ -266,7 +266,7 @@ class Daemon:
             unavailable=unavailable if self.settings.route is not None else "")
         # The acknowledgement hooks act on the leader's delivery; 503 elsewhere (retried).
         hooks = delivery.hooks if delivery is not None and not unavailable else None
-        self._endpoints.hooks.service = hooks.service if hooks is not None else None
+        self._endpoints.hook_service = hooks.service if hooks is not None else None
 
     def reload_rules(self) -> bool:
         """(Re)load rule files; on a problem the running rules stay. Returns success."""

@@ -28,6 +28,8 @@ from piggywatch.state import STATE_ERRORS
 from piggywatch.wsgi_adapter import WSGIApp
 
 if TYPE_CHECKING:
+    from piggywatch.ack.http import HookEndpoints
+    from piggywatch.ack.service import AckService
     from piggywatch.config import ServerConfig
 
 log = logging.getLogger(__name__)
@@ -145,10 +147,19 @@ class Endpoints:
         self.forward: Forward | None = None
         self._access = access
         # /hooks/* and /ack/*: each request proves itself (a signature, a signed token), so
-        # no API token; the daemon points ``hooks.service`` at the leader's delivery.
-        from piggywatch.ack.http import HookEndpoints
+        # no API token; the daemon points ``hook_service`` at the leader's delivery.
+        self.hook_service: AckService | None = None
+        self._hooks: HookEndpoints | None = None
 
-        self.hooks = HookEndpoints()
+    def _hook_endpoints(self) -> HookEndpoints:
+        # The ack package is imported on the first hook request, not at start: most
+        # configurations have no hooks, and it costs ~0.8 MB RSS (issue 13).
+        if self._hooks is None:
+            from piggywatch.ack.http import HookEndpoints
+
+            self._hooks = HookEndpoints()
+        self._hooks.service = self.hook_service
+        return self._hooks
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
@@ -162,7 +173,7 @@ class Endpoints:
         if path == "/healthz":
             return _text(start_response, "200 OK", "ok\n")
         if path.startswith(("/hooks/", "/ack/")):
-            return self.hooks(environ, start_response)
+            return self._hook_endpoints()(environ, start_response)
         if path == "/readyz":
             ready, why = self._ready()
             return _text(start_response, "200 OK" if ready else "503 Service Unavailable",
