@@ -8,6 +8,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -29,8 +30,9 @@ from piggywatch.jobs import (
 from piggywatch.leadership import AdvisoryLockLeadership, Leadership, SoleLeader
 from piggywatch.observability import redactor
 from piggywatch.rules.alerts import AlertEvent
-from piggywatch.rules.loader import RuleFileError, expand_globs
+from piggywatch.rules.loader import RuleFileError, RuleGroup, expand_globs
 from piggywatch.rules.manager import NoData, RuleManager
+from piggywatch.rules.promql import lookback_window
 from piggywatch.rules.state_db import AlertStateDB
 from piggywatch.selfmetrics import SelfMetrics
 from piggywatch.server import Access, Endpoints, HttpServer, split_listen
@@ -47,11 +49,17 @@ log = logging.getLogger(__name__)
 STOP_GRACE_SECONDS = 3.0
 # How often rule files are checked for changes (SIGHUP reloads at once).
 RULE_FILE_POLL_SECONDS = 5.0
-# Full-resolution history kept in memory; rules reaching further back read the durable,
-# downsampled history for the older part.
+# Full-resolution history kept in memory at most; rules reaching further back read the
+# durable, downsampled history for the older part.
 MEMORY_WINDOW = 3600.0 + 60.0
 # How often the durable history takes the kept series' new points.
 HISTORY_RECORD_SECONDS = 300.0
+# Memory keeps what the loaded rules read (plus this), not always the hour: with the shipped
+# rules (at most [10m]) that is 11 minutes, and at statements top_k 5000 the store's points
+# are most of the RSS (issue 13). Never less than a history recording period and its
+# misfire grace, since the history copies the kept series' new points from memory.
+MEMORY_WINDOW_SLACK = 60.0
+MIN_MEMORY_WINDOW = HISTORY_RECORD_SECONDS + 2 * MEMORY_WINDOW_SLACK
 # Expiry rewrites pages too; once an hour keeps the state file's disk writes down.
 HISTORY_EXPIRE_SECONDS = 3600.0
 # What the alerting API answers while this replica starts or stops leading.
@@ -120,7 +128,9 @@ class Daemon:
 
             register_delivery_metrics(self.store)
             self.inbox = Inbox()
-        self._series = CombinedSource(self.store, None, lambda: MEMORY_WINDOW)
+        # Until the rules are loaded: the store's default, about the hour.
+        self._memory_window = MEMORY_WINDOW
+        self._series = CombinedSource(self.store, None, lambda: self._memory_window)
         self.rules = self._build_rules()
         if self.rules is not None:
             self.rules.suspend()  # until this replica is elected (at once, with SQLite)
@@ -205,7 +215,7 @@ class Daemon:
             state = self._leader_state()
             if self.rules is not None:
                 history = History(state)
-                history.keep(self.rules.long_range_selectors(MEMORY_WINDOW))
+                history.keep(self.rules.long_range_selectors(self._memory_window))
                 self._series.history = self.history = history
                 self.rules.resume(AlertStateDB(state))
             if self.settings.route is not None:
@@ -275,12 +285,14 @@ class Daemon:
         paths = self.rule_paths()
         self._rule_files = _mtimes(paths)
         problems = self.rules.load(paths)
-        # Memory holds the last hour at full resolution; selectors of rules that look
-        # further back (offset 7d, [6h]) are also kept, downsampled, in the durable history.
-        self.store.set_retention(MEMORY_WINDOW)
+        # Memory holds what the rules read at full resolution (an hour at most); selectors of
+        # rules that look further back (offset 7d, [6h]) are also kept, downsampled, in the
+        # durable history. A window that grows on reload fills from then on, as at a start.
+        self._memory_window = memory_window(self.rules.groups())
+        self.store.set_retention(self._memory_window)
         history = self.history
         if history is not None:
-            history.keep(self.rules.long_range_selectors(MEMORY_WINDOW))
+            history.keep(self.rules.long_range_selectors(self._memory_window))
         if self._scheduler is not None:
             self._schedule_rule_groups()
             delivery = self.delivery
@@ -504,6 +516,15 @@ def _mtimes(paths: list[Path]) -> dict[Path, float]:
         except OSError:
             found[path] = -1.0
     return found
+
+
+def memory_window(groups: Iterable[RuleGroup]) -> float:
+    """Seconds of full-resolution history to keep in memory for these rule groups: the
+    longest lookback of a rule that memory serves alone (rules reaching beyond
+    ``MEMORY_WINDOW`` read the durable history for their older part), with some slack."""
+    reach = max((lookback for group in groups for rule in group.rules
+                 if (lookback := lookback_window(rule.expr)) <= MEMORY_WINDOW), default=0.0)
+    return min(MEMORY_WINDOW, max(MIN_MEMORY_WINDOW, reach + MEMORY_WINDOW_SLACK))
 
 
 def _no_delivery(event: AlertEvent) -> None:
