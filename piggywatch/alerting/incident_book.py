@@ -42,8 +42,8 @@ log = logging.getLogger("piggywatch.alerting.dispatcher")
 class Sender(Protocol):
     """Where notifications go: the outbox."""
 
-    def enqueue(self, notification: Notification) -> bool:
-        """Commit one notification for delivery."""
+    def enqueue_many(self, notifications: Sequence[Notification]) -> list[bool]:
+        """Commit notifications for delivery, together (one disk sync)."""
         ...
 
 
@@ -97,9 +97,15 @@ class IncidentBook:
         if work.empty():
             return
         self._unsaved = work
+        # In one transaction: a storm's flush is a hundred notifications, and a disk sync
+        # each made that pass take half a second.
+        new: dict[str, Notification] = {}
         for notification in work.notifications:
             if notification.id not in work.enqueued:
-                self._sender.enqueue(notification)
+                new.setdefault(notification.id, notification)
+        if new:
+            self._sender.enqueue_many(list(new.values()))
+            for notification in new.values():
                 work.enqueued.add(notification.id)
                 self.created[notification.action.value] += 1
         if work.changed or work.ended or work.save_groups:

@@ -313,9 +313,20 @@ def decode_notification(text: str) -> Notification:
     return notification
 
 
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
 def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    # Leaves first, by exact type (a StrEnum is no leaf): a storm's notification carries a
+    # hundred alerts, and its strings are most of what is walked.
+    kind: type = type(value)
+    if kind in _LEAVES:
+        return value
+    if kind is dict:
+        return {k: _plain(v) for k, v in value.items()}
+    names = _field_names(kind)
+    if names is not None:
+        return {name: _plain(getattr(value, name)) for name in names}
     if isinstance(value, Enum):  # before str: the model's enums are StrEnums
         return value.value
     if isinstance(value, Mapping):
@@ -323,6 +334,14 @@ def _plain(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
     return value
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    """The fields of a dataclass, in order; None for any other type."""
+    if not dataclasses.is_dataclass(cls):
+        return None
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 @functools.cache
