@@ -18,6 +18,7 @@ from piggywatch import __version__
 from piggywatch import leadership as leadership_metrics
 from piggywatch.alerting.channels import longest_timeout
 from piggywatch.alerting.inbox import Inbox
+from piggywatch.allocator import release_free_memory
 from piggywatch.collectors.base import Report, ServesReports
 from piggywatch.collectors.postgres.target import PostgresTarget
 from piggywatch.config import Settings
@@ -62,6 +63,8 @@ MEMORY_WINDOW_SLACK = 60.0
 MIN_MEMORY_WINDOW = HISTORY_RECORD_SECONDS + 2 * MEMORY_WINDOW_SLACK
 # Expiry rewrites pages too; once an hour keeps the state file's disk writes down.
 HISTORY_EXPIRE_SECONDS = 3600.0
+# How often the pages malloc holds free go back to the system (a fraction of a millisecond).
+RELEASE_MEMORY_SECONDS = 60.0
 # What the alerting API answers while this replica starts or stops leading.
 CHANGING = "leadership is changing; retry in a few seconds"
 # How often the delivery metrics (incidents, outbox depth) are refreshed.
@@ -403,6 +406,9 @@ class Daemon:
         self._scheduler.add_job(self._publish_state_health, "interval",
                                 seconds=STATE_CHECK_SECONDS, id="state-health",
                                 name="state-health", misfire_grace_time=5)
+        self._scheduler.add_job(release_free_memory, "interval", seconds=RELEASE_MEMORY_SECONDS,
+                                id="release-memory", name="release-memory",
+                                misfire_grace_time=30)
         self._publish_state_health()
         self.leadership.start(self._elected, self._deposed)
         self._publish_leader_metrics()
