@@ -93,9 +93,9 @@ def main() -> int:
         rules_text.append(f"  - name: group{g}\n    rules:")
         for r in range(RULES // 10):
             i = (g * 20 + r) * 2 % metrics
-            kind, quiet, storm = KINDS[r % len(KINDS)]
+            shape, quiet, storm = KINDS[r % len(KINDS)]
             gauge, counter = i - i % 2, i - i % 2 + 1
-            expr = kind.format(i=counter if "counter" in kind else gauge,
+            expr = shape.format(i=counter if "counter" in shape else gauge,
                                j=(counter + 2) % metrics, t=storm if args.storm else quiet)
             rules_text.append(
                 f"      - alert: Rule{g}_{r}\n        expr: '{expr}'\n        for: 5m\n"
@@ -123,8 +123,9 @@ def main() -> int:
             else:
                 for part in parts.values():
                     part[:] = [0.0, 0.0]
-        # Read once, after the cycles: reading renders annotations left to be rendered when
-        # read, which --detail would count as the cycles' work.
+        # Read once, after the cycles and apart from their parts: reading renders the
+        # annotations left to be rendered when read, which is no cycle's work.
+        parts = {name: list(part) for name, part in parts.items()}
         alerts = len(manager.active_alerts())
     print(f"{RULES} rules in {len(groups)} groups over {store.series_count():,} series "
           f"({metrics} metrics x {per} series each), {alerts:,} active alerts")
