@@ -271,3 +271,31 @@ def test_the_state_database_gets_the_annotations_of_the_last_evaluation(
     assert {a.label("target"): a.annotations["summary"] for a in saved} == {
         "t0": "t0 at 0.8 SUMMARY", "t1": "t1 at 0.9 SUMMARY"}
     db.close()
+
+
+def test_a_group_removed_by_a_reload_takes_its_alerts_and_recorded_series_with_it(
+        tmp_path: Path) -> None:
+    recorded = RULES + """\
+      - record: gauge:max
+        expr: max(gauge)
+  - name: kept
+    rules:
+      - record: gauge:min
+        expr: min(gauge)
+"""
+    store, manager, _ = manager_on(tmp_path, recorded)
+    for at in (T0, T0 + 60):
+        evaluate(store, manager, at, {"t0": 0.9})
+        manager.evaluate_group("kept", at)
+    assert set(exported(store, "ALERTS")) and exported(store, "gauge:max") == {(): 0.9}
+    (tmp_path / "rules.yaml").write_text("groups:\n" + recorded.split("groups:\n", 1)[1]
+                                         .split("  - name: kept\n", 1)[0].replace(
+                                             "name: g", "name: other", 1)
+                                         + "  - name: kept\n" + recorded.split(
+                                             "  - name: kept\n", 1)[1])
+    assert manager.load([tmp_path / "rules.yaml"]) == []
+    # Group g is gone (its rules live on as "other", not evaluated yet): nothing of g stays.
+    assert exported(store, "ALERTS") == {}
+    assert exported(store, "gauge:max") == {}
+    assert exported(store, "gauge:min") == {(): 0.9}  # the kept group's is untouched
+    assert queried(manager, "gauge:max", T0 + 61) == {}

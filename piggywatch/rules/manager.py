@@ -6,7 +6,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -244,6 +244,10 @@ class RuleManager:
                     else:
                         self._register_recording(rule, group)
                 self._runs[group.name] = run
+            # What the rules that are gone published (their ALERTS, their recorded series)
+            # goes stale now instead of staying current for ever.
+            for source in _store_keys(old.values()) - _store_keys(self._runs.values()):
+                self._store.clear(source)
             if self._db is not None:
                 self._db.forget_except({(g, r) for g, run in self._runs.items()
                                         for r in run.states})
@@ -514,3 +518,16 @@ class RuleManager:
         with self._lock:
             return [(g, s.name, a) for g, run in self._runs.items()
                     for s in run.states.values() for a in s.alerts()]
+
+
+def _store_keys(runs: Iterable[_GroupRun]) -> set[str]:
+    """The store keys the groups' rules publish under: each group's ALERTS, each recording
+    rule's series."""
+    keys = set()
+    for run in runs:
+        group = run.group
+        keys.add(f"rules/{group.name}/ALERTS")
+        keys.update(f"rules/{group.name}/{key}"
+                    for rule, key in zip(group.rules, rule_keys(group), strict=True)
+                    if not isinstance(rule, AlertingRule))
+    return keys
