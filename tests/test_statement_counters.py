@@ -154,10 +154,17 @@ def run_reads(history: list[tuple[Continuity, list[Entry]]]) -> None:
             or [[], [], [], []]
         columns = [list(column) for column in zip(*(values for _, values in read),
                                                    strict=True)] or [[] for _ in range(5)]
+        totals_before = reference.totals(groups)
         got = counters.advance_read(positions, (keys[0], keys[1], keys[2], keys[3]), columns,
                                     len(view), continuity)
         expected = reference.advance(make_snapshot(held), continuity)
         assert observe(counters, got, groups) == observe(reference, expected, groups), step
+        if continuity is Continuity.CONTINUES:
+            # The collector recomputes only the totals of touched groups still there.
+            other = {group for group, was, now in zip(groups, totals_before,
+                                                      reference.totals(groups), strict=True)
+                     if was != now and now is not None}
+            assert other <= set(counters.touched), step
         assert counters._keys == [key for key, _ in held]
         if continuity is Continuity.CONTINUES:
             before = {key[:3] for key, _ in model}
@@ -187,6 +194,28 @@ def test_an_entry_replaced_at_its_position_with_the_same_calls_is_read() -> None
     assert deltas == {(1, 10, 9): (3, 6.0, 3, 0.0, 0.0)}
     assert counters.gone == {(1, 10, 7)}
     assert counters.totals([(1, 10, 7), (1, 10, 9)]) == [None, (3, 6.0, 3, 0.0, 0.0)]
+
+
+def test_entries_that_only_moved_are_not_touched() -> None:
+    entries = [((1, 10, q, True), (q, float(q), q, 0.0, 0.0)) for q in range(1, 9)]
+    # A new entry at position 2 shifts those after it: all come back, only 99 is new and
+    # 4 ran; 7 was evicted and came back with the same calls, other time.
+    after = [*entries[:2], ((1, 10, 99, True), (1, 1.0, 1, 0.0, 0.0)), *entries[2:]]
+    after[4] = ((1, 10, 4, True), (5, 9.0, 5, 0.0, 0.0))
+    after[7] = ((1, 10, 7, True), (7, 2.5, 7, 0.0, 0.0))
+    positions, _ = read_of(entries, after)
+    assert positions == list(range(2, 9))
+    run_reads([(Continuity.FIRST, entries), (Continuity.CONTINUES, after)])
+    counters = StatementCounters()
+    for continuity, view, read in ((Continuity.FIRST, entries, list(range(8))),
+                                   (Continuity.CONTINUES, after, positions)):
+        keys = [list(column) for column in zip(*(view[p][0] for p in read), strict=True)]
+        values = [list(column) for column in zip(*(view[p][1] for p in read), strict=True)]
+        deltas = counters.advance_read(read, (keys[0], keys[1], keys[2], keys[3]), values,
+                                       len(view), continuity)
+    assert deltas == {(1, 10, 99): (1, 1.0, 1, 0.0, 0.0), (1, 10, 4): (1, 5.0, 1, 0.0, 0.0)}
+    assert sorted(counters.touched) == [(1, 10, 4), (1, 10, 7), (1, 10, 99)]
+    assert counters.gone == set()
 
 
 CONTINUITIES = [Continuity.CONTINUES] * 12 + [Continuity.RESET, Continuity.UNKNOWN,

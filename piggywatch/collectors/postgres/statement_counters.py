@@ -12,6 +12,7 @@ then cost nothing at all.
 from __future__ import annotations
 
 import struct
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Sequence
 from enum import Enum
@@ -26,6 +27,7 @@ from piggywatch.collectors.postgres.statement_snapshot import (
     Key,
     KeyColumns,
     Snapshot,
+    runs,
 )
 
 # The key columns as PostgreSQL sends them (binary arrays, see statement_snapshot): a header,
@@ -69,9 +71,10 @@ class StatementCounters:
         # The groups whose last entry left the view in the last advance (evicted or reset
         # alone); after a FIRST, RESET or UNKNOWN advance, unknown (empty).
         self.gone: set[Group] = set()
-        # The groups of the entries the last advance_read took: only their totals can have
-        # changed (an entry can come back at another position with other counters and the
-        # same calls: no delta, yet other counters).
+        # The groups of the entries the last advance_read found with other counters than
+        # before (new ones included): only their totals can have changed. Not only those
+        # with deltas (one evicted and back with the same calls has other counters), nor
+        # every entry read (most may have only moved).
         self.touched: list[Group] = []
 
     def __len__(self) -> int:
@@ -127,47 +130,58 @@ class StatementCounters:
         the snapshot is patched in place. Other continuities than CONTINUES need the whole
         view (``positions`` every one).
         """
-        n_read = len(positions)
-        self.touched = list(zip(*keys[:3], strict=True))
         if continuity is not Continuity.CONTINUES:
-            if n_read != size:
+            self.touched = list(zip(*keys[:3], strict=True))
+            if len(positions) != size:
                 raise ValueError("a reset or first snapshot needs the whole view")
             return self.advance(Snapshot.of_lists(keys, counters), continuity)
         snap, index, keys_before = self._snap, self._index, self._keys
         pn = len(keys_before)
         if len(index) != pn:  # the same key twice: only matching every entry copes
+            self.touched = list(zip(*keys[:3], strict=True))
             whole = _patched(snap, positions, keys, counters, size)
             return self.advance(whole, continuity)
         self.gone = set()
         key_columns = snap.keys.decoded
         columns = [column.all() for column in snap.columns]
-        calls_before = columns[0]
         new_keys = list(zip(*keys, strict=True))
-        # Where each entry read was (pn: not there), and which of them changed.
+        # Where each entry read was (pn: not there), and its counters there (None: new).
+        # An insertion shifts every entry after it, so most entries read may have only
+        # moved: everything per entry is done column by column in C.
         at = list(map(index.get, new_keys, repeat(pn)))
-        changed = [k for k, (j, calls) in enumerate(zip(at, counters[0], strict=True))
-                   if j == pn or calls != calls_before[j]]
-        then = [at[k] for k in changed]
+        then = []
+        for column in columns:
+            column.append(None)  # at position pn, for a moment: no copy of the column
+            then.append(list(map(column.__getitem__, at)))
+            column.pop()
+        # Deltas for the entries whose calls changed; totals for those whose counters did
+        # (one evicted and back with the same calls has other counters).
+        changed = list(compress(range(len(at)), map(ne, counters[0], then[0])))
+        differs = map(ne, zip(*counters, strict=True), zip(*then, strict=True))
+        self.touched = [key[:3] for key in compress(new_keys, differs)]
         groups = [new_keys[k][:3] for k in changed]
         now = [[column[k] for k in changed] for column in counters]
-        before = [[column[j] if j < pn else 0 for j in then] for column in columns]
-        # Entries that left: those overwritten at their position or cut off at the end,
-        # unless they turn up at another position.
-        out = [keys_before[p] for p, key in zip(positions, new_keys, strict=True)
-               if p < pn and keys_before[p] != key]
-        out += keys_before[size:pn]
+        before = [[0 if value is None else value for value in map(column.__getitem__, changed)]
+                  for column in then]
+        # Entries that left: as many as were there, plus the new ones, minus the view's
+        # size. Only then are they looked for: overwritten at their position or cut off at
+        # the end, and not elsewhere.
         departed: list[tuple[Group, Counters]] = []
-        if out:
-            present = set(new_keys)
+        if pn + at.count(pn) > size:
+            within = positions[:bisect_left(positions, pn)]
+            old = list(map(keys_before.__getitem__, within))
+            out = list(compress(old, map(ne, old, new_keys)))
+            out += keys_before[size:pn]
+            left = list(filterfalse(set(new_keys).__contains__, out))
             departed = [(key[:3], tuple(column[index[key]] for column in columns))
-                        for key in out if key not in present]
-            for key in out:
-                if key not in present:
-                    del index[key]
+                        for key in left]
+            for key in left:
+                del index[key]
         targets: list[list[Any]] = [*key_columns, *columns, keys_before]
         sources: list[Sequence[Any]] = [*keys, *counters, new_keys]
+        spans = runs(positions)
         for column, values in zip(targets, sources, strict=True):
-            _patch(column, positions, values, size)
+            _patch(column, positions, spans, values, size)
         index.update(zip(new_keys, positions, strict=True))
         snap.keys.raw = None  # the lists are the truth now
         deltas = self._deltas_of(groups, now, before)
@@ -400,14 +414,21 @@ class StatementCounters:
                 self.gone.add(group)
 
 
-def _patch(column: list[Any], positions: list[int], values: Sequence[Any], size: int) -> None:
+def _patch(column: list[Any], positions: list[int],
+           spans: tuple[list[int], list[int], list[int]], values: Sequence[Any],
+           size: int) -> None:
     """``column`` cut or grown to ``size``, with ``values`` at ``positions`` (which hold
-    every position past the old end)."""
+    every position past the old end); ``spans``: ``runs(positions)``."""
     if size < len(column):
         del column[size:]
     elif size > len(column):
         column.extend(repeat(None, size - len(column)))
-    deque(map(column.__setitem__, positions, values), maxlen=0)
+    firsts, lasts, at = spans
+    if len(firsts) * 4 > len(positions):  # scattered: entry by entry is cheaper
+        deque(map(column.__setitem__, positions, values), maxlen=0)
+        return
+    for first, last, start in zip(firsts, lasts, at, strict=True):
+        column[start:start + last - first] = values[first:last]
 
 
 def _patched(snap: Snapshot, positions: list[int], keys: KeyColumns,
@@ -419,8 +440,9 @@ def _patched(snap: Snapshot, positions: list[int], keys: KeyColumns,
     columns = [list(column.all()) for column in snap.columns]
     targets: list[list[Any]] = [dbids, userids, queryids, toplevel, *columns]
     sources: list[Sequence[Any]] = [*keys, *counters]
+    spans = runs(positions)
     for column, values in zip(targets, sources, strict=True):
-        _patch(column, positions, values, size)
+        _patch(column, positions, spans, values, size)
     return Snapshot.of_lists((dbids, userids, queryids, toplevel), columns)
 
 

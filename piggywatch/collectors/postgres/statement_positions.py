@@ -2,8 +2,8 @@
 
 PostgreSQL lists the entries of pg_stat_statements in the order of its hash table, the same
 from one read to the next but for entries added or removed. So the collector sends back,
-position by position, what it last read there (calls and toplevel as one number, the
-queryid, dbid and userid as another), and the main query (statements_setup) returns only
+position by position, what it last read there (the entry's identity and calls folded into
+one int8, as the query computed it), and the main query (statements_setup) returns only
 the entries that differ there, plus every entry from the last known position on (so that a
 view that shrank shows as the last known position missing). Shipping a few hundred entries
 instead of thousands is what brings a cycle near PostgreSQL's own cost of reading the view.
@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import compress, repeat
-from operator import add, mul, ne
+from operator import add, ne, sub
 from typing import Any
 
 import psycopg
@@ -28,18 +28,17 @@ from piggywatch.collectors.postgres.statement_snapshot import (
     COUNTER_CODES,
     KeyColumns,
     decode_array,
+    runs,
 )
 from piggywatch.collectors.postgres.statements_setup import StatementsSetup
 from piggywatch.collectors.postgres.target import Session
 
 # A binary int8[]: header (dimensions, has-NULLs flag, element type, size, lower bound), then
-# each element as its length (4 bytes) and its value, big-endian.
+# each element as its length (4 bytes) and its value, big-endian: the folds the query returns
+# are elements of the parameter it takes, byte for byte.
 _HEADER = struct.Struct(">iiIii")
 _EMPTY = struct.pack(">iiI", 0, 0, 20)
-_INT8 = struct.Struct(">iq")
-# dbid and userid side by side are the bytes of the int8 (dbid << 32) | userid.
-_OWNER = struct.Struct(">iII")
-_WIDTH = _INT8.size
+_ELEMENT = struct.Struct(">iq")
 
 
 class PackedInt8Array:
@@ -68,13 +67,15 @@ class Read:
     """One read of the view: pg_stat_statements_info around it, and the entries returned.
 
     ``positions`` (from 0) are where the entries returned are in the view; ``keys`` and
-    ``counters`` their columns. ``stats_reset`` and ``reset_after`` (epoch seconds) and
+    ``counters`` their columns; ``folds`` their folds, as the binary int8[] the query
+    returned (see ``Positions``). ``stats_reset`` and ``reset_after`` (epoch seconds) and
     ``dealloc`` are None before PostgreSQL 14.
     """
 
     positions: list[int]
     keys: KeyColumns
     counters: list[list[Any]]
+    folds: bytes
     dealloc: int | None
     stats_reset: float | None
     reset_after: float | None
@@ -91,52 +92,54 @@ class Read:
         dbids, userids, queryids = (list(compress(c, keep)) for c in self.keys[:3])
         toplevel = list(compress(self.keys[3], keep))
         counters = [list(compress(column, keep)) for column in self.counters]
+        # No folds: positions are not kept while entries are hidden.
         return Read(list(range(len(queryids))), (dbids, userids, queryids, toplevel),
-                    counters, self.dealloc, self.stats_reset, self.reset_after, self.whole)
+                    counters, b"", self.dealloc, self.stats_reset, self.reset_after, self.whole)
 
 
 class Positions:
-    """What the last snapshot holds at each position, kept as the main query's parameters.
+    """What the last snapshot holds at each position, kept as the main query's parameter:
+    the entry's fold (statements_setup), as the elements of a binary int8[].
 
-    Patched where a read returned entries: the cost of a cycle is what changed.
+    Patched where a read returned entries, with the bytes the read brought: the cost of a
+    cycle is what changed, and a run of entries that moved is one copy.
     """
 
     def __init__(self) -> None:
-        self._stamps = bytearray()
-        self._queryids = bytearray()
-        self._owners = bytearray()
+        self._folds = bytearray()
         self.size = 0
 
     def clear(self) -> None:
         """Forget every position: the next read is of the whole view."""
         self.__init__()  # type: ignore[misc]
 
-    def params(self) -> tuple[Int8, PackedInt8Array, PackedInt8Array, PackedInt8Array]:
-        """The last position, then per position: calls * 2 + toplevel, queryid, owner."""
+    def params(self) -> tuple[Int8, PackedInt8Array]:
+        """The last position, then the fold of the entry at each position."""
         n = self.size
         if not n:
-            empty = PackedInt8Array(_EMPTY)
-            return Int8(0), empty, empty, empty
-        header = _HEADER.pack(1, 0, 20, n, 1)
-        return (Int8(n), PackedInt8Array(header + self._stamps),
-                PackedInt8Array(header + self._queryids), PackedInt8Array(header + self._owners))
+            return Int8(0), PackedInt8Array(_EMPTY)
+        return Int8(n), PackedInt8Array(_HEADER.pack(1, 0, 20, n, 1) + self._folds)
 
     def patch(self, read: Read, size: int) -> None:
         """Take the entries of ``read``; the view has ``size`` entries."""
-        positions = read.positions
-        dbids, userids, queryids, toplevel = read.keys
-        stamps = list(map(add, map(mul, read.counters[0], repeat(2)), toplevel))
-        offsets = list(map(mul, positions, repeat(_WIDTH)))
-        for buffer, struct_, values in ((self._stamps, _INT8, (stamps,)),
-                                        (self._queryids, _INT8, (queryids,)),
-                                        (self._owners, _OWNER, (dbids, userids))):
-            end = size * _WIDTH
-            if end < len(buffer):
-                del buffer[end:]
-            else:
-                buffer.extend(bytes(end - len(buffer)))
-            deque(map(struct_.pack_into, repeat(buffer), offsets, repeat(8), *values),
-                  maxlen=0)
+        folds, end = self._folds, size * _ELEMENT.size
+        if end < len(folds):
+            del folds[end:]
+        else:
+            folds.extend(bytes(end - len(folds)))
+        positions, width, raw = read.positions, _ELEMENT.size, read.folds
+        firsts, lasts, at = runs(positions)
+        if len(firsts) * 4 > len(positions):  # scattered: entry by entry is cheaper
+            deque(map(_ELEMENT.pack_into, repeat(folds), map(width.__mul__, positions),
+                      repeat(8), decode_array(raw, "q")), maxlen=0)
+            self.size = size
+            return
+        # Run r: the read's entries firsts[r] to lasts[r] (excluded) go to positions at[r] on.
+        sources = map(slice, map(_HEADER.size.__add__, map(width.__mul__, firsts)),
+                      map(_HEADER.size.__add__, map(width.__mul__, lasts)))
+        targets = map(slice, map(width.__mul__, at),
+                      map(width.__mul__, map(add, at, map(sub, lasts, firsts))))
+        deque(map(folds.__setitem__, targets, map(raw.__getitem__, sources)), maxlen=0)
         self.size = size
 
 
@@ -153,7 +156,7 @@ def read_view(db: Session, setup: StatementsSetup, positions: Positions | None) 
     dbids, userids, queryids, toplevel = (
         decode_array(column, code) for column, code in zip(raw[1:5], "IIq?", strict=True))
     counters = [decode_array(column, code)
-                for column, code in zip(raw[5:], COUNTER_CODES, strict=True)]
+                for column, code in zip(raw[5:10], COUNTER_CODES, strict=True)]
     return Read(list(map(add, ordinals, repeat(-1))), (dbids, userids, queryids, toplevel),
-                counters, dealloc, stats_reset, reset_after, whole=positions is None or
-                not positions.size)
+                counters, raw[10] or b"", dealloc, stats_reset, reset_after,
+                whole=positions is None or not positions.size)

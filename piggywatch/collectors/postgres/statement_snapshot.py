@@ -12,8 +12,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from functools import cache
-from itertools import repeat
-from operator import itemgetter
+from itertools import compress, repeat
+from operator import itemgetter, ne, sub
 from typing import Any
 
 # One entry of pg_stat_statements: dbid, userid, queryid, toplevel.
@@ -64,6 +64,24 @@ def decode_array(raw: bytes | None, code: str) -> list[Any]:
         out.extend(_elements(code, count).unpack_from(raw, offset))
         offset += count * step
     return out
+
+
+def runs(positions: list[int]) -> tuple[list[int], list[int], list[int]]:
+    """Ascending ``positions`` as runs of consecutive ones: for run r, the indexes
+    ``firsts[r]`` to ``lasts[r]`` (excluded) of ``positions`` hold ``at[r]`` and those after.
+
+    Entries that moved (an insertion shifts all those after it) come back as a few long
+    runs, each copied in one step where entry by entry would cost Python time each.
+    """
+    if not positions:
+        return [], [], []
+    if positions[-1] - positions[0] == len(positions) - 1:  # one run (ascending, distinct)
+        return [0], [len(positions)], [positions[0]]
+    # Where the step from one position to the next is not 1, a run starts.
+    breaks = list(compress(range(1, len(positions)),
+                           map(ne, map(sub, positions[1:], positions), repeat(1))))
+    firsts = [0, *breaks]
+    return firsts, [*breaks, len(positions)], list(map(positions.__getitem__, firsts))
 
 
 def encode_array(values: Sequence[Any], code: str) -> bytes:

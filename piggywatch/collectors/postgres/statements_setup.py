@@ -44,15 +44,30 @@ class StatementsSetup:
     ``main`` takes the parameters of ``statement_positions.Positions`` and returns one row
     holding the entries that changed as arrays (the bytes of binary arrays), one per
     column: position (from 1), dbid, userid, queryid, toplevel, calls, exec time, rows,
-    block read time, block write time; after two columns (dealloc, stats_reset as epoch)
-    that are NULL in that row. With pg_stat_statements_info (PostgreSQL 14+), a row of it
-    comes before and after.
+    block read time, block write time, fold (what the next read compares with); after two
+    columns (dealloc, stats_reset as epoch) that are NULL in that row. With
+    pg_stat_statements_info (PostgreSQL 14+), a row of it comes before and after.
     """
 
     schema: str
     main: sql.Composed
     texts: sql.Composed
     max_entries: float
+
+
+# An entry's identity and calls as one int8, compared with what the last read found at its
+# position: one int8[] parameter where comparing calls, queryid and owner took three (each
+# costs PostgreSQL its parsing of thousands of elements). The same entry with other calls
+# folds to another value, always (the same identity XORed with another calls * 2 +
+# toplevel). Another entry at the position (a replacement: another queryid or owner) passes
+# for the old one only if the XOR of its three parts is exactly the old 64 bits. queryid is
+# itself a 64-bit hash, and pg_stat_statements already merges statements whose queryids
+# collide, so the fold adds a risk of that order (about 2^-64 per replaced entry); what
+# follows is that the replacement goes unseen (and the old entry counted as there) until
+# its calls change. The query returns the fold of each entry it returns, so the client
+# never computes it.
+_FOLD = ("(coalesce(queryid, 0) # ((dbid::int8 << 32) | userid::int8) "
+         "# (calls * 2 + {top}::int))")
 
 
 def find_statements(db: Session, schema: str | None) -> StatementsSetup:
@@ -125,9 +140,11 @@ def _build(db: Session, schema: str, max_entries: float) -> StatementsSetup:
     # One row of arrays rather than thousands of rows, each array as its binary bytes
     # (array_send is what binary output would run anyway), of the entries that differ from
     # what the last read found at their position (statement_positions): the last position
-    # (%s) and the position of each entry (ordinality), calls * 2 + toplevel, the queryid
-    # (0 for one the role may not see), dbid and userid as one int8. Positions past the
-    # arrays' end read as NULL: new entries are returned; empty arrays return every entry.
+    # (%s) and, per position, one int8 folding the entry's identity and calls (_FOLD). Each
+    # entry returned comes with its position (ordinality), dbid, userid, queryid (0 for one
+    # the role may not see), toplevel, counters, and its fold for the next read's
+    # parameter. Positions past the array's end read as NULL: new entries are returned
+    # (by ordinality >= %s too); an empty array returns every entry.
     # (false): no query texts, which PostgreSQL would read from a file.
     main = sql.SQL(
         "SELECT NULL::int8, NULL::float8, array_send(array_agg(ordinality)), "
@@ -135,19 +152,19 @@ def _build(db: Session, schema: str, max_entries: float) -> StatementsSetup:
         "array_send(array_agg(coalesce(queryid, 0))), array_send(array_agg({top})), "
         "array_send(array_agg(calls)), array_send(array_agg({exec})), "
         "array_send(array_agg(rows)), array_send(array_agg({read})), "
-        "array_send(array_agg({write})) FROM {func}(false) WITH ORDINALITY "
-        "WHERE ordinality >= %s "
-        "OR (calls * 2 + {top}::int) IS DISTINCT FROM (%s::int8[])[ordinality] "
-        "OR coalesce(queryid, 0) <> (%s::int8[])[ordinality] "
-        "OR ((dbid::int8 << 32) | userid::int8) <> (%s::int8[])[ordinality]"
-    ).format(exec=exec_time, read=read_time, write=write_time, func=func, top=toplevel)
+        "array_send(array_agg({write})), array_send(array_agg({fold})) "
+        "FROM {func}(false) WITH ORDINALITY "
+        "WHERE ordinality >= %s OR {fold} IS DISTINCT FROM (%s::int8[])[ordinality]"
+    ).format(exec=exec_time, read=read_time, write=write_time, func=func, top=toplevel,
+             fold=sql.SQL(_FOLD).format(top=toplevel))
     if db.columns("pg_stat_statements_info", schema):
         # The reset time on both sides of the snapshot, in the same round trip: a UNION ALL
         # runs its branches in order.
         info = sql.SQL(
             "SELECT dealloc, EXTRACT(EPOCH FROM stats_reset)::float8, NULL::bytea, "
             "NULL::bytea, NULL::bytea, NULL::bytea, NULL::bytea, NULL::bytea, NULL::bytea, "
-            "NULL::bytea, NULL::bytea, NULL::bytea FROM {}.pg_stat_statements_info"
+            "NULL::bytea, NULL::bytea, NULL::bytea, NULL::bytea "
+            "FROM {}.pg_stat_statements_info"
         ).format(sql.Identifier(schema))
         main = sql.SQL("{info} UNION ALL ({main}) UNION ALL {info}").format(info=info, main=main)
     texts = sql.SQL(
