@@ -140,9 +140,16 @@ class CollectorJob:
             changed = self._with_target_labels(changed, keep=not full)
             merged = self._merged
             gone = []
+            # The families of a series share its labels object: forget it after them all.
+            forget = set()
             for name, labels in removed:
-                hit = merged.pop(id(labels), None)
-                gone.append((name, labels if hit is None or hit[0] is not labels else hit[1]))
+                hit = merged.get(id(labels))
+                if hit is None or hit[0] is not labels:
+                    hit = (labels, self._merged_labels(labels))
+                gone.append((name, hit[1]))
+                forget.add(id(labels))
+            for key in forget:
+                merged.pop(key, None)
             removed = gone
         self.store.publish_changes(self.store_key, Changes(changed, removed), now,
                                    stamped=stamped, full=full)
@@ -191,10 +198,7 @@ class CollectorJob:
             key = id(s.labels)
             hit = fresh.get(key) or merged.get(key)
             if hit is None or hit[0] is not s.labels:
-                merged_labels = labels_of(dict(s.labels), **dict(extra))
-                # Labels that already carry the target's (the statements collector's) stay
-                # the same object, and their samples are kept as they are.
-                hit = (s.labels, s.labels if merged_labels == s.labels else merged_labels)
+                hit = (s.labels, self._merged_labels(s.labels))
             fresh[key] = hit
             out.append(s if hit[1] is s.labels else _new_sample(Sample, (s[0], hit[1], s[2], s[3])))
         # Only this cycle's label sets are kept (each entry holds its key object alive,
@@ -205,6 +209,12 @@ class CollectorJob:
         else:
             self._merged = fresh
         return out
+
+    def _merged_labels(self, labels: Labels) -> Labels:
+        """``labels`` with the target's; the same object when it carries them already (the
+        statements collector's do), so that its samples are kept as they are."""
+        merged = labels_of(dict(labels), **dict(self._merge_key))
+        return labels if merged == labels else merged
 
     def _report_failure(self, reason: str, message: str) -> None:
         # Log a failure when it starts or changes, not every cycle it persists: a database

@@ -158,9 +158,11 @@ class Counting:
         labels = self._labels
         for key in self.values:
             labels.setdefault(key, (("queryid", key),))
-        changed = [Sample(NAMES[0], labels[key], value, now) for key, value in self.values.items()
-                   if last.get(key) != value]
-        removed = [(NAMES[0], labels[key]) for key in last if key not in self.values]
+        # Both families of a series share its labels object, as the statements collector's.
+        changed = [Sample(name, labels[key], value, now) for key, value in self.values.items()
+                   if last.get(key) != value for name in NAMES]
+        removed = [(name, labels[key]) for key in last if key not in self.values
+                   for name in NAMES]
         self._last = dict(self.values)
         return Changes(changed, removed)
 
@@ -173,8 +175,8 @@ def test_a_job_publishes_changes_with_the_target_labels_and_starts_over_after_a_
     job = CollectorJob("main", target, collector, 1.0, store, SelfMetrics(store),
                        clock=iter(T0 + k for k in range(100)).__next__)
 
-    def current() -> list[Sample]:
-        return [s for _, samples in store.current() for s in samples if s.name == NAMES[0]]
+    def current(name: str = NAMES[0]) -> list[Sample]:
+        return [s for _, samples in store.current() for s in samples if s.name == name]
 
     def values() -> dict[str, float]:
         return {dict(s.labels)["queryid"]: s.value for s in current()}
@@ -187,6 +189,7 @@ def test_a_job_publishes_changes_with_the_target_labels_and_starts_over_after_a_
     job.run()
     assert collector.told == [True, False, False]
     assert values() == {"a": 1.0, "c": 1.0}
+    assert {dict(s.labels)["queryid"] for s in current(NAMES[1])} == {"a", "c"}
     assert all(dict(s.labels)["target"] == "main" for s in current())
     b = (("queryid", "b"), ("target", "main"))
     assert [p.value for p in store.history(NAMES[0], b)][:2] == [2.0, 3.0]
