@@ -4,13 +4,14 @@ A cluster of this module's own keeps pg_stat_statements small (max 100, so entri
 evicted), tracks nested statements, and leaves the monitoring role's own queries out of the
 view: two collectors reading one after the other then see the same view. One is asked for
 its full result each cycle, the other for what changed; applying each cycle's changes to the
-previous result must give the full one, whatever ran in between.
+previous result must give the full one, whatever ran in between. A third collector runs as
+the daemon runs it, through a job into the store: the store then holds the full result too.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -22,7 +23,9 @@ from psycopg import sql
 from piggywatch.collectors.postgres.statements import CALLS, StatementsCollector
 from piggywatch.collectors.postgres.target import PostgresTarget
 from piggywatch.demo.cluster import ThrowawayCluster
-from piggywatch.store import Changes, Labels, Sample
+from piggywatch.jobs import CollectorJob
+from piggywatch.selfmetrics import SelfMetrics
+from piggywatch.store import Changes, Labels, MemoryStore, Sample
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 WATCHER = "watcher"
@@ -169,14 +172,33 @@ def test_changes_applied_to_the_last_result_give_the_full_result(
     lab.reset()
     act(lab, ("burst", 0, 30))
     whole, changing = lab.collector(top_k), lab.collector(top_k)
+    jobbed = lab.collector(top_k)
+    store = MemoryStore()
+    store.register(jobbed.specs())
+    clock = [0.0]
+    job = CollectorJob("lab", lab.targets[-1], jobbed, 1.0, store, SelfMetrics(store),
+                       clock=lambda: clock[0])
     try:
-        compare(whole, changing, lab, top_k, cycles)
+        compare(whole, changing, lab, top_k, cycles, lambda now: in_store(job, store, now,
+                                                                          clock))
     finally:
         lab.close_targets()
 
 
+def in_store(job: CollectorJob, store: MemoryStore, now: float, clock: list[float]
+             ) -> dict[Series, float]:
+    """A cycle of ``job`` at ``now``: the statement series in the store after it, without
+    the target label the job adds."""
+    clock[0] = now
+    job.run()
+    return {(s.name, tuple(pair for pair in s.labels if pair[0] != "target")): s.value
+            for spec, samples in store.current() if spec.name.startswith("pg_stat_statements")
+            for s in samples}
+
+
 def compare(whole: StatementsCollector, changing: StatementsCollector, lab: Lab, top_k: int,
-            cycles: list[list[tuple[str, int, int]]]) -> None:
+            cycles: list[list[tuple[str, int, int]]],
+            stored: Callable[[float], dict[Series, float]] | None = None) -> None:
     state: dict[Series, Sample] = {}
     for step, actions in enumerate(cycles):
         for action in actions:
@@ -185,6 +207,8 @@ def compare(whole: StatementsCollector, changing: StatementsCollector, lab: Lab,
         full = whole.collect(now)
         apply(state, changing.collect_changes(now, full=step == 0))
         assert values(state) == values(full), step
+        if stored is not None:
+            assert stored(now) == values(full), step
         assert [f.as_dict() for f in changing.top_statements()] == \
             [f.as_dict() for f in whole.top_statements()]
         assert sum(1 for s in full if s.name == CALLS) <= top_k
