@@ -63,7 +63,8 @@ MEMORY_WINDOW_SLACK = 60.0
 MIN_MEMORY_WINDOW = HISTORY_RECORD_SECONDS + 2 * MEMORY_WINDOW_SLACK
 # Expiry rewrites pages too; once an hour keeps the state file's disk writes down.
 HISTORY_EXPIRE_SECONDS = 3600.0
-# How often the pages malloc holds free go back to the system (a fraction of a millisecond).
+# How often the pages malloc holds free go back to the system (a trim took 6 ms with 240 MB
+# of heap at statements top_k 5000, 0.2 ms at top_k 100).
 RELEASE_MEMORY_SECONDS = 60.0
 # What the alerting API answers while this replica starts or stops leading.
 CHANGING = "leadership is changing; retry in a few seconds"

@@ -1,6 +1,6 @@
-"""glibc's malloc as `piggywatch run` tunes it: large blocks freed go back to the system
-instead of staying in the heap behind a small block still in use (issue 13's memory budget).
-Each case runs in a fresh interpreter, on the real allocator."""
+"""glibc's malloc as `piggywatch run` tunes it (issue 13's memory budget): threads share two
+arenas instead of taking one each, and the memory the heap holds free goes back to the
+system. Each case runs in a fresh interpreter, on the real allocator."""
 
 from __future__ import annotations
 
@@ -8,19 +8,45 @@ import json
 import subprocess
 import sys
 
-# Frees a large block (glibc then raises its mmap threshold above that size), then
-# allocates 80 large blocks, each followed by a small one that stays (bytes of more than
-# 512 bytes come from malloc, not from Python's own arenas), and frees the large ones.
-_CYCLE = """
+# Eight threads allocate at once (bytes of more than 512 bytes come from malloc, not from
+# Python's own arenas); malloc_info then lists one <heap> per arena.
+_ARENAS = """
+import ctypes, os, sys, tempfile, threading
+from piggywatch import allocator
+tuned = allocator.tune() if sys.argv[1] == "tuned" else None
+start = threading.Barrier(8)
+def work():
+    start.wait()
+    kept = [bytes(4096) for _ in range(200)]
+    start.wait()
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+path = os.path.join(tempfile.mkdtemp(), "malloc_info.xml")
+stream = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, stream)
+libc.fclose(stream)
+print(tuned, open(path).read().count("<heap nr="))
+"""
+
+# Allocates 80 blocks of 256 KiB, each followed by a small one that stays, then frees the
+# large ones: the small ones above them keep the heap from shrinking on its own.
+_HOLES = """
 import json, sys
 from piggywatch import allocator
 def rss_kb():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-tuned = allocator.tune() if sys.argv[1] == "tuned" else None
 big = 256 * 1024
-del_me = bytes(big)
-del del_me
+first = bytes(big)
+del first  # glibc raises its mmap threshold above a freed mapped block: the next are heap
 before = rss_kb()
 blocks, kept = [], []
 for i in range(80):
@@ -28,31 +54,29 @@ for i in range(80):
     kept.append(bytes([i % 7]) * 600)
 peak = rss_kb()
 blocks.clear()
-released = allocator.release_free_memory() if sys.argv[2] == "trim" else None
-print(json.dumps({"tuned": tuned, "released": released, "peak_mb": (peak - before) / 1024,
-                  "kept_mb": (rss_kb() - before) / 1024}))
+freed = rss_kb()
+released = allocator.release_free_memory()
+print(json.dumps({"released": released, "peak_mb": (peak - before) / 1024,
+                  "freed_mb": (freed - before) / 1024, "trimmed_mb": (rss_kb() - before) / 1024}))
 """
 
 
-def cycle(tuned: bool, trim: bool = False) -> dict[str, float]:
-    done = subprocess.run([sys.executable, "-c", _CYCLE, "tuned" if tuned else "default",
-                           "trim" if trim else "-"], capture_output=True, text=True,
-                          check=True)
-    result: dict[str, float] = json.loads(done.stdout)
-    return result
+def run(code: str, *args: str) -> str:
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                          text=True, check=True).stdout
 
 
-def test_tuned_malloc_returns_large_freed_blocks_that_glibc_would_keep() -> None:
-    kept_by_default = cycle(tuned=False)
-    tuned = cycle(tuned=True)
-    assert tuned["tuned"] is True
-    # 80 blocks of 256 KiB: 20 MiB allocated in both runs.
-    assert kept_by_default["peak_mb"] > 15 and tuned["peak_mb"] > 15
-    assert kept_by_default["kept_mb"] > 15
-    assert tuned["kept_mb"] < 2
+def test_threads_share_two_arenas_once_tuned() -> None:
+    tuned, arenas = run(_ARENAS, "tuned").split()
+    assert (tuned, int(arenas)) == ("True", 2)
+    # As glibc has it, each of the eight threads takes an arena of its own.
+    default, arenas = run(_ARENAS, "default").split()
+    assert default == "None" and int(arenas) >= 8
 
 
 def test_release_free_memory_returns_what_the_heap_holds_free() -> None:
-    trimmed = cycle(tuned=False, trim=True)
-    assert trimmed["released"] is True
-    assert trimmed["kept_mb"] < 2
+    holes = json.loads(run(_HOLES))
+    # 80 blocks of 256 KiB: 20 MiB, still resident after they were freed, until released.
+    assert holes["peak_mb"] > 15 and holes["freed_mb"] > 15
+    assert holes["released"] is True
+    assert holes["trimmed_mb"] < 2
