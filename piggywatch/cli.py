@@ -75,12 +75,13 @@ def run(config_path: Path, listen: str | None) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
     import logging
 
-    from piggywatch import allocator
+    from piggywatch import allocator, gc_tuning
     from piggywatch.daemon import Daemon, ListenError, exit_now_if_stuck
     from piggywatch.observability import setup_logging, setup_sentry
 
     # Process-wide, and before any thread (Sentry's, the scheduler's) takes an arena.
     allocator.tune()
+    gc_tuning.tune()
     settings = _load(config_path)
     if _unmatched_rule_files(config_path, settings):
         raise SystemExit(1)
