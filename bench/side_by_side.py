@@ -45,14 +45,20 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from bench.statements_bench import MONITOR, MONITOR_PASSWORD, Workload, make_statements
+from bench.statements_bench import (
+    FLOOR_ROLE,
+    MONITOR,
+    MONITOR_PASSWORD,
+    Workload,
+    floor_ms,
+    make_statements,
+)
 from piggywatch.demo.cluster import ThrowawayCluster
 from piggywatch.demo.run import shipped_rules_dir
 from tests.support.compat import POSTGRES_EXPORTER
 from tests.support.ports import free_port
 
 HERE = Path(__file__).resolve().parent.parent
-FLOOR_ROLE = "bench_floor"
 # Issue 13's budgets.
 SCRAPE_US_PER_SAMPLE = 1.0
 STATEMENTS_RATIO = {100: 1.5, 5000: 3.0}
@@ -147,22 +153,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
-
-
-def floor_ms(conn: Conn, runs: int = 3) -> float:
-    """PostgreSQL's planning + execution time reading every entry, without texts."""
-    times = []
-    # A role of its own, so that pg_stat_statements does not bill the floor to the daemon's.
-    conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(FLOOR_ROLE)))
-    try:
-        for _ in range(runs):
-            plan = "\n".join(str(r[0]) for r in conn.execute(
-                "EXPLAIN (ANALYZE, TIMING OFF) SELECT * FROM pg_stat_statements(false)"))
-            found = re.findall(r"(?:Planning|Execution) Time: ([0-9.]+) ms", plan)
-            times.append(sum(map(float, found)))
-    finally:
-        conn.execute("RESET ROLE")
-    return statistics.median(times)
 
 
 def own_statements_ms(conn: Conn, role: str) -> float:

@@ -95,22 +95,27 @@ class CollectorJob:
         if getattr(self.collector, "dynamic_specs", False):
             # Families discovered by this cycle (e.g. the server's settings).
             self.store.register(self.collector.specs())
-        stamped = self.interval <= STAMPED_MAX_INTERVAL
-        if error is None:
-            self.store.publish(self.store_key, samples, now, stamped=stamped)
-            if self._failing is not None:
-                log.info("collector %s of %s recovered", self.collector.name, self.owner)
-                self._failing = None
-        elif samples:
-            # Only what the failure itself established (e.g. redis_up 0) stays current.
-            self.store.publish(self.store_key, samples, now, stamped=stamped)
-        else:
-            # Stale figures would look current; drop them until the next success.
-            self.store.clear(self.store_key)
+        self._finish(samples, error, now, started)
+
+    def _finish(self, samples: list[Sample], error: str | None, now: float,
+                started: float, *, published: int | None = None) -> None:
+        """Publish a cycle's samples (``published``: a changes cycle has published its own,
+        this many series) and count it."""
+        if published is None:
+            if error is None or samples:
+                # After a failure, only what it established (e.g. redis_up 0) stays current.
+                self.store.publish(self.store_key, samples, now,
+                                   stamped=self.interval <= STAMPED_MAX_INTERVAL)
+            else:
+                # Stale figures would look current; drop them until the next success.
+                self.store.clear(self.store_key)
+        if error is None and self._failing is not None:
+            log.info("collector %s of %s recovered", self.collector.name, self.owner)
+            self._failing = None
         self.attempted = True
         self.self_metrics.cycle_done(
             self.owner, self.collector.name, duration=time.monotonic() - started, now=now,
-            error=error, samples=len(samples),
+            error=error, samples=len(samples) if published is None else published,
             up=self.target.up if self.target is not None else None)
 
     def _changes_cycle(self, collector: CollectsChanges) -> None:
@@ -129,12 +134,12 @@ class CollectorJob:
             self._report_failure(exc.reason, str(exc))
             samples = self._with_target_labels(list(exc.samples)) \
                 if self.target is not None else list(exc.samples)
-            self._settle(samples, exc.reason, stamped, now, started)
+            self._finish(samples, exc.reason, now, started)
             return
         except Exception:
             self._changing = False
             log.exception("collector %s of %s crashed", self.collector.name, self.owner)
-            self._settle([], "internal", stamped, now, started)
+            self._finish([], "internal", now, started)
             return
         if self.target is not None:
             changed = self._with_target_labels(changed, keep=not full)
@@ -157,27 +162,7 @@ class CollectorJob:
         # Label sets of series that left without being told (a collector that renamed a
         # series' labels object) would pile up: the next cycle tells all, which starts over.
         self._changing = len(self._merged) <= 2 * size + 64
-        if self._failing is not None:
-            log.info("collector %s of %s recovered", self.collector.name, self.owner)
-            self._failing = None
-        self.attempted = True
-        self.self_metrics.cycle_done(
-            self.owner, self.collector.name, duration=time.monotonic() - started, now=now,
-            error=None, samples=size,
-            up=self.target.up if self.target is not None else None)
-
-    def _settle(self, samples: list[Sample], error: str, stamped: bool, now: float,
-                started: float) -> None:
-        """A failed cycle: keep only what the failure established, as ``_cycle`` does."""
-        if samples:
-            self.store.publish(self.store_key, samples, now, stamped=stamped)
-        else:
-            self.store.clear(self.store_key)
-        self.attempted = True
-        self.self_metrics.cycle_done(
-            self.owner, self.collector.name, duration=time.monotonic() - started, now=now,
-            error=error, samples=len(samples),
-            up=self.target.up if self.target is not None else None)
+        self._finish([], None, now, started, published=size)
 
     def _with_target_labels(self, samples: list[Sample], *, keep: bool = False
                             ) -> list[Sample]:
