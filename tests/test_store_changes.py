@@ -204,3 +204,37 @@ def test_a_job_publishes_changes_with_the_target_labels_and_starts_over_after_a_
     a = (("queryid", "a"), ("target", "main"))
     assert [p.timestamp - T0 for p in store.history(NAMES[0], a)
             if not math.isnan(p.value)] == [0, 1, 2, 4]
+
+
+def test_a_flapping_series_held_through_a_silence_longer_than_the_retention_recovers() -> None:
+    """A series that left and came back has a timeline of its own; held on it while its
+    source goes quiet for longer than the retention (a paused VM) and another source moves
+    the horizon on, it must read, publish and clear as any other."""
+    whole, changing = new_store(660.0), new_store(660.0)
+    x, y = (NAMES[0], LABELS[0]), (NAMES[0], LABELS[1])
+    previous: Snapshot | None = None
+    now = T0
+
+    def cycle(snapshot: Snapshot) -> None:
+        nonlocal previous
+        whole.publish(SOURCE, [Sample(n, labels, v, now) for (n, labels), v in snapshot.items()],
+                      now)
+        changing.publish_changes(SOURCE, changes_between(previous, snapshot, now), now,
+                                 full=previous is None)
+        previous = snapshot
+
+    for k in range(60):
+        now += 15
+        cycle({y: float(k), **({x: 5.0} if k < 3 or k >= 33 else {})})
+    now += 720
+    for store in (whole, changing):
+        store.publish("other", [], now)
+    assert everything(changing, now) == everything(whole, now)
+    for k in range(3):
+        now += 15
+        cycle({x: 6.0 + k, y: 100.0 + k})
+        assert everything(changing, now) == everything(whole, now)
+    for store in (whole, changing):
+        store.clear(SOURCE)
+    assert everything(changing, now) == everything(whole, now)
+    assert exposed(changing) == exposed(whole)

@@ -245,9 +245,11 @@ class SeriesHistory:
         ``shared`` is the publishing source's timeline when its newest entry is ``t_ms``.
         """
         if self.held is not None:
-            # What it held stands at the entries before this one; this value carries on.
+            # What it held stands at the entries before this one; a newer value published
+            # by its source carries on (not one dropped as late, nor another source's).
             self.catch_up(horizon_ms, before_ms=t_ms)
-            self.held_value = value
+            if shared is self.held:
+                self.held_value = value
         n = self.n
         if self.timeline is shared and n < len(self.values) and shared is not None \
                 and shared.dropped + len(shared.times) == self.first + n + 1 \
@@ -376,14 +378,24 @@ class SeriesHistory:
             end = held.dropped + bisect_left(held.times, before_ms - held.base, held.start)
         value = self.held_value
         if self.timeline is not held:
-            # Moved to a timeline of its own meanwhile (rare): point by point.
-            last = self.last_ms() if self.n else _NEVER_MS
-            for index in range(held.live_from(), end):
-                t_ms = held.at(index)
-                if t_ms > last:
-                    self.timeline.add(t_ms, horizon_ms)
-                    self._push(value, horizon_ms)
-            return
+            own = self.timeline
+            own.expire(horizon_ms)
+            if own.live_from() < self.first + self.n:
+                # Moved to a timeline of its own meanwhile (rare): point by point.
+                last = self.last_ms()
+                for index in range(held.live_from(), end):
+                    t_ms = held.at(index)
+                    if t_ms > last:
+                        own.add(t_ms, horizon_ms)
+                        self._push(value, horizon_ms)
+                return
+            # Every point of its own expired (nothing published it for a retention):
+            # rejoin the held timeline, as an empty series joins its source's.
+            self.n = 0
+            del self.values[:]
+            self.timeline = held
+            self.first = held.live_from()
+            self.gap = -1
         start = self.first + self.n
         live = held.live_from()
         if start < live:
