@@ -20,8 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
+from piggywatch.collectors.base import CollectorError
 from piggywatch.collectors.postgres.statements import CALLS, StatementsCollector
-from piggywatch.collectors.postgres.target import PostgresTarget
+from piggywatch.collectors.postgres.statements_setup import StatementsSetup
+from piggywatch.collectors.postgres.target import PostgresTarget, Session
 from piggywatch.demo.cluster import ThrowawayCluster
 from piggywatch.jobs import CollectorJob
 from piggywatch.selfmetrics import SelfMetrics
@@ -261,3 +263,51 @@ def _position(lab: Lab, query: str) -> int:
         "SELECT ordinality - 1 FROM pg_stat_statements(true) WITH ORDINALITY "
         "WHERE query = %s", (query,)).fetchall()
     return int(position)
+
+
+class TextsTimeOut(StatementsCollector):
+    """A collector whose query-text fetch times out when told to: a cycle that fails after
+    its read of the view (the statement timeout of a slow text file)."""
+
+    failing = False
+
+    def _fetch_texts(self, db: Session, setup: StatementsSetup, *args: Any) -> None:
+        if self.failing:
+            raise CollectorError("timeout", "a query hit the statement timeout")
+        super()._fetch_texts(db, setup, *args)
+
+
+def test_a_statement_that_left_during_a_failed_cycle_is_not_exported_after_it(
+        lab: Lab, request: pytest.FixtureRequest) -> None:
+    request.addfinalizer(lab.close_targets)
+    lab.reset()
+    for _ in range(3):
+        lab.work.execute(statement(1))
+    lab.work.execute(statement(2))
+    target = PostgresTarget("lab", lab.cluster.dsn(user=WATCHER, password=PASSWORD))
+    lab.targets.append(target)
+    collector = TextsTimeOut(target, timeout=10.0, top_k=10, schema=None, text_refresh=0.0)
+    store = MemoryStore()
+    store.register(collector.specs())
+    clock = [time.time()]
+    job = CollectorJob("lab", target, collector, 1.0, store, SelfMetrics(store),
+                       clock=lambda: clock[0])
+
+    def exported() -> dict[str, float]:
+        return {dict(s.labels)["queryid"]: s.value for spec, samples in store.current()
+                if spec.name == CALLS for s in samples}
+
+    job.run()
+    assert len(exported()) == 2
+    lab.reset_one(statement(1))  # it leaves the view...
+    lab.work.execute(statement(3))
+    collector.failing = True  # ...in a cycle that fails after reading the view
+    clock[0] += 15
+    job.run()
+    collector.failing = False
+    for _ in range(2):
+        lab.work.execute(statement(2))
+        clock[0] += 15
+        job.run()
+    full = lab.collector(10).collect(time.time())
+    assert exported() == {dict(s.labels)["queryid"]: s.value for s in full if s.name == CALLS}

@@ -207,8 +207,10 @@ class StatementsCollector:
         interval = now - self._snapshot_at if continuity is not Continuity.FIRST else 0.0
         self._has_snapshot = True
         self._snapshot_at = now
-        # Only a cycle that continues knows which groups left; else every one is checked.
-        gone = counters.gone if continuity is Continuity.CONTINUES else None
+        # Only a cycle that continues knows which groups left; else every one is checked. So
+        # is it after a failed cycle (``full``): one that failed after its read took the
+        # groups that left then with it, and they would stay exported at zero for ever.
+        gone = counters.gone if continuity is Continuity.CONTINUES and not full else None
 
         chosen, entering, leaving = self._choose(deltas, gone)
         relabelled = self._resolve_names(db, entering)
