@@ -299,3 +299,18 @@ def test_a_group_removed_by_a_reload_takes_its_alerts_and_recorded_series_with_i
     assert exported(store, "gauge:max") == {}
     assert exported(store, "gauge:min") == {(): 0.9}  # the kept group's is untouched
     assert queried(manager, "gauge:max", T0 + 61) == {}
+
+
+def test_alerts_export_tells_everything_again_after_a_publish_that_failed(
+        tmp_path: Path) -> None:
+    store, manager, _ = manager_on(tmp_path)
+    evaluate(store, manager, T0, {"a": 0.9, "b": 0.9})
+    # What the export told the store is gone, so telling it changes fails once.
+    store.clear("rules/g/ALERTS")
+    with pytest.raises(ValueError, match="without a snapshot"):
+        evaluate(store, manager, T0 + 15, {"a": 0.9, "b": 0.9, "c": 0.9})
+    evaluate(store, manager, T0 + 30, {"a": 0.9, "b": 0.9, "c": 0.9})
+    alerts, for_state = expected_export(manager)
+    assert len(alerts) == 3
+    assert exported(store, "ALERTS") == alerts
+    assert exported(store, "ALERTS_FOR_STATE") == for_state

@@ -459,27 +459,30 @@ class RuleManager:
 
     def _publish_alerts(self, run: _GroupRun, at: float) -> None:
         export = run.export
+        # After a first export or a failed one the store holds nothing known: tell it all.
+        told_for_state = export.for_state if export.published else {}
+        told_alerts = export.alerts if export.published else {}
         for_state: dict[Labels, tuple[Labels, float]] = {}
         alerts: dict[tuple[Labels, str], Labels] = {}
         changed: list[Sample] = []
         for state in run.states.values():
             for labels, alert_state, active_at in state.alert_states():
-                found = export.for_state.get(labels)
+                found = told_for_state.get(labels)
                 if found is None or found[1] != active_at:
                     # Alert labels are sorted already, and the sort keeps them (cheaply).
                     found = (tuple(sorted(labels)) if found is None else found[0], active_at)
                     changed.append(Sample("ALERTS_FOR_STATE", found[0], active_at, at))
                 for_state[labels] = found
                 key = (labels, alert_state.value)
-                series = export.alerts.get(key)
+                series = told_alerts.get(key)
                 if series is None:
                     series = tuple(sorted([pair for pair in labels if pair[0] != "alertstate"]
                                           + [("alertstate", alert_state.value)]))
                     changed.append(Sample("ALERTS", series, 1.0, at))
                 alerts[key] = series
-        removed = [("ALERTS_FOR_STATE", found[0]) for labels, found in export.for_state.items()
+        removed = [("ALERTS_FOR_STATE", found[0]) for labels, found in told_for_state.items()
                    if labels not in for_state]
-        removed += [("ALERTS", series) for key, series in export.alerts.items()
+        removed += [("ALERTS", series) for key, series in told_alerts.items()
                     if key not in alerts]
         source = f"rules/{run.group.name}/ALERTS"
         if not export.published:
