@@ -32,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from piggywatch.demo.cluster import ThrowawayCluster
 from tests.support.ports import free_port
+from tests.support.processes import stop_process
 
 RULES = """\
 groups:
@@ -109,12 +110,8 @@ class Replica:
         self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        if self.proc is not None:
+            stop_process(self.proc, 10)
 
 
 def wait(condition: Any, timeout: float, what: str) -> None:

@@ -28,7 +28,6 @@ import argparse
 import gzip
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -57,6 +56,7 @@ from piggywatch.demo.cluster import ThrowawayCluster
 from piggywatch.demo.run import shipped_rules_dir
 from tests.support.compat import POSTGRES_EXPORTER
 from tests.support.ports import free_port
+from tests.support.processes import stop_process
 
 HERE = Path(__file__).resolve().parent.parent
 # Issue 13's budgets.
@@ -207,7 +207,7 @@ def measure_exporter(cluster: ThrowawayCluster, conn: Conn, seconds: float,
                 time.sleep(1.0)
         column.collection_ms = column.scrape_ms
     finally:
-        stop(proc)
+        stop_process(proc, 15)
     return column
 
 
@@ -224,16 +224,6 @@ def wait_for(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> 
         if time.monotonic() > deadline:
             raise SystemExit(f"{url} did not answer within {timeout:.0f} s")
         time.sleep(0.2)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 DAEMON_CONFIG = """\
@@ -270,7 +260,7 @@ def daemon(tree: Path, cluster: ThrowawayCluster, top_k: int, interval: float,
         wait_for(f"http://127.0.0.1:{port}/metrics", proc)
         yield proc, f"http://127.0.0.1:{port}/metrics"
     finally:
-        stop(proc)
+        stop_process(proc, 15)
         stderr.close()
 
 

@@ -21,6 +21,7 @@ from piggywatch.alerting.notifiers.alertmanager import AlertmanagerNotifier
 from piggywatch.demo.cluster import ThrowawayCluster
 from tests.support.daemon_process import DaemonProcess, fast_rules_config
 from tests.support.ports import free_port
+from tests.support.processes import stop_process
 from tests.support.waiting import wait_for
 
 BINARY = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
@@ -77,13 +78,8 @@ class Alertmanager:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, 5)
         self._log.close()
 
     def _ready(self) -> bool:

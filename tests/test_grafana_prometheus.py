@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 import yaml
 
 from tests.support.ports import free_port
+from tests.support.processes import stop_process
 from tests.support.prometheus import running_prometheus
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
@@ -108,12 +108,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                  60, "the demo did not serve /healthz", proc, log)
         yield listen
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 20)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from piggywatch.jobs import CollectorJob, build_collectors
 from piggywatch.selfmetrics import SelfMetrics
 from piggywatch.store import MemoryStore
 from tests.support.ports import free_port
+from tests.support.processes import stop_process
 
 POSTGRES_EXPORTER = shutil.which("prometheus-postgres-exporter") or (
     "/usr/bin/prometheus-postgres-exporter"
@@ -85,12 +85,7 @@ def postgres_exporter(dsn: str) -> Iterator[str]:
             time.sleep(0.2)
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 10)
 
 
 def piggywatch_jobs(dsn: str, store: MemoryStore, *, name: str = "main",

@@ -3,7 +3,6 @@ loopback port with a given configuration, stopped at the end."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +12,7 @@ from typing import Any
 import yaml
 
 from tests.support.ports import free_port
+from tests.support.processes import stop_process
 
 
 @contextmanager
@@ -32,9 +32,4 @@ def running_prometheus(home: Path, config: dict[str, Any]
     try:
         yield f"http://{listen}", proc, log
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 15)
