@@ -428,7 +428,7 @@ class RuleManager:
             # As Prometheus: nothing is recorded (and, as there, the last values stay).
             raise EvaluationError(f"exceeded limit of {group.limit} with {len(samples)} "
                                   "series")
-        self._store.publish(f"rules/{group.name}/{key}", samples, at)
+        self._store.publish(_store_key(group, key), samples, at)
 
     def _register_recording(self, rule: RecordingRule, group: RuleGroup) -> None:
         spec = MetricSpec(rule.name, MetricKind.GAUGE,
@@ -484,7 +484,7 @@ class RuleManager:
                    if labels not in for_state]
         removed += [("ALERTS", series) for key, series in told_alerts.items()
                     if key not in alerts]
-        source = f"rules/{run.group.name}/ALERTS"
+        source = _store_key(run.group, "ALERTS")
         if not export.published:
             # A first export: replace whatever the source held, then tell what is there.
             # (A full publish_changes would render the whole export twice.)
@@ -523,14 +523,19 @@ class RuleManager:
                     for s in run.states.values() for a in s.alerts()]
 
 
+def _store_key(group: RuleGroup, what: str) -> str:
+    """Where a group publishes in the store: ``what`` is "ALERTS" or a recording rule's key."""
+    return f"rules/{group.name}/{what}"
+
+
 def _store_keys(runs: Iterable[_GroupRun]) -> set[str]:
     """The store keys the groups' rules publish under: each group's ALERTS, each recording
     rule's series."""
     keys = set()
     for run in runs:
         group = run.group
-        keys.add(f"rules/{group.name}/ALERTS")
-        keys.update(f"rules/{group.name}/{key}"
+        keys.add(_store_key(group, "ALERTS"))
+        keys.update(_store_key(group, key)
                     for rule, key in zip(group.rules, rule_keys(group), strict=True)
                     if not isinstance(rule, AlertingRule))
     return keys
