@@ -21,6 +21,7 @@ from operator import ne, sub
 from typing import Any
 
 from piggywatch.collectors.postgres.statement_snapshot import (
+    ARRAY_HEADER,
     ZERO,
     Counters,
     Group,
@@ -32,7 +33,6 @@ from piggywatch.collectors.postgres.statement_snapshot import (
 
 # The key columns as PostgreSQL sends them (binary arrays, see statement_snapshot): a header,
 # then each element as its length (4 bytes) and its value, big-endian.
-_HEADER = struct.Struct(">iiIii")
 _KEY_ELEMENTS = tuple(struct.Struct(f">i{code}") for code in ("I", "I", "q", "?"))
 _WIDTHS = tuple(element.size for element in _KEY_ELEMENTS)
 _QUERYID_COLUMN = 2
@@ -228,10 +228,10 @@ class StatementCounters:
         if not n or not pn or len(index) != pn:  # pn > len(index): duplicate keys
             return None
         for raw_new, raw_old in zip(new, old, strict=True):
-            if len(raw_new) < _HEADER.size or len(raw_old) < _HEADER.size:
+            if len(raw_new) < ARRAY_HEADER.size or len(raw_old) < ARRAY_HEADER.size:
                 return None
-            ndim, has_nulls, _, size, _ = _HEADER.unpack_from(raw_new)
-            if ndim != 1 or has_nulls or size != n or _HEADER.unpack_from(raw_old)[3] != pn:
+            ndim, has_nulls, _, size, _ = ARRAY_HEADER.unpack_from(raw_new)
+            if ndim != 1 or has_nulls or size != n or ARRAY_HEADER.unpack_from(raw_old)[3] != pn:
                 return None  # malformed, or not the length of the counters: not for a merge
 
         budget = max(_MIN_EDITS, int(n * _EDITS_PER_ENTRY))
@@ -497,7 +497,7 @@ def _same_entries(column: bytes, column_before: bytes, width: int, i: int, j: in
                   b: int) -> bool:
     """Whether entries ``i + a`` to ``i + b`` (excluded) of a key column are those from
     ``j + a`` of the previous snapshot's, byte for byte."""
-    start = _HEADER.size
+    start = ARRAY_HEADER.size
     return (column[start + (i + a) * width:start + (i + b) * width]
             == column_before[start + (j + a) * width:start + (j + b) * width])
 
@@ -505,7 +505,7 @@ def _same_entries(column: bytes, column_before: bytes, width: int, i: int, j: in
 def _key_at(raw: tuple[bytes, ...], i: int) -> Key:
     """The key of entry ``i``, decoded from the key columns' bytes."""
     dbid, userid, queryid, toplevel = (
-        element.unpack_from(column, _HEADER.size + i * element.size)[1]
+        element.unpack_from(column, ARRAY_HEADER.size + i * element.size)[1]
         for element, column in zip(_KEY_ELEMENTS, raw, strict=True))
     return dbid, userid, queryid, toplevel
 

@@ -25,6 +25,7 @@ from psycopg.pq import Format
 from psycopg.types.numeric import Int8
 
 from piggywatch.collectors.postgres.statement_snapshot import (
+    ARRAY_HEADER,
     COUNTER_CODES,
     KeyColumns,
     decode_array,
@@ -33,10 +34,8 @@ from piggywatch.collectors.postgres.statement_snapshot import (
 from piggywatch.collectors.postgres.statements_setup import StatementsSetup
 from piggywatch.collectors.postgres.target import Session
 
-# A binary int8[]: header (dimensions, has-NULLs flag, element type, size, lower bound), then
-# each element as its length (4 bytes) and its value, big-endian: the folds the query returns
-# are elements of the parameter it takes, byte for byte.
-_HEADER = struct.Struct(">iiIii")
+# A binary int8[] (see statement_snapshot): the folds the query returns are elements of the
+# parameter it takes, byte for byte.
 _EMPTY = struct.pack(">iiI", 0, 0, 20)
 _ELEMENT = struct.Struct(">iq")
 
@@ -118,7 +117,7 @@ class Positions:
         n = self.size
         if not n:
             return Int8(0), PackedInt8Array(_EMPTY)
-        return Int8(n), PackedInt8Array(_HEADER.pack(1, 0, 20, n, 1) + self._folds)
+        return Int8(n), PackedInt8Array(ARRAY_HEADER.pack(1, 0, 20, n, 1) + self._folds)
 
     def patch(self, read: Read, size: int) -> None:
         """Take the entries of ``read``; the view has ``size`` entries."""
@@ -135,8 +134,8 @@ class Positions:
             self.size = size
             return
         # Run r: the read's entries firsts[r] to lasts[r] (excluded) go to positions at[r] on.
-        sources = map(slice, map(_HEADER.size.__add__, map(width.__mul__, firsts)),
-                      map(_HEADER.size.__add__, map(width.__mul__, lasts)))
+        sources = map(slice, map(ARRAY_HEADER.size.__add__, map(width.__mul__, firsts)),
+                      map(ARRAY_HEADER.size.__add__, map(width.__mul__, lasts)))
         targets = map(slice, map(width.__mul__, at),
                       map(width.__mul__, map(add, at, map(sub, lasts, firsts))))
         deque(map(folds.__setitem__, targets, map(raw.__getitem__, sources)), maxlen=0)

@@ -32,7 +32,7 @@ ZERO: Counters = (0, 0.0, 0, 0.0, 0.0)
 # A one-dimensional PostgreSQL array without NULLs in binary format: number of dimensions,
 # has-NULLs flag, element type, size and lower bound of the dimension; then each element as
 # its length (4 bytes) and its bytes, big-endian.
-_ARRAY_HEADER = struct.Struct(">iiIii")
+ARRAY_HEADER = struct.Struct(">iiIii")
 _CHUNK = 256
 _TYPE_OIDS = {"I": 26, "q": 20, "d": 701, "?": 16}  # oid, int8, float8, bool
 # calls, exec time, rows, block read time, block write time.
@@ -54,11 +54,11 @@ def decode_array(raw: bytes | None, code: str) -> list[Any]:
     """The elements of a binary array of ``code`` ("I" oid, "q" int8, "d" float8, "?" bool)."""
     if not raw:
         return []
-    ndim, has_nulls, _, size, _ = _ARRAY_HEADER.unpack_from(raw)
+    ndim, has_nulls, _, size, _ = ARRAY_HEADER.unpack_from(raw)
     if ndim != 1 or has_nulls:
         raise ValueError("expected a one-dimensional array without NULLs")
     out: list[Any] = []
-    offset, step = _ARRAY_HEADER.size, 4 + struct.calcsize(">" + code)
+    offset, step = ARRAY_HEADER.size, 4 + struct.calcsize(">" + code)
     for start in range(0, size, _CHUNK):
         count = min(_CHUNK, size - start)
         out.extend(_elements(code, count).unpack_from(raw, offset))
@@ -90,7 +90,7 @@ def encode_array(values: Sequence[Any], code: str) -> bytes:
         return b""
     one = _element(code)
     body = b"".join(one.pack(one.size - 4, value) for value in values)
-    return _ARRAY_HEADER.pack(1, 0, _TYPE_OIDS[code], len(values), 1) + body
+    return ARRAY_HEADER.pack(1, 0, _TYPE_OIDS[code], len(values), 1) + body
 
 
 class PackedKeys:
@@ -173,7 +173,7 @@ class PackedColumn:
     def __len__(self) -> int:
         if self.decoded is not None:  # patched in place: the list is the truth
             return len(self.decoded)
-        return _ARRAY_HEADER.unpack_from(self.raw)[3] if self.raw else 0
+        return ARRAY_HEADER.unpack_from(self.raw)[3] if self.raw else 0
 
     def all(self) -> list[Any]:
         """Every element, decoded once."""
@@ -236,7 +236,7 @@ class Snapshot:
                 continue
             if offsets is None:  # every counter is 8 bytes, so one stride fits all
                 step = column.element.size
-                offsets = list(map(_ARRAY_HEADER.size.__add__, map(step.__mul__, positions)))
+                offsets = list(map(ARRAY_HEADER.size.__add__, map(step.__mul__, positions)))
             element = column.element
             raw = column.raw + element.pack(element.size - 4, 0) if padded else column.raw
             out.append(list(map(itemgetter(1), map(element.unpack_from, repeat(raw), offsets))))
