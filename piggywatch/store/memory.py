@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from piggywatch.store.buffers import SeriesHistory, Timeline, TimeRange
-from piggywatch.store.exposition import Exposition
+from piggywatch.store.exposition import Chunk, Exposition
 from piggywatch.store.samples import Changes, Labels, MetricSpec, Sample
 from piggywatch.store.series import LabelMatcher, MatchOp, Series
 
@@ -180,49 +180,53 @@ class MemoryStore:
         scrapes are more frequent than collections).
         """
         batch = tuple(samples)
-        now_ms = _to_ms(now)
         # Rendered here, in the publishing thread and outside the lock: a scrape only joins.
         chunks = self.exposition.render(source, batch, stamped)
         with self._lock:
-            undeclared = {s.name for s in batch}.difference(self._specs)
-            if undeclared:
-                raise KeyError(f"sample of undeclared metric {min(undeclared)}")
-            self._advance(now_ms)
-            horizon = self._horizon_ms
-            by_name = self._by_name
-            owned: set[SeriesHistory] = set()
-            timeline = self._timelines.get(source)
-            if timeline is None:
-                timeline = self._timelines[source] = Timeline(shared=True)
-            # A batch mostly shares one timestamp: convert it once, and add it to the source's
-            # timeline once.
-            last_ts = math.nan
-            t_ms = 0
-            shared: Timeline | None = None
-            for sample in batch:
-                name = sample.name
-                family = by_name.get(name)
-                hist = None if family is None else family.get(sample.labels)
-                if hist is None:
-                    hist = self._new_series(name, sample.labels)
-                if sample.timestamp != last_ts:
-                    last_ts = sample.timestamp
-                    t_ms = _to_ms(last_ts)
-                    shared = timeline if timeline.add(t_ms, horizon) else None
-                hist.append(t_ms, sample.value, horizon, shared)
-                owned.add(hist)
-            previous = self._sources.get(source)
-            if previous is not None and previous.series is not None:
-                # The source published changes before: its series stop carrying on alone.
-                for hist in previous.owned:
-                    hist.release(horizon, now_ms)
-            self._sources[source] = _Snapshot(batch, owned, stamped)
-            self.exposition.put(source, stamped, chunks)
-            self._hand_over(set() if previous is None else previous.owned, owned, now_ms,
-                            timeline)
-            self._appends_since_sweep += len(batch)
-            if self._appends_since_sweep >= max(len(self._orphans), _SWEEP_MIN_APPENDS):
-                self._sweep()
+            self._replace(source, batch, _to_ms(now), stamped, chunks)
+
+    def _replace(self, source: str, batch: tuple[Sample, ...], now_ms: int, stamped: bool,
+                 chunks: Mapping[str, Chunk]) -> None:
+        """``publish``'s work under the lock, ``chunks`` its exposition."""
+        undeclared = {s.name for s in batch}.difference(self._specs)
+        if undeclared:
+            raise KeyError(f"sample of undeclared metric {min(undeclared)}")
+        self._advance(now_ms)
+        horizon = self._horizon_ms
+        by_name = self._by_name
+        owned: set[SeriesHistory] = set()
+        timeline = self._timelines.get(source)
+        if timeline is None:
+            timeline = self._timelines[source] = Timeline(shared=True)
+        # A batch mostly shares one timestamp: convert it once, and add it to the source's
+        # timeline once.
+        last_ts = math.nan
+        t_ms = 0
+        shared: Timeline | None = None
+        for sample in batch:
+            name = sample.name
+            family = by_name.get(name)
+            hist = None if family is None else family.get(sample.labels)
+            if hist is None:
+                hist = self._new_series(name, sample.labels)
+            if sample.timestamp != last_ts:
+                last_ts = sample.timestamp
+                t_ms = _to_ms(last_ts)
+                shared = timeline if timeline.add(t_ms, horizon) else None
+            hist.append(t_ms, sample.value, horizon, shared)
+            owned.add(hist)
+        previous = self._sources.get(source)
+        if previous is not None and previous.series is not None:
+            # The source published changes before: its series stop carrying on alone.
+            for hist in previous.owned:
+                hist.release(horizon, now_ms)
+        self._sources[source] = _Snapshot(batch, owned, stamped)
+        self.exposition.put(source, stamped, chunks)
+        self._hand_over(set() if previous is None else previous.owned, owned, now_ms,
+                        timeline)
+        self._appends_since_sweep += len(batch)
+        if self._appends_since_sweep >= max(len(self._orphans), _SWEEP_MIN_APPENDS):
+            self._sweep()
 
     def publish_changes(self, source: str, changes: Changes, now: float, *,
                         stamped: bool = False, full: bool = False) -> None:
@@ -241,16 +245,16 @@ class MemoryStore:
             continues = previous is not None and previous.series is not None
         if not full and not continues:
             raise ValueError(f"{source}: changes published without a snapshot to change")
-        if full:
-            self.publish(source, changed, now, stamped=stamped)
         chunks = self.exposition.render_changes(source, changes, now, stamped, full=full)
         now_ms = _to_ms(now)
         with self._lock:
             if full:
+                # The whole snapshot, rendered once (as changes): replace, then hold it.
+                self._replace(source, tuple(changed), now_ms, stamped, chunks)
                 self._hold_all(source, now)
             else:
                 self._apply_changes(source, changes, now, now_ms)
-            self.exposition.put(source, stamped, chunks)
+                self.exposition.put(source, stamped, chunks)
 
     def _hold_all(self, source: str, now: float) -> None:
         """Turn ``source``'s snapshot, just published whole, into one that changes."""
