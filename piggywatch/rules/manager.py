@@ -484,14 +484,11 @@ class RuleManager:
                    if labels not in for_state]
         removed += [("ALERTS", series) for key, series in told_alerts.items()
                     if key not in alerts]
-        source = _store_key(run.group, "ALERTS")
-        if not export.published:
-            # A first export: replace whatever the source held, then tell what is there.
-            # (A full publish_changes would render the whole export twice.)
-            self._store.publish_changes(source, Changes([], []), at, full=True)
-        # Unknown after a failure: the next export starts afresh.
-        export.published = False
-        self._store.publish_changes(source, Changes(changed, removed), at)
+        # A first export (or one after a failure) tells everything and replaces whatever the
+        # source held; until this one is published, what the store holds is unknown.
+        full, export.published = not export.published, False
+        self._store.publish_changes(_store_key(run.group, "ALERTS"), Changes(changed, removed),
+                                    at, full=full)
         export.for_state, export.alerts, export.published = for_state, alerts, True
 
     def _publish_meta(self, at: float) -> None:
