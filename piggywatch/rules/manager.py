@@ -338,10 +338,20 @@ class RuleManager:
                     log.warning("rule %r of group %r failed: %s", rule.name, name, exc)
                     if isinstance(rule, AlertingRule):
                         events += self._alert_without_data(run.states[key], at, policy)
+                except Exception:
+                    # A bug, not the rule's: counted and logged, the rule's alerts kept as
+                    # they were, and the group's other rules (and their events) go on.
+                    run.failures += 1
+                    log.exception("rule %r of group %r failed", rule.name, name)
             run.evaluations += 1
             run.last_duration = time.monotonic() - started
             run.last_at = at
-            self._publish_alerts(run, at)
+            try:
+                self._publish_alerts(run, at)
+            except Exception:
+                # ALERTS is told everything at the next evaluation; the transitions of this
+                # one are not lost with it (a page that never went out is never sent later).
+                log.exception("could not export the alerts of group %r", name)
             if self._db is not None:
                 try:
                     for key, state in run.states.items():
@@ -422,6 +432,11 @@ class RuleManager:
                 labels = {k: v for k, v in s.labels if k != "__name__"}
                 labels.update(rule.labels)
                 samples.append(Sample(rule.name, labels_of(labels), s.value, at))
+            if len({sample.labels for sample in samples}) < len(samples):
+                # As Prometheus: two series made one by the rule's labels fail the rule
+                # (exported twice, they would make the whole scrape fail instead).
+                raise EvaluationError("vector contains metrics with the same labelset after "
+                                      "applying rule labels")
         else:
             raise EvaluationError("a recording rule's expression must return a vector")
         if 0 < group.limit < len(samples):
