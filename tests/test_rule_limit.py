@@ -32,8 +32,9 @@ groups:
 """
 
 
-def setup(tmp_path: Path) -> tuple[MemoryStore, RuleManager, list[AlertEvent]]:
-    store = MemoryStore()
+def setup(tmp_path: Path, rules: str = RULES, store: MemoryStore | None = None
+          ) -> tuple[MemoryStore, RuleManager, list[AlertEvent]]:
+    store = MemoryStore() if store is None else store
     store.register([MetricSpec("app_queue_depth", MetricKind.GAUGE, "depth")])
     events: list[AlertEvent] = []
 
@@ -41,7 +42,7 @@ def setup(tmp_path: Path) -> tuple[MemoryStore, RuleManager, list[AlertEvent]]:
         events.append(event)
 
     manager = RuleManager(store, store, sink, no_data=NoData.OK, clock=lambda: T0)
-    (tmp_path / "rules.yaml").write_text(RULES)
+    (tmp_path / "rules.yaml").write_text(rules)
     assert manager.load([tmp_path / "rules.yaml"]) == []
     return store, manager, events
 
@@ -175,11 +176,7 @@ def test_rule_labels_that_make_two_series_one_fail_the_recording_rule(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # As Prometheus ("vector contains metrics with the same labelset after applying rule
     # labels"): exported twice, the series would make every scrape of /metrics fail.
-    store = MemoryStore()
-    store.register([MetricSpec("app_queue_depth", MetricKind.GAUGE, "depth")])
-    events: list[AlertEvent] = []
-    manager = RuleManager(store, store, events.append, no_data=NoData.OK, clock=lambda: T0)
-    (tmp_path / "rules.yaml").write_text("""\
+    store, manager, _ = setup(tmp_path, """\
 groups:
   - name: queues
     rules:
@@ -189,7 +186,6 @@ groups:
       - alert: QueueBacklog
         expr: app_queue_depth > 10
 """)
-    assert manager.load([tmp_path / "rules.yaml"]) == []
     evaluate(store, manager, T0, {"mail": 12})
     assert [(s.labels, s.value) for s in exported(store, "queue:depth")] == [
         (labels_of(queue="all"), 12.0)]
@@ -215,14 +211,10 @@ class _StoreThatFailsRecording(MemoryStore):
 
 def test_a_rule_that_fails_unexpectedly_does_not_take_the_groups_pages_with_it(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    store = _StoreThatFailsRecording()
-    store.register([MetricSpec("app_queue_depth", MetricKind.GAUGE, "depth")])
-    events: list[AlertEvent] = []
-    manager = RuleManager(store, store, events.append, no_data=NoData.OK, clock=lambda: T0)
-    (tmp_path / "rules.yaml").write_text(RULES.replace(f"limit: {LIMIT}", "limit: 0")
-                                         + "      - alert: QueueGone\n"
-                                           "        expr: app_queue_depth == 0\n")
-    assert manager.load([tmp_path / "rules.yaml"]) == []
+    store, manager, events = setup(
+        tmp_path, RULES.replace(f"limit: {LIMIT}", "limit: 0")
+        + "      - alert: QueueGone\n        expr: app_queue_depth == 0\n",
+        _StoreThatFailsRecording())
     fired = evaluate(store, manager, T0, {"mail": 12, "push": 0})
     assert "rule 'queue:depth:high' of group 'queues' failed" in caplog.text
     assert "a bug in the store" in caplog.text
