@@ -33,6 +33,9 @@ format too (Prometheus sends both in its Accept header).
 from __future__ import annotations
 
 import gzip
+import logging
+import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, cast
@@ -44,7 +47,14 @@ from prometheus_client.registry import Collector as PromCollector
 from prometheus_client.utils import floatToGoString
 
 from piggywatch.store import MemoryStore, MetricKind, MetricSpec, Sample
-from piggywatch.store.exposition import deflate_block, exposed_labels, gzip_member
+from piggywatch.store.exposition import (
+    Exposition,
+    deflate_block,
+    exposed_labels,
+    gzip_member,
+)
+
+log = logging.getLogger(__name__)
 
 # Counters are only ever read through the store; the _created series would be noise.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -120,18 +130,31 @@ def render_text(registry: _Collectable) -> bytes:
         return registry.store.exposition.body() + render_text(registry.others)
     out: list[str] = []
     for metric in registry.collect():
-        if metric.type in ("counter", "gauge", "unknown") and \
-                all(s.name == metric.name for s in metric.samples):
-            _render_plain(metric, out)
+        name = _plain_name(metric)
+        if name is not None:
+            _render_plain(metric, name, out)
         else:
             out.append(generate_latest(_One(metric)).decode())
     return "".join(out).encode()
 
 
-def _render_plain(metric: Metric, out: list[str]) -> None:
+def _plain_name(metric: Metric) -> str | None:
+    """The name of ``metric``'s samples when they all have one and need no more than a
+    HELP and a TYPE line of it (a store counter keeps its own name; prometheus-client's
+    counters, the GC collector's, are named with _total): else None."""
+    if metric.type not in ("counter", "gauge", "unknown"):
+        return None
+    names = (metric.name, metric.name + "_total") if metric.type == "counter" else (metric.name,)
+    for name in names:
+        if all(sample.name == name for sample in metric.samples):
+            return name
+    return None
+
+
+def _render_plain(metric: Metric, name: str, out: list[str]) -> None:
     kind = "untyped" if metric.type == "unknown" else metric.type
     doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
-    out.append(f"# HELP {metric.name} {doc}\n# TYPE {metric.name} {kind}\n")
+    out.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
     for sample in metric.samples:
         if sample.labels:
             pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items()))
@@ -152,10 +175,34 @@ def _escape(value: str) -> str:
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
-def metrics_app(registry: CollectorRegistry) -> Callable[[dict[str, Any], StartResponse],
-                                                         Iterable[bytes]]:
-    """A WSGI app serving ``registry`` in the text format (``name[]`` filtering, gzip)."""
-    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+# While gzip scrapes come (Prometheus always asks for gzip), the store's changed families are
+# compressed as soon as they are published, so that a scrape only joins bytes; after this
+# long without one, the compressing thread ends until the next.
+WARM_WHILE_SCRAPED = 600.0
+# How long the thread lets a publishing cycle finish (and a burst of publishes gather)
+# before it compresses.
+WARM_SETTLE = 0.02
+
+
+class MetricsApp:
+    """/metrics as a WSGI app: ``registry`` in the text format (``name[]`` filtering, gzip).
+
+    Compressing the families that changed since the last scrape is most of what a scrape
+    costs (about 0.6 ms for the 100 KB of a top-100 statements family): a thread of its own
+    does it when they are published, not the scrape that comes next. Close it with
+    ``close()``.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+        self._lock = threading.Lock()
+        self._last_gzip = 0.0
+        self._warmer: threading.Thread | None = None
+        self._closed = False
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse
+                 ) -> Iterable[bytes]:
+        registry = self._registry
         params = parse_qs(environ.get("QUERY_STRING", ""))
         names = params.get("name[]")
         zipped = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "")
@@ -170,11 +217,45 @@ def metrics_app(registry: CollectorRegistry) -> Callable[[dict[str, Any], StartR
                 registry.others.restricted_registry(names))
             body = gzip.compress(body, compresslevel=1) if zipped else body
         else:
+            if zipped:
+                self._scraped(registry.store.exposition)
             body = _cached(registry, zipped)
         start_response("200 OK", headers)
         return [body]
 
-    return app
+    def close(self) -> None:
+        """Stop compressing ahead of scrapes (the thread ends within ``WARM_WHILE_SCRAPED``
+        at the latest; at once when a publish wakes it)."""
+        with self._lock:
+            self._closed = True
+            warmer = self._warmer
+        if warmer is not None:
+            exposition = cast(StoreRegistry, self._registry).store.exposition
+            exposition.changed.set()
+            warmer.join(timeout=5)
+
+    def _scraped(self, exposition: Exposition) -> None:
+        with self._lock:
+            self._last_gzip = time.monotonic()
+            if self._warmer is None and not self._closed:
+                self._warmer = threading.Thread(target=self._warm, args=(exposition,),
+                                                name="metrics-gzip", daemon=True)
+                self._warmer.start()
+
+    def _warm(self, exposition: Exposition) -> None:
+        while True:
+            published = exposition.changed.wait(WARM_WHILE_SCRAPED)
+            with self._lock:
+                if self._closed or time.monotonic() - self._last_gzip > WARM_WHILE_SCRAPED:
+                    self._warmer = None
+                    return
+            if published:
+                time.sleep(WARM_SETTLE)
+                exposition.changed.clear()
+                try:
+                    exposition.gzipped_parts()
+                except Exception:  # a scrape would meet it too, and say so
+                    log.exception("compressing the exposition ahead of scrapes failed")
 
 
 def _cached(registry: StoreRegistry, zipped: bool) -> bytes:

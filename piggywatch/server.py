@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
-from piggywatch.exporter import metrics_app
+from piggywatch.exporter import MetricsApp
 from piggywatch.http_server import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_REQUEST_TIMEOUT_SECONDS,
@@ -137,7 +137,7 @@ class Endpoints:
         access: Access,
     ) -> None:
         # The text format with postgres_exporter's counter names and collection times.
-        self._metrics = metrics_app(registry)
+        self._metrics = MetricsApp(registry)
         self._ready = ready
         self._statements = statements
         # Swapped by the daemon when this replica becomes the leader or a standby.
@@ -150,6 +150,10 @@ class Endpoints:
         # no API token; the daemon points ``hook_service`` at the leader's delivery.
         self.hook_service: AckService | None = None
         self._hooks: HookEndpoints | None = None
+
+    def close(self) -> None:
+        """Stop the work done ahead of requests (compressing /metrics)."""
+        self._metrics.close()
 
     def _hook_endpoints(self) -> HookEndpoints:
         # The ack package is imported on the first hook request, not at start: most

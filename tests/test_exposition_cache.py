@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import math
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from piggywatch.exporter import StoreCollector, build_registry, metrics_app, render_text
+from piggywatch.exporter import MetricsApp, StoreCollector, build_registry, render_text
 from piggywatch.store import MemoryStore, MetricKind, MetricSpec, Sample, labels_of
 
 NAMES = ["pg_fam_a", "pg_fam_b_total", "pg_fam_c_seconds", "piggywatch_fam_d"]
@@ -100,7 +101,7 @@ def reference_text(store: MemoryStore) -> str:
 @given(stores())
 def test_cached_exposition_is_what_rendering_at_scrape_time_gives(store: MemoryStore) -> None:
     before = reference_text(store)
-    headers, served = scrape(metrics_app(build_registry(store, process_metrics=False)))
+    headers, served = scrape(MetricsApp(build_registry(store, process_metrics=False)))
     assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     # Byte for byte the renderer it replaces, and the same samples as prometheus-client's own.
     assert served.decode() == before
@@ -120,9 +121,10 @@ def test_cached_exposition_is_what_rendering_at_scrape_time_gives(store: MemoryS
 @given(stores(), st.sets(st.sampled_from(NAMES), min_size=1))
 def test_gzip_and_name_filter_serve_the_same_samples(store: MemoryStore,
                                                      names: set[str]) -> None:
-    app = metrics_app(build_registry(store, process_metrics=False))
+    app = MetricsApp(build_registry(store, process_metrics=False))
     _, plain = scrape(app)
     headers, zipped = scrape(app, HTTP_ACCEPT_ENCODING="gzip, deflate")
+    app.close()
     assert headers.get("Content-Encoding") == "gzip"
     assert gzip.decompress(zipped) == plain
     # As Prometheus, httpx and curl read it: one member, no trailing data.
@@ -142,7 +144,7 @@ def test_warm_scrape_serves_the_bytes_rendered_at_publish() -> None:
                     MetricSpec("pg_x_total", MetricKind.COUNTER, "x")])
     store.publish("a", [Sample("pg_up", labels_of(server="s"), 1.0, 100.0)], 100.0, stamped=True)
     store.publish("b", [Sample("pg_x_total", labels_of(), 2.0, 100.0)], 100.0)
-    app = metrics_app(build_registry(store, process_metrics=False))
+    app = MetricsApp(build_registry(store, process_metrics=False))
     first = scrape(app)[1]
     assert first == reference_text(store).encode()
     # Nothing published since: the same bytes, not a new rendering.
@@ -159,7 +161,7 @@ def test_scrape_answers_while_a_publish_holds_the_store() -> None:
     store = MemoryStore()
     store.register([MetricSpec("pg_up", MetricKind.GAUGE, "up")])
     store.publish("a", [Sample("pg_up", labels_of(), 1.0, 100.0)], 100.0)
-    app = metrics_app(build_registry(store, process_metrics=False))
+    app = MetricsApp(build_registry(store, process_metrics=False))
     answered = threading.Event()
 
     def scrape_in_thread() -> None:
@@ -171,3 +173,32 @@ def test_scrape_answers_while_a_publish_holds_the_store() -> None:
         thread.start()
         assert answered.wait(5), "the scrape waited for the store's lock"
     thread.join()
+
+
+def test_changed_families_are_compressed_when_published_while_gzip_scrapes_come() -> None:
+    store = MemoryStore()
+    store.register([MetricSpec("pg_up", MetricKind.GAUGE, "up"),
+                    MetricSpec("pg_x_total", MetricKind.COUNTER, "x")])
+    store.publish("a", [Sample("pg_up", labels_of(server="s"), 1.0, 100.0)], 100.0, stamped=True)
+    app = MetricsApp(build_registry(store, process_metrics=False))
+    # Without a gzip scrape nothing is compressed ahead.
+    scrape(app)
+    store.publish("b", [Sample("pg_x_total", labels_of(), 2.0, 100.0)], 100.0)
+    time.sleep(0.2)
+    assert not store.exposition.compressed()
+    try:
+        scrape(app, HTTP_ACCEPT_ENCODING="gzip")
+        for value in (3.0, 4.0):
+            store.publish("b", [Sample("pg_x_total", labels_of(), value, 101.0)], 101.0)
+            deadline = time.monotonic() + 5
+            while not store.exposition.compressed() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert store.exposition.compressed(), "the published family was not compressed"
+            zipped = scrape(app, HTTP_ACCEPT_ENCODING="gzip")[1]
+            assert gzip.decompress(zipped) == reference_text(store).encode()
+            assert f"pg_x_total {value}".encode() in gzip.decompress(zipped)
+    finally:
+        app.close()
+    store.publish("b", [Sample("pg_x_total", labels_of(), 5.0, 102.0)], 102.0)
+    time.sleep(0.2)
+    assert not store.exposition.compressed()  # closed: no thread compresses any more

@@ -196,6 +196,8 @@ class Exposition:
         self._changing: dict[str, _Changing] = {}
         self._version = 0
         self._body: _Body | None = None
+        # Set at every change of what a scrape would serve (see exporter.MetricsApp).
+        self.changed = threading.Event()
 
     def declare(self, spec: MetricSpec) -> None:
         """Remember the HELP and TYPE lines of ``spec``'s family."""
@@ -204,6 +206,7 @@ class Exposition:
             if self._headers.get(spec.name) != header:
                 self._headers[spec.name] = header
                 self._version += 1
+                self.changed.set()
 
     def render(self, source: str, samples: Iterable[Sample], stamped: bool
                ) -> dict[str, bytes]:
@@ -254,12 +257,14 @@ class Exposition:
         with self._lock:
             self._sources[source] = (stamped, chunks)
             self._version += 1
+        self.changed.set()
 
     def drop(self, source: str) -> None:
         """The source has no current snapshot any more."""
         with self._lock:
             if self._sources.pop(source, None) is not None:
                 self._version += 1
+                self.changed.set()
         self._changing.pop(source, None)
 
     def body(self, names: Collection[str] | None = None) -> bytes:
@@ -282,6 +287,13 @@ class Exposition:
         if body.crc is None:
             body.crc = zlib.crc32(body.data)
         return blocks, body.crc, len(body.data)
+
+    def compressed(self) -> bool:
+        """Whether the current exposition's gzip form is ready (a scrape only joins it)."""
+        with self._lock:
+            body, version = self._body, self._version
+        return (body is not None and body.version == version and body.crc is not None
+                and all(family.deflated is not None for family in body.families))
 
     def _current(self) -> _Body:
         with self._lock:
