@@ -467,6 +467,8 @@ class Daemon:
                 close()
         if self.http is not None:
             self.http.stop()
+        if self._endpoints is not None:
+            self._endpoints.close()
         self.state.close()
 
     def unreachable(self) -> dict[str, str]:
