@@ -144,6 +144,15 @@ class Timeline:
         window = self.base + times[-1] - horizon_ms
         return max(live, window * (live - 1) // spanned + 1)
 
+    def recent_from(self, recent_ms: int) -> int:
+        """Absolute index of the oldest live entry at most ``recent_ms`` older than the
+        newest (``end()`` when none is live)."""
+        times = self.times
+        start = self.start
+        if start == len(times):
+            return self.end()
+        return self.dropped + bisect_left(times, times[-1] - recent_ms, start)
+
     def span(self, lo_ms: int, hi_ms: int) -> tuple[int, list[float]]:
         """Absolute index of the first live entry in ``[lo_ms, hi_ms]``, and those entries
         in seconds, as the caller will see them."""
@@ -207,10 +216,15 @@ class SeriesHistory:
     from how many points the retention window holds at the pace seen so far; expired points
     are dropped in bulk when it is full, so expiry is a bisect on the timeline, not a shift
     of the buffer on every append.
+
+    A series whose history nothing reads (``recent_ms`` set, see ``MemoryStore.set_retention``)
+    keeps only what an instant read needs: its points of the last ``recent_ms`` before its
+    timeline's newest entry, and the newest one before those. Its buffer grows only as
+    needed, and the older points are dropped like expired ones.
     """
 
     __slots__ = ("first", "full_labels", "gap", "held", "held_value", "labels", "n", "name",
-                 "owners", "timeline", "values")
+                 "owners", "recent_ms", "timeline", "values")
 
     def __init__(self, name: str, labels: Labels) -> None:
         self.name = name
@@ -232,6 +246,8 @@ class SeriesHistory:
         # appended to (``catch_up``), so a series that does not change costs nothing a cycle.
         self.held: Timeline | None = None
         self.held_value = 0.0
+        # None: every point of the retention window is kept (see the class docstring).
+        self.recent_ms: int | None = None
 
     def is_empty(self) -> bool:
         return not self.n
@@ -397,9 +413,9 @@ class SeriesHistory:
             self.first = held.live_from()
             self.gap = -1
         start = self.first + self.n
-        live = held.live_from()
+        live = self._held_from(held, end)
         if start < live:
-            # Every point it had expired, and so did the entries up to ``live``.
+            # Every point it had is expired or superseded, as are the entries up to ``live``.
             self.first, self.n, start = live, 0, live
             self.gap = -1
         need = end - start
@@ -424,9 +440,9 @@ class SeriesHistory:
             return False
         end = held.dropped + len(held.times)
         start = self.first + self.n
-        live = held.dropped + held.start
+        live = self._held_from(held, end)
         if start < live:
-            # Every point it had expired, and so did the entries up to ``live``.
+            # Every point it had is expired or superseded, as are the entries up to ``live``.
             self.first, self.n, start = live, 0, live
             self.gap = -1
         need = end - start
@@ -442,6 +458,32 @@ class SeriesHistory:
         self.n = n + need
         self.held_value = value
         return True
+
+    def _held_from(self, held: Timeline, end: int) -> int:
+        """Where the held value, written up to (not at) ``end``, leaves no older point
+        needed: the held timeline's oldest live entry, or for a series keeping only recent
+        points, the newest of those entries before the recent ones if that is later."""
+        live = held.live_from()
+        if self.recent_ms is None:
+            return live
+        return max(live, min(held.recent_from(self.recent_ms), end) - 1)
+
+    def _needed_from(self) -> int:
+        """Absolute index of the oldest point a read may still need: the oldest live one, or
+        for a series keeping only recent points, the newest one before the recent ones if
+        that is later (an instant read of the recent past finds it or a newer point)."""
+        timeline = self.timeline
+        live = timeline.live_from()
+        if self.recent_ms is None:
+            return live
+        first = self.first
+        anchor = min(timeline.recent_from(self.recent_ms), first + self.n) - 1
+        if self.gap >= anchor:
+            # It may be an absent value (rare, see ``gap``): the point is the one before.
+            values = self.values
+            while anchor > first and _is_absent(values[anchor - first]):
+                anchor -= 1
+        return max(live, anchor)
 
     def _push(self, value: float, horizon_ms: int) -> None:
         if self.n == len(self.values):
@@ -461,13 +503,15 @@ class SeriesHistory:
         values = self.values
         n = self.n
         capacity = len(values)
-        dead = max(0, self.timeline.live_from() - self.first)
+        dead = max(0, self._needed_from() - self.first)
         live = n - dead
         if dead * _COMPACT_DIVISOR >= capacity and live + need <= capacity \
                 and 2 * (live + need) > capacity:
             values[:live] = values[dead:n]
         else:
-            target = self.timeline.expected(horizon_ms) + _HEADROOM
+            # A series keeping only recent points grows by what it needs, and no more.
+            target = 0 if self.recent_ms is not None else \
+                self.timeline.expected(horizon_ms) + _HEADROOM
             least = live + need
             # Never less than array.append would grow by, so that appends stay O(1)
             # amortised however wrong the pace is.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from piggywatch.store.buffers import SeriesHistory, Timeline, TimeRange
@@ -20,6 +20,9 @@ _MATCH_CACHE_SIZE = 4096
 # that the edge search in _first_ms_from / _last_ms_to takes a step or two at most.
 _NEVER = -(10**16)
 _FOREVER = 10**16
+# How far behind the newest point an instant read of a series kept for instant reads only
+# stays exact, by default (see ``MemoryStore.set_retention``).
+RECENT = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +118,9 @@ class MemoryStore:
 
     Timestamps are kept to the millisecond. Within a series points must arrive in time
     order: an older point is dropped and one in the same millisecond replaces the last.
+
+    The series of names nobody reads over time can keep only what instant reads need (see
+    ``set_retention``); by default every series keeps its whole window.
     """
 
     def __init__(self, *, retention: float = 3600.0) -> None:
@@ -127,6 +133,10 @@ class MemoryStore:
         self._by_name: dict[str, dict[Labels, SeriesHistory]] = {}
         self._series_total = 0
         self._retention_ms = self._checked_retention(retention)
+        # The names whose series keep the whole window (None: every name); the others keep
+        # only their points of the last ``_recent_ms`` and the one before.
+        self._full: frozenset[str] | None = None
+        self._recent_ms = self._checked_retention(RECENT)
         self._now_ms = _NEVER
         # Only ever moves forward, so widening the retention never resurrects dropped points.
         self._horizon_ms = _NEVER
@@ -147,12 +157,29 @@ class MemoryStore:
         """Seconds of history kept behind the newest publish time."""
         return self._retention_ms / 1000
 
-    def set_retention(self, seconds: float) -> None:
-        """Keep ``seconds`` of history from now on; a shorter window frees memory lazily."""
+    def set_retention(self, seconds: float, *, full: Collection[str] | None = None,
+                      recent: float = RECENT) -> None:
+        """Keep ``seconds`` of history from now on; a shorter window frees memory lazily.
+
+        ``full``: only the series of these metric names keep every point of the window (the
+        names something reads over time: a range, a subquery, an offset); every other series
+        keeps only what an instant read at most ``recent`` seconds before the newest point the
+        store was given needs, and answers such a read exactly as it would with its whole
+        window. A name that joins ``full`` keeps its points from then on; one that leaves it
+        drops them lazily. None: every name keeps the whole window.
+        """
         retention_ms = self._checked_retention(seconds)
+        recent_ms = self._checked_retention(recent)
+        names = None if full is None else frozenset(full)
         with self._lock:
             self._retention_ms = retention_ms
             self._advance(self._now_ms)
+            if names != self._full or recent_ms != self._recent_ms:
+                self._full, self._recent_ms = names, recent_ms
+                for name, family in self._by_name.items():
+                    kept = self._recent_of(name)
+                    for hist in family.values():
+                        hist.recent_ms = kept
 
     def register(self, specs: Iterable[MetricSpec]) -> None:
         """Declare metric families so they are described even before their first sample."""
@@ -457,12 +484,18 @@ class MemoryStore:
         if any(key == _NAME_LABEL for key, _ in labels):
             raise ValueError(f"sample of {name} carries a {_NAME_LABEL} label")
         hist = SeriesHistory(name, labels)
+        hist.recent_ms = self._recent_of(name)
         self._by_name.setdefault(name, {})[labels] = hist
         self._series_total += 1
         # Owned by nobody until the publish that created it hands it over.
         self._orphans.add(hist)
         self._touch(name)
         return hist
+
+    def _recent_of(self, name: str) -> int | None:
+        """What a series of ``name`` keeps: None, its whole window, or so many milliseconds."""
+        full = self._full
+        return None if full is None or name in full else self._recent_ms
 
     def _hand_over(self, old: set[SeriesHistory], new: set[SeriesHistory], now_ms: int,
                    timeline: Timeline | None) -> None:
