@@ -3,6 +3,7 @@ delivery state (level, acknowledgement, silences, inhibition), acks and silences
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -15,6 +16,8 @@ from piggywatch.rules.templating import format_go_float
 from piggywatch.server import ApiError, read_body
 
 if TYPE_CHECKING:
+    import httpx
+
     # Annotations only: the incidents (and the outbox they bring) are imported by delivery,
     # when a route is configured, not by every daemon (issue 13: ~2 MB RSS).
     from piggywatch.alerting.incidents import Incidents
@@ -25,6 +28,11 @@ NO_DELIVERY = "alert delivery is not configured (the configuration has no route)
 # Marks a call a standby forwarded, so it is never forwarded twice (leadership changing).
 FORWARDED_HEADER = "X-PiggyWatch-Forwarded-By"
 FORWARD_TIMEOUT_SECONDS = 10.0
+# What a hook request's sender signs or says about its body, forwarded with it.
+_HOOK_HEADERS = (("Content-Type", "CONTENT_TYPE"),
+                 ("X-PagerDuty-Signature", "HTTP_X_PAGERDUTY_SIGNATURE"),
+                 ("X-Slack-Signature", "HTTP_X_SLACK_SIGNATURE"),
+                 ("X-Slack-Request-Timestamp", "HTTP_X_SLACK_REQUEST_TIMESTAMP"))
 # A silence ends within this time: a longer one is a typo (or a hostile number).
 MAX_SILENCE_SECONDS = 10 * 365 * 86400
 
@@ -156,8 +164,33 @@ class LeaderForward:
 
     def __call__(self, method: str, path: str, environ: dict[str, Any]
                  ) -> tuple[int, bytes] | None:
+        """An API call's (status, JSON body) from the leader, or None on the leader."""
+        if self._leadership.is_leader():
+            return None  # (before the body is read: the call is answered here)
+        response = self._send(method, path, environ, read_body(environ), {
+            "Authorization": environ.get("HTTP_AUTHORIZATION", ""),
+            "Content-Type": "application/json"})
+        return response.status_code, response.content
+
+    def hook(self, method: str, path: str, environ: dict[str, Any], body: bytes
+             ) -> tuple[int, bytes, str] | None:
+        """A hook request's (status, body, content type) from the leader, or None on the
+        leader. PagerDuty's and Slack's requests, and an ack link's page, reach whichever
+        replica the load balancer picks: the leader holds the incidents they act on. The
+        body and the signature headers go unchanged, so the leader checks the signature."""
         if self._leadership.is_leader():
             return None
+        headers = {name: environ[key] for name, key in _HOOK_HEADERS if environ.get(key)}
+        try:
+            response = self._send(method, path, environ, body, headers)
+        except ApiError as exc:
+            return exc.status, json.dumps({"status": "error", "error": exc.message}).encode(), \
+                "application/json"
+        return (response.status_code, response.content,
+                response.headers.get("Content-Type", "application/octet-stream"))
+
+    def _send(self, method: str, path: str, environ: dict[str, Any], body: bytes,
+              headers: dict[str, str]) -> httpx.Response:
         if environ.get("HTTP_" + FORWARDED_HEADER.upper().replace("-", "_")):
             raise ApiError(503, "leadership is changing; retry in a few seconds")
         url = self._leadership.leader_url()
@@ -166,19 +199,15 @@ class LeaderForward:
                                 "retry in a few seconds")
         import httpx
 
-        headers = {FORWARDED_HEADER: self._instance,
-                   "Authorization": environ.get("HTTP_AUTHORIZATION", ""),
-                   "Content-Type": "application/json"}
         query = environ.get("QUERY_STRING", "")
+        target = url.rstrip("/") + path + (f"?{query}" if query else "")
         try:
-            response = httpx.request(method, url.rstrip("/") + path + (f"?{query}" if query
-                                                                        else ""),
-                                     content=read_body(environ), headers=headers,
-                                     timeout=FORWARD_TIMEOUT_SECONDS, verify=self._verify)
+            return httpx.request(method, target, content=body,
+                                 headers={**headers, FORWARDED_HEADER: self._instance},
+                                 timeout=FORWARD_TIMEOUT_SECONDS, verify=self._verify)
         except httpx.InvalidURL as exc:
             raise ApiError(400, f"the request cannot be forwarded to the leader: {exc}"
                            ) from None
         except httpx.HTTPError as exc:
             raise ApiError(502, f"the leader at {url} did not answer: "
                                 f"{type(exc).__name__}") from None
-        return response.status_code, response.content

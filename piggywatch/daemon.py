@@ -365,8 +365,9 @@ class Daemon:
                               statements=self.statements_report,
                               alerting=DaemonApi(self.rules, None), access=access)
         if isinstance(self.leadership, AdvisoryLockLeadership):
-            endpoints.forward = LeaderForward(self.leadership, self.leadership.instance,
-                                              ca_file=self.settings.ha.ca_file or None)
+            forward = LeaderForward(self.leadership, self.leadership.instance,
+                                    ca_file=self.settings.ha.ca_file or None)
+            endpoints.forward, endpoints.forward_hook = forward, forward.hook
         self._endpoints = endpoints
         tls = (server.tls.cert_file, server.tls.key_file) if server.tls else None
         try:

@@ -28,7 +28,7 @@ from piggywatch.state import STATE_ERRORS
 from piggywatch.wsgi_adapter import WSGIApp
 
 if TYPE_CHECKING:
-    from piggywatch.ack.http import HookEndpoints
+    from piggywatch.ack.http import HookEndpoints, HookForward
     from piggywatch.ack.service import AckService
     from piggywatch.config import ServerConfig
 
@@ -149,6 +149,8 @@ class Endpoints:
         # /hooks/* and /ack/*: each request proves itself (a signature, a signed token), so
         # no API token; the daemon points ``hook_service`` at the leader's delivery.
         self.hook_service: AckService | None = None
+        # On a standby: sends a hook request to the leader (see LeaderForward.hook).
+        self.forward_hook: HookForward | None = None
         self._hooks: HookEndpoints | None = None
 
     def close(self) -> None:
@@ -163,6 +165,7 @@ class Endpoints:
 
             self._hooks = HookEndpoints()
         self._hooks.service = self.hook_service
+        self._hooks.forward = self.forward_hook
         return self._hooks
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:

@@ -45,6 +45,17 @@ def channels() -> Iterator[Channels]:
 
 
 def start(tmp_path: Path, channels: Channels, cluster: ThrowawayCluster) -> DaemonProcess:
+    return DaemonProcess(ack_config(tmp_path, channels, cluster), tmp_path, SECRETS)
+
+
+# The secrets, as the configuration reads them from the environment.
+SECRETS = {"ACK_LINK_SECRET": LINK_SECRET, "PD_WEBHOOK_SECRET": PD_SECRET,
+           "SLACK_SIGNING_SECRET": SIGNING_SECRET}
+
+
+def ack_config(tmp_path: Path, channels: Channels, cluster: ThrowawayCluster) -> Path:
+    """The delivery configuration with every way back: PagerDuty's webhooks, Slack's
+    buttons, links in mails."""
     dsn = cluster.dsn(dbname="piggybong", user="piggywatch",
                       password=cluster.role_password("piggywatch"))
     (tmp_path / "rules.yaml").write_text(RULES)
@@ -77,9 +88,7 @@ escalations:
     - {{notify: [leads-email]}}
 logging: {{level: INFO, format: json}}
 """)
-    env = {"ACK_LINK_SECRET": LINK_SECRET, "PD_WEBHOOK_SECRET": PD_SECRET,
-           "SLACK_SIGNING_SECRET": SIGNING_SECRET}
-    return DaemonProcess(config, tmp_path, env)
+    return config
 
 
 def level_1(channels: Channels) -> str:

@@ -32,7 +32,11 @@ def channels() -> Iterator[Channels]:
 def ha_config(tmp_path: Path, channels: Channels, target: ThrowawayCluster,
               state: ThrowawayCluster, *, wait: str = "4s") -> Path:
     """The e2e delivery config with its state in a fresh schema of the state cluster."""
-    config = setup(tmp_path, channels, target, wait=wait)
+    return shared_state(setup(tmp_path, channels, target, wait=wait), state)
+
+
+def shared_state(config: Path, state: ThrowawayCluster) -> Path:
+    """``config`` with its state in a fresh schema of the state cluster, for replicas."""
     schema = f"ha_{uuid.uuid4().hex[:10]}"
     text = config.read_text().replace(
         "state: sqlite:///./state.db\n",

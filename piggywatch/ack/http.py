@@ -28,12 +28,19 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found"
 NOT_HERE = "this replica does not deliver alerts now (a standby, or no route); retry"
 
 
+# (method, path, environ, body) → the leader's (status, body, content type), or None when
+# this replica leads.
+HookForward = Callable[[str, str, dict[str, Any], bytes], "tuple[int, bytes, str] | None"]
+
+
 class HookEndpoints:
     """A WSGI app for the hook paths. ``service`` is swapped by the daemon: None while this
-    replica does not deliver (503, so PagerDuty retries)."""
+    replica does not deliver; then a standby forwards the request to the leader
+    (``forward``), and a replica that cannot answers 503 (so PagerDuty retries)."""
 
     def __init__(self) -> None:
         self.service: AckService | None = None
+        self.forward: HookForward | None = None
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse
                  ) -> Iterable[bytes]:
@@ -55,10 +62,14 @@ class HookEndpoints:
         method = environ.get("REQUEST_METHOD", "GET")
         peer = str(environ.get("REMOTE_ADDR", ""))
         service = self.service
+        body = _read(environ) if method == "POST" else b""
+        if service is None and self.forward is not None and body is not None:
+            forwarded = self.forward(method, path, environ, body)
+            if forwarded is not None:
+                return HookAnswer(*forwarded)
         if path in ("/hooks/pagerduty", "/hooks/slack/interactions"):
             if method != "POST":
                 return HookAnswer.json(405, {"status": "error", "error": "use POST"})
-            body = _read(environ)
             if body is None:
                 if service is not None:
                     hook = "pagerduty" if path.endswith("pagerduty") else "slack"
@@ -80,10 +91,10 @@ class HookEndpoints:
         if service is None:
             return _page(503, "Try again", "PiggyWatch is changing leaders or does not "
                                            "deliver alerts here; try again in a minute.")
-        return self._link(service, match.group(1), method, environ)
+        return self._link(service, match.group(1), method, body)
 
     def _link(self, service: AckService, token: str, method: str,
-              environ: dict[str, Any]) -> HookAnswer:
+              body: bytes | None) -> HookAnswer:
         try:
             claim = service.link_claim(token)
         except LinkError as exc:
@@ -101,8 +112,7 @@ class HookEndpoints:
             return _page(200, f"{action}?", f"{title}\n\nAs: {claim.who}", form)
         if method != "POST":
             return _page(405, "Not allowed", "Open the link, then press the button.")
-        body = _read(environ) or b""
-        posted = parse_qs(body.decode("utf-8", "replace")).get("token", [""])[0]
+        posted = parse_qs((body or b"").decode("utf-8", "replace")).get("token", [""])[0]
         if posted != token:
             # A form from elsewhere cannot know the token: only this page's own form acts.
             return _page(400, "Not done", "The form did not come from this page; open the "
