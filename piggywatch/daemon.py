@@ -8,7 +8,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -31,15 +31,23 @@ from piggywatch.jobs import (
 from piggywatch.leadership import AdvisoryLockLeadership, Leadership, SoleLeader
 from piggywatch.observability import redactor
 from piggywatch.rules.alerts import AlertEvent
-from piggywatch.rules.loader import RuleFileError, RuleGroup, expand_globs
+from piggywatch.rules.loader import (
+    AlertingRule,
+    Rule,
+    RuleFileError,
+    RuleGroup,
+    expand_globs,
+)
 from piggywatch.rules.manager import NoData, RuleManager
-from piggywatch.rules.promql import lookback_window
+from piggywatch.rules.promql import PromQLError, lookback_window, names_read_over_time
 from piggywatch.rules.state_db import AlertStateDB
+from piggywatch.rules.templating import template_queries
 from piggywatch.selfmetrics import SelfMetrics
 from piggywatch.server import Access, Endpoints, HttpServer, split_listen
 from piggywatch.state import PostgresState, StateStore, state_from_url
 from piggywatch.store import MemoryStore, Sample, labels_of
 from piggywatch.store.history import CombinedSource, History
+from piggywatch.store.series import LabelMatcher, MatchOp
 
 if TYPE_CHECKING:
     from piggywatch.delivery import AlertDelivery
@@ -61,6 +69,10 @@ HISTORY_RECORD_SECONDS = 300.0
 # misfire grace, since the history copies the kept series' new points from memory.
 MEMORY_WINDOW_SLACK = 60.0
 MIN_MEMORY_WINDOW = HISTORY_RECORD_SECONDS + 2 * MEMORY_WINDOW_SLACK
+# And that window only for the metrics whose past something reads (``history_names``); the
+# other series keep what an instant read needs, exact this far behind the newest sample: a
+# rule group (its templates' queries too) reads at the time its evaluation started.
+INSTANT_READS_WINDOW = MEMORY_WINDOW_SLACK
 # Expiry rewrites pages too; once an hour keeps the state file's disk writes down.
 HISTORY_EXPIRE_SECONDS = 3600.0
 # How often the pages malloc holds free go back to the system (a trim took 6 ms with 240 MB
@@ -292,11 +304,15 @@ class Daemon:
         # Memory holds what the rules read at full resolution (an hour at most); selectors of
         # rules that look further back (offset 7d, [6h]) are also kept, downsampled, in the
         # durable history. A window that grows on reload fills from then on, as at a start.
-        self._memory_window = memory_window(self.rules.groups())
-        self.store.set_retention(self._memory_window)
+        groups = self.rules.groups()
+        self._memory_window = memory_window(groups)
+        recorded = self.rules.long_range_selectors(self._memory_window)
+        # A name whose past a reloaded rule starts reading keeps its history from now on.
+        self.store.set_retention(self._memory_window, full=history_names(groups, recorded),
+                                 recent=INSTANT_READS_WINDOW)
         history = self.history
         if history is not None:
-            history.keep(self.rules.long_range_selectors(self._memory_window))
+            history.keep(recorded)
         if self._scheduler is not None:
             self._schedule_rule_groups()
             delivery = self.delivery
@@ -535,6 +551,48 @@ def memory_window(groups: Iterable[RuleGroup]) -> float:
     reach = max((lookback for group in groups for rule in group.rules
                  if (lookback := lookback_window(rule.expr)) <= MEMORY_WINDOW), default=0.0)
     return min(MEMORY_WINDOW, max(MIN_MEMORY_WINDOW, reach + MEMORY_WINDOW_SLACK))
+
+
+def history_names(groups: Iterable[RuleGroup],
+                  recorded: Iterable[Sequence[LabelMatcher]]) -> frozenset[str] | None:
+    """The metric names whose whole memory window is kept: those whose past the rules read
+    (see ``names_read_over_time``), in their expressions or their templates' queries, and
+    those of the selectors the durable history records (``recorded``), which it copies from
+    memory. None, every name, when one of those reads may be of any name."""
+    names: set[str] = set()
+    for group in groups:
+        for rule in group.rules:
+            read = _read_over_time(rule)
+            if read is None:
+                return None
+            names |= read
+    for matchers in recorded:
+        name = next((m.value for m in matchers
+                     if m.name == "__name__" and m.op is MatchOp.EQUAL), None)
+        if name is None:
+            return None
+        names.add(name)
+    return frozenset(names)
+
+
+def _read_over_time(rule: Rule) -> frozenset[str] | None:
+    """The names whose past one rule reads, or None when it may read any name's."""
+    queries: Sequence[str] | None = ()
+    if isinstance(rule, AlertingRule):
+        texts = [template_queries(t) for t in (*rule.labels.values(), *rule.annotations.values())]
+        queries = None if None in texts else [q for found in texts if found for q in found]
+    if queries is None:
+        return None
+    names: set[str] = set()
+    for expr in (rule.expr, *queries):
+        try:
+            read = names_read_over_time(expr)
+        except PromQLError:
+            return None  # a query that does not parse here: whatever it reads once rendered
+        if read is None:
+            return None
+        names |= read
+    return frozenset(names)
 
 
 def _no_delivery(event: AlertEvent) -> None:

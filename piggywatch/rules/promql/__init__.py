@@ -12,6 +12,7 @@ from piggywatch.rules.promql.parse import (
     SUPPORTED_AGGREGATIONS,
     SUPPORTED_FUNCTIONS,
     lookback_window,
+    names_read_over_time,
     parse_expr,
 )
 from piggywatch.rules.promql.registry import (
@@ -41,5 +42,6 @@ __all__ = [
     "Vector",
     "VectorSample",
     "lookback_window",
+    "names_read_over_time",
     "parse_expr",
 ]

@@ -181,6 +181,34 @@ def lookback_window(expr: Expr | str, *, lookback: float = 300.0) -> float:
     return _reach(tree, lookback)
 
 
+def names_read_over_time(expr: Expr | str) -> frozenset[str] | None:
+    """The metric names whose past points ``expr`` reads, or None when any name may be.
+
+    An instant selector without ``offset`` or ``@`` reads only each series' newest point at
+    the evaluation time; every other selector reads the past: a range selector, every selector
+    inside a subquery, one with an offset or ``@``. None when such a selector names no metric
+    (``{__name__=~"pg_.+"}[5m]``, ``{job="x"} offset 1h``).
+    """
+    tree = parse_expr(expr) if isinstance(expr, str) else expr
+    past: list[VectorSelector] = []
+    for node in walk(tree):
+        match node:
+            case MatrixSelector(selector=selector):
+                past.append(selector)
+            case SubqueryExpr(expr=inner):
+                past += [n for n in walk(inner) if isinstance(n, VectorSelector)]
+            case VectorSelector(offset=offset, at=at) if offset or at is not None:
+                past.append(node)
+    names: set[str] = set()
+    for selector in past:
+        name = next((m.value for m in selector.matchers
+                     if m.name == "__name__" and m.op is MatchOp.EQUAL), None)
+        if name is None:
+            return None
+        names.add(name)
+    return frozenset(names)
+
+
 def _reach(expr: Expr, lookback: float) -> float:
     match expr:
         case VectorSelector(offset=offset):

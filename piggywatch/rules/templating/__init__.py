@@ -19,6 +19,7 @@ from ._alert import (
 )
 from ._gofmt import format_go_float
 from ._prometheus import FUNCTION_NAMES
+from ._queries import template_queries
 
 __all__ = [
     "FUNCTION_NAMES",
@@ -31,4 +32,5 @@ __all__ = [
     "render",
     "render_or_error",
     "template_inputs",
+    "template_queries",
 ]
