@@ -34,9 +34,11 @@ def fingerprint(labels: Labels) -> str:
     """A stable identity for an alert: a hash of its sorted labels (alertname included)."""
     digest = hashlib.sha256()
     for name, value in labels:
-        digest.update(name.encode())
+        # surrogatepass: the same bytes as UTF-8 for any real text, and no failure for half
+        # an emoji that JSON's \ud83d escapes can bring into a label value.
+        digest.update(name.encode("utf-8", "surrogatepass"))
         digest.update(b"\xfe")
-        digest.update(value.encode())
+        digest.update(value.encode("utf-8", "surrogatepass"))
         digest.update(b"\xff")
     return digest.hexdigest()[:16]
 

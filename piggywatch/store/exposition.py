@@ -106,7 +106,16 @@ def render_source(samples: Iterable[Sample], stamped: bool, previous: LabelTexts
             out.append(f"{name}{text} {go_float(sample.value)}{stamp}")
         else:
             out.append(f"{name}{text} {go_float(sample.value)}\n")
-    return {name: "".join(out).encode() for name, out in lines.items()}, texts
+    return {name: utf8("".join(out)) for name, out in lines.items()}, texts
+
+
+def utf8(text: str) -> bytes:
+    """``text`` as UTF-8; half an emoji (a lone surrogate, which a JSON escape can bring
+    into a label value) as "?", so that one odd label value never fails the whole source."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
 
 
 # A raw deflate stream's last block: empty, final. Each family's block before it is
@@ -135,7 +144,7 @@ class _Lines:
     def data(self) -> bytes:
         if self._data is None:
             end = self.end
-            self._data = (end.join(self.lines) + end).encode() if self.lines else b""
+            self._data = utf8(end.join(self.lines) + end) if self.lines else b""
         return self._data
 
 
