@@ -253,6 +253,17 @@ def test_rule_evaluation_error_is_reported_at_its_step(tmp_path: Path) -> None:
         "    rule: Clash, time: 2m0s"]
 
 
+
+def test_a_test_file_that_is_not_utf8_is_a_failure_naming_its_line(tmp_path: Path) -> None:
+    test_file = tmp_path / "test.yaml"
+    data = b"rule_files: [rules.yaml]\n# caf\xe9, saved as Latin-1\ntests: []\n"
+    test_file.write_bytes(data)
+    report = run_test_file(test_file)
+    assert [f.text for f in report.failures] == [
+        f"{test_file}:2: not UTF-8: byte 0xe9 at byte offset {data.index(0xE9)} cannot be "
+        "decoded; save the file as UTF-8"]
+
+
 # --- the series notation -------------------------------------------------------------------
 
 small_ints = st.integers(min_value=-10**6, max_value=10**6)

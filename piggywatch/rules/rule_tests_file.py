@@ -8,7 +8,14 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, StrictFloat, ValidationError
 
 from piggywatch.rules.loader import parse_prom_duration
-from piggywatch.yamlpos import YamlSyntaxError, dotted, line_for, load_with_lines
+from piggywatch.yamlpos import (
+    YamlInputError,
+    YamlSyntaxError,
+    dotted,
+    line_for,
+    load_with_lines,
+    read_yaml_file,
+)
 
 DEFAULT_EVALUATION_INTERVAL = 60.0
 
@@ -122,14 +129,14 @@ class RuleTestFileError(Exception):
 def read_test_file(path: Path) -> RuleTestFile:
     """Read and validate a test file, or raise RuleTestFileError naming each problem's line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data, lines = load_with_lines(read_yaml_file(path))
     except OSError as exc:
         raise RuleTestFileError([f"{path}: cannot read: {exc.strerror}"]) from None
-    try:
-        data, lines = load_with_lines(text)
     except YamlSyntaxError as exc:
+        # Not UTF-8, too large (YamlInputError says so), or not YAML.
         place = f"{path}:{exc.line}" if exc.line else str(path)
-        raise RuleTestFileError([f"{place}: not valid YAML: {exc}"]) from None
+        what = exc.message if isinstance(exc, YamlInputError) else f"not valid YAML: {exc}"
+        raise RuleTestFileError([f"{place}: {what}"]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
