@@ -117,7 +117,7 @@ class Daemon:
             self.targets.append(target)
             for collector, interval in build_collectors(config, target):
                 self.store.register(collector.specs())
-                self.self_metrics.add_job(target.name, collector.name)
+                self.self_metrics.add_job(target.name, collector.name, target)
                 self.jobs.append(CollectorJob(target.name, target, collector, interval,
                                               self.store, self.self_metrics))
                 if isinstance(collector, ServesReports):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import platform
 import threading
 from collections import defaultdict
+from typing import Protocol
 
 from piggywatch import __version__
-from piggywatch.store import MemoryStore, MetricKind, MetricSpec, Sample, labels_of
+from piggywatch.store import Labels, MemoryStore, MetricKind, MetricSpec, Sample, labels_of
 
 REASONS = ("connect", "query", "timeout", "busy", "setup", "internal")
 STORE_KEY = "piggywatch/self"
@@ -46,6 +47,13 @@ SPECS = (
 Job = tuple[str, str]
 
 
+class Labelled(Protocol):
+    """A PostgreSQL target: its job, instance and server labels (set once it is built)."""
+
+    @property
+    def labels(self) -> Labels: ...
+
+
 class SelfMetrics:
     """Counts collector cycles and publishes the daemon's own figures into the store."""
 
@@ -60,11 +68,20 @@ class SelfMetrics:
         self._up: dict[str, float] = {}
         self._last_cycle: dict[str, tuple[float, float, int]] = {}
         self._pg_success: dict[Job, float] = {}
+        self._targets: dict[str, Labelled] = {}
         store.register(SPECS)
 
-    def add_job(self, target: str, collector: str) -> None:
-        """Start a job's error counters at zero, so rate() works from the first failure."""
+    def add_job(self, target: str, collector: str, labelled: Labelled | None = None) -> None:
+        """Start a job's error counters at zero, so rate() works from the first failure.
+
+        ``labelled``: a PostgreSQL target, whose job, instance and server labels its
+        collectors' samples carry: pg_up and the scrape figures carry them too, so that a rule
+        written for postgres_exporter (``pg_up{job="postgres"} == 0``, ``$labels.instance``)
+        sees them as it sees the rest of the target's series.
+        """
         with self._lock:
+            if labelled is not None:
+                self._targets[target] = labelled
             self._runs[(target, collector)] = 0
             for reason in REASONS:
                 self._errors[(target, collector, reason)] = 0
@@ -89,6 +106,11 @@ class SelfMetrics:
                 self._pg_success[job] = 1.0 if error is None else 0.0
         self.publish(now)
 
+    def _labels(self, target: str, **extra: str) -> Labels:
+        labelled = self._targets.get(target)
+        own = dict(labelled.labels) if labelled is not None else None
+        return labels_of(own, target=target, **extra)
+
     def publish(self, now: float) -> None:
         """Write the current figures to the store."""
         with self._lock:
@@ -96,15 +118,15 @@ class SelfMetrics:
                           labels_of(version=__version__, python=platform.python_version()),
                           1.0, now)]
             for target, value in self._up.items():
-                out.append(Sample("pg_up", labels_of(target=target), value, now))
+                out.append(Sample("pg_up", self._labels(target), value, now))
             for target, (duration, failed, runs) in self._last_cycle.items():
-                labels = labels_of(target=target)
+                labels = self._labels(target)
                 out.append(Sample("pg_exporter_last_scrape_duration_seconds", labels,
                                   duration, now))
                 out.append(Sample("pg_exporter_last_scrape_error", labels, failed, now))
                 out.append(Sample("pg_exporter_scrapes_total", labels, runs, now))
             for (target, collector), success in self._pg_success.items():
-                labels = labels_of(target=target, collector=collector)
+                labels = self._labels(target, collector=collector)
                 out.append(Sample("pg_scrape_collector_duration_seconds", labels,
                                   self._duration[(target, collector)], now))
                 out.append(Sample("pg_scrape_collector_success", labels, success, now))

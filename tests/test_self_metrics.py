@@ -26,12 +26,17 @@ groups:
       - alert: MainIsUp
         expr: pg_up{target="main"} == 1
         labels: {severity: low}
+      # As a rule written for postgres_exporter says it: pg_up has the target's job and
+      # instance (and server) labels, as the target's other series do.
+      - alert: PostgresDown
+        expr: pg_up{job="postgres"} == 0
+        annotations: {summary: "{{ $labels.instance }} is down"}
   - name: fails
     rules:
-      # Both sides hold the same two series once the target label is ignored: the
+      # Both sides hold the same two series once the target's labels are ignored: the
       # evaluation fails (many-to-many matching), as it would in Prometheus.
       - alert: NeverEvaluates
-        expr: pg_up + ignoring(target) pg_up
+        expr: pg_up + ignoring(target, instance, server) pg_up
 """
 
 
@@ -141,8 +146,12 @@ logging: {{level: INFO, format: json}}
             }
             assert {name for name, ok in checked.items() if not ok} == set(), \
                 json.dumps(own(m), indent=1)
-            # The delivered page is the firing alert, not something else.
-            assert [p["alerts"][0]["labels"]["alertname"] for p in hook.posts][:1] == [
-                "MainIsUp"]
+            down = [a for a in daemon.api("GET", "/api/v1/alerts").json()["data"]["alerts"]
+                    if a["labels"]["alertname"] == "PostgresDown"]
+            assert [(a["labels"]["target"], a["annotations"]["summary"]) for a in down] == [
+                ("down", f"127.0.0.1:{closed} is down")]
+            # The delivered pages are the firing alerts, not something else.
+            posted = {p["alerts"][0]["labels"]["alertname"] for p in hook.posts}
+            assert "MainIsUp" in posted and posted <= {"MainIsUp", "PostgresDown"}
     # Nothing the rules or the dashboard read escapes this test.
     assert used_self_metrics() <= set(checked), used_self_metrics() - set(checked)
