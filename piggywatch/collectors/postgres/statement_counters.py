@@ -14,10 +14,10 @@ from __future__ import annotations
 import struct
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from enum import Enum
 from itertools import compress, filterfalse, repeat
-from operator import ne, sub
+from operator import add, ne, sub
 from typing import Any
 
 from piggywatch.collectors.postgres.statement_snapshot import (
@@ -158,16 +158,18 @@ class StatementCounters:
         # (one evicted and back with the same calls has other counters).
         changed = list(compress(range(len(at)), map(ne, counters[0], then[0])))
         differs = map(ne, zip(*counters, strict=True), zip(*then, strict=True))
-        self.touched = [key[:3] for key in compress(new_keys, differs)]
-        groups = [new_keys[k][:3] for k in changed]
-        now = [[column[k] for k in changed] for column in counters]
-        before = [[0 if value is None else value for value in map(column.__getitem__, changed)]
-                  for column in then]
+        self.touched = _groups_at(keys, list(compress(range(len(at)), differs)))
+        groups = _groups_at(keys, changed)
+        now = [list(map(column.__getitem__, changed)) for column in counters]
+        before = [list(map(column.__getitem__, changed)) for column in then]
+        added = at.count(pn)
+        if added:  # a new entry's counters before are zeros
+            before = [[0 if value is None else value for value in column] for column in before]
         # Entries that left: as many as were there, plus the new ones, minus the view's
         # size. Only then are they looked for: overwritten at their position or cut off at
         # the end, and not elsewhere.
         departed: list[tuple[Group, Counters]] = []
-        if pn + at.count(pn) > size:
+        if pn + added > size:
             within = positions[:bisect_left(positions, pn)]
             old = list(map(keys_before.__getitem__, within))
             out = list(compress(old, map(ne, old, new_keys)))
@@ -320,9 +322,7 @@ class StatementCounters:
         Column by column in C rather than entry by entry: a busy server changes thousands
         of entries per interval.
         """
-        dbids, userids, queryids, _ = snap.keys.decoded
-        groups = list(zip(map(dbids.__getitem__, changed), map(userids.__getitem__, changed),
-                          map(queryids.__getitem__, changed), strict=True))
+        groups = _groups_at(snap.keys.decoded, changed)
         return self._deltas_of(groups, snap.columns_at(changed), prev.columns_at(then))
 
     def _deltas_of(self, groups: list[Group], now: list[list[Any]],
@@ -353,11 +353,15 @@ class StatementCounters:
         """The exported counters of each group, None for a group not in the view."""
         index, snap, offsets = self._index, self._snap, self._offsets
         missing = len(snap)  # a position that reads as zeros
-        top = [index.get((*group, True), missing) for group in groups]
+        top = list(map(index.get, map(add, groups, repeat((True,))), repeat(missing)))
+        found_top = snap.counters_at(top)
         # Nested entries exist only with pg_stat_statements.track = all.
         has_nested = False in snap.keys.decoded[3]
         out: list[Counters | None] = []
-        for group, position, found in zip(groups, top, snap.counters_at(top), strict=True):
+        if not (has_nested or offsets or missing in top):
+            out += found_top  # the usual case: each group is its top-level entry
+            return out
+        for group, position, found in zip(groups, top, found_top, strict=True):
             nested = index.get((*group, False)) if has_nested else None
             if position == missing and nested is None:
                 out.append(None)
@@ -368,7 +372,7 @@ class StatementCounters:
             out.append(found if offset is None else _sum(found, offset))
         return out
 
-    def busiest_overall(self, n: int, exclude: set[Group]) -> list[Group]:
+    def busiest_overall(self, n: int, exclude: Collection[Group]) -> list[Group]:
         """Up to ``n`` groups not in ``exclude``, most execution time in the view first."""
         snap, seen = self._snap, set(exclude)
         out: list[Group] = []
@@ -444,6 +448,13 @@ def _patched(snap: Snapshot, positions: list[int], keys: KeyColumns,
     for column, values in zip(targets, sources, strict=True):
         _patch(column, positions, spans, values, size)
     return Snapshot.of_lists((dbids, userids, queryids, toplevel), columns)
+
+
+def _groups_at(keys: KeyColumns, positions: list[int]) -> list[Group]:
+    """The groups (dbid, userid, queryid) of the entries at ``positions`` of ``keys``."""
+    dbids, userids, queryids, _ = keys
+    return list(zip(map(dbids.__getitem__, positions), map(userids.__getitem__, positions),
+                    map(queryids.__getitem__, positions), strict=True))
 
 
 def _index_of(snap: Snapshot) -> tuple[list[Key], dict[Key, int]]:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import filterfalse, repeat
+from operator import itemgetter
 from typing import Any
 
 from psycopg import sql
@@ -60,9 +61,11 @@ SPECS = (
 )
 
 _STATEMENT_METRICS = (CALLS, SECONDS, ROWS, BLOCK_READ, BLOCK_WRITE)
-# What top_statements() reports: the exported groups in order, their labels, interval
-# deltas and totals.
-_Top = tuple[list[Group], dict[Group, Labels], dict[Group, Counters], dict[Group, Counters]]
+# How busy a statement was in an interval, from its deltas: time, then calls.
+_BUSYNESS = itemgetter(1, 0)
+# What top_statements() reports with the labels and totals: the exported groups in order,
+# and their interval deltas.
+_Top = tuple[list[Group], dict[Group, Counters]]
 
 # Query texts cached per top-K slot: generous, so statements drifting in and out of the top
 # K do not send the collector back to the (expensive) query texts every cycle.
@@ -131,9 +134,11 @@ class StatementsCollector:
         self._has_snapshot = False
         self._snapshot_at = 0.0
         self._stats_reset: float | None = None
-        # The last result, per exported group: its labels (the same object cycle after
-        # cycle) and its totals; and the values of the other series.
-        self._exported: list[Group] = []
+        # The last result: the exported groups in order (a dict, so that the next cycle
+        # copies it rather than hashing thousands of groups again), per exported group its
+        # labels (the same object cycle after cycle) and its totals; and the values of the
+        # other series.
+        self._exported: dict[Group, None] = {}
         self._labels: dict[Group, Labels] = {}
         self._totals: dict[Group, Counters] = {}
         self._gauges: dict[str, float] = {}
@@ -145,9 +150,11 @@ class StatementsCollector:
         self._textless: set[Group] = set()
         self._texts_evicted = 0
         # What top_statements() reports, kept raw: figures (and texts, scrubbed on first
-        # read) are worked out only when asked for. The lock guards these and the texts.
+        # read) are worked out only when asked for. The lock guards these, the texts, and
+        # the labels and totals, which a cycle changes in place (copying thousands of
+        # entries for the rare reader would cost every cycle).
         self._top_lock = threading.Lock()
-        self._top: _Top = ([], {}, {}, {})
+        self._top: _Top = ([], {})
         self._top_interval = 0.0
 
     def specs(self) -> Sequence[MetricSpec]:
@@ -157,10 +164,11 @@ class StatementsCollector:
     def top_statements(self) -> list[StatementFigures]:
         """The statements exported by the last sample, most time in the interval first."""
         with self._top_lock:
-            (chosen, labels, deltas, totals), interval = self._top, self._top_interval
-            texts = [self._texts.get(group) or "" for group in chosen]
-        return [_figures(labels[group], text, deltas.get(group, ZERO), totals[group], interval)
-                for group, text in zip(chosen, texts, strict=True)]
+            (chosen, deltas), interval = self._top, self._top_interval
+            labels, totals, texts = self._labels, self._totals, self._texts
+            rows = [(labels[group], texts.get(group) or "", deltas.get(group, ZERO),
+                     totals[group]) for group in chosen]
+        return [_figures(*row, interval) for row in rows]
 
     def reports(self) -> dict[str, Report]:
         """The API report this collector serves (GET /api/v1/statements)."""
@@ -212,11 +220,25 @@ class StatementsCollector:
         # groups that left then with it, and they would stay exported at zero for ever.
         gone = counters.gone if continuity is Continuity.CONTINUES and not full else None
 
-        chosen, entering, leaving = self._choose(deltas, gone)
+        chosen, entering, leaving, exported = self._choose(deltas, gone)
         relabelled = self._resolve_names(db, entering)
         self._fetch_texts(db, setup, chosen, entering, leaving, deltas)
+        with self._top_lock:
+            changed, removed = self._update(chosen, entering, leaving, relabelled, now, full,
+                                            whole=gone is None)
+            self._top, self._top_interval = (chosen, deltas), interval
+        gauges, gone_gauges = self._gauge_samples(setup, read, now, full)
+        changed += gauges
+        self._exported = exported
+        return Changes(changed, [] if full else removed + gone_gauges)
 
-        labels, totals = self._labels, self._totals
+    def _update(self, chosen: list[Group], entering: list[Group], leaving: list[Group],
+                relabelled: list[tuple[Group, Labels]], now: float, full: bool, *,
+                whole: bool) -> tuple[list[Sample], list[tuple[str, Labels]]]:
+        """Bring the labels and totals to this cycle's choice (under the top lock): the
+        statement series that changed, and those that left. ``whole``: every chosen group
+        may have other totals (else only those the counters touched, and the entering)."""
+        counters, labels, totals = self._counters, self._labels, self._totals
         # Series that leave: statements out of the top K, and the old labels of renamed ones.
         old_labels = dict(relabelled)
         removed: list[tuple[str, Labels]] = []
@@ -226,7 +248,7 @@ class StatementsCollector:
             del totals[group]
         for lab in old_labels.values():
             removed += zip(_STATEMENT_METRICS, repeat(lab))
-        if full or gone is None:
+        if whole:
             dirty = chosen
         else:
             # Only these can have other totals: the rest did nothing since the last cycle.
@@ -244,13 +266,7 @@ class StatementsCollector:
             before = None if full or group in old_labels else totals.get(group)
             totals[group] = values
             changed += _statement_samples(known, values, before, now)
-        gauges, gone_gauges = self._gauge_samples(setup, read, now, full)
-        changed += gauges
-        self._exported = chosen
-        with self._top_lock:
-            self._top = (chosen, labels.copy(), deltas, totals.copy())
-            self._top_interval = interval
-        return Changes(changed, [] if full else removed + gone_gauges)
+        return changed, removed
 
     def _read(self, db: Session, setup: StatementsSetup) -> tuple[Read, int, Continuity]:
         """Read what changed (the whole view when needed): the read, the view's size (of
@@ -286,35 +302,45 @@ class StatementsCollector:
         return read, size, continuity
 
     def _choose(self, deltas: dict[Group, Counters], gone: set[Group] | None
-                ) -> tuple[list[Group], list[Group], list[Group]]:
+                ) -> tuple[list[Group], list[Group], list[Group], dict[Group, None]]:
         """The K groups to export, most time in the interval first; those entering the
-        export and those leaving it.
+        export and those leaving it; and the chosen as the next cycle's ``_exported``.
 
         Statements idle in the interval tie at zero; among them the ones exported last time
         are kept (so their series don't flap), then the ones with most time in total.
         ``gone``: the groups that left the view, if known (else each is looked up).
+        The work is what changed: the last export is copied, not hashed group by group.
         """
-        k, counters, exported, labels = self._top_k, self._counters, self._exported, self._labels
-        chosen = [group for group, d in heapq.nlargest(k, deltas.items(), key=_busyness)
-                  if d[0] > 0 or d[1] > 0]
+        k, counters, labels = self._top_k, self._counters, self._labels
+        chosen = _busiest(deltas, k)
         entering = list(filterfalse(labels.__contains__, chosen))
-        busy = set(chosen)
-        kept = list(filterfalse(busy.__contains__, exported))
+        # The exported (all labelled) that are not busy, in their order.
+        kept_keys = self._exported.copy()
+        for group in chosen:
+            kept_keys.pop(group, None)
         if gone is None:
-            leaving = [group for group in kept if group not in counters]
-            kept = [group for group in kept if group in counters]
+            leaving = list(filterfalse(counters.__contains__, kept_keys))
+            kept = list(filter(counters.__contains__, kept_keys))
+            kept_keys = dict.fromkeys(kept)
         else:
             leaving = [group for group in gone if group in labels]
-            if leaving:
-                kept = list(filterfalse(gone.__contains__, kept))
+            for group in leaving:
+                kept_keys.pop(group, None)
+            kept = list(kept_keys)
         room = max(0, k - len(chosen))
-        leaving += kept[room:]  # idle, and pushed out by busy ones
+        pushed = kept[room:]  # idle, and pushed out by busy ones
+        leaving += pushed
+        for group in pushed:
+            del kept_keys[group]
+        exported = dict.fromkeys(chosen)
+        exported.update(kept_keys)  # in order, and without hashing the groups again
         chosen += kept[:room]
         if len(chosen) < k and len(counters) > len(chosen):
-            more = counters.busiest_overall(k - len(chosen), set(chosen))
+            more = counters.busiest_overall(k - len(chosen), exported)
             chosen += more
             entering += more  # none of them exported: the exported are all in chosen
-        return chosen, entering, leaving
+            exported.update(dict.fromkeys(more))
+        return chosen, entering, leaving, exported
 
     def _gauge_samples(self, setup: StatementsSetup, read: Read, now: float, full: bool
                        ) -> tuple[list[Sample], list[tuple[str, Labels]]]:
@@ -359,13 +385,14 @@ class StatementsCollector:
         self._datnames, self._usernames = datnames, usernames
         relabelled = []
         labels = self._labels
-        for group, old in labels.items():
-            dbid, userid, queryid = group
-            new = labels_of(queryid=str(queryid), datname=self._datname(dbid),
-                            user=self._username(userid))
-            if new != old:
-                relabelled.append((group, old))
-                labels[group] = new
+        with self._top_lock:
+            for group, old in labels.items():
+                dbid, userid, queryid = group
+                new = labels_of(queryid=str(queryid), datname=self._datname(dbid),
+                                user=self._username(userid))
+                if new != old:
+                    relabelled.append((group, old))
+                    labels[group] = new
         return relabelled
 
     def _fetch_texts(self, db: Session, setup: StatementsSetup, chosen: list[Group],
@@ -449,9 +476,13 @@ def _statement_samples(labels: Labels, values: Counters, before: Counters | None
     return out
 
 
-def _busyness(item: tuple[Group, Counters]) -> tuple[float, int]:
-    """Time in the interval, then calls."""
-    return item[1][1], item[1][0]
+def _busiest(deltas: dict[Group, Counters], k: int) -> list[Group]:
+    """Up to ``k`` groups that did something in the interval, most time first, then most
+    calls, ties in the order of ``deltas`` (what ``heapq.nlargest`` gives, keys in C)."""
+    groups, values = list(deltas), list(deltas.values())
+    busyness = list(map(_BUSYNESS, values))
+    order = sorted(range(len(values)), key=busyness.__getitem__, reverse=True)[:k]
+    return [groups[i] for i in order if values[i][0] > 0 or values[i][1] > 0]
 
 
 def _figures(labels: Labels, text: str, delta: Counters, totals: Counters,
