@@ -179,13 +179,20 @@ class CollectorJob:
         merged = self._merged
         fresh: dict[int, tuple[Labels, Labels]] = {}
         out = []
+        last: Labels | None = None
+        with_target: Labels = ()
         for s in samples:
-            key = id(s.labels)
-            hit = fresh.get(key) or merged.get(key)
-            if hit is None or hit[0] is not s.labels:
-                hit = (s.labels, self._merged_labels(s.labels))
-            fresh[key] = hit
-            out.append(s if hit[1] is s.labels else _new_sample(Sample, (s[0], hit[1], s[2], s[3])))
+            labels = s.labels
+            if labels is not last:  # a series' families come one after another
+                last = labels
+                key = id(labels)
+                hit = fresh.get(key) or merged.get(key)
+                if hit is None or hit[0] is not labels:
+                    hit = (labels, self._merged_labels(labels))
+                fresh[key] = hit
+                with_target = hit[1]
+            out.append(s if with_target is labels
+                       else _new_sample(Sample, (s[0], with_target, s[2], s[3])))
         # Only this cycle's label sets are kept (each entry holds its key object alive,
         # so an id is never reused while its entry is here); with ``keep``, those of the
         # series that did not change too (a changes-only cycle has only the changed ones).
