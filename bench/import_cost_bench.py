@@ -33,9 +33,10 @@ OWN = ["piggywatch.config", "piggywatch.store", "piggywatch.rules.manager",
 RUN_POSTGRES_ONLY = ["piggywatch.cli", "piggywatch.daemon", "piggywatch.observability",
                      "piggywatch.api", "apscheduler.schedulers.background",
                      "apscheduler.executors.pool"]
-# What a configuration with every channel and the acknowledgement hooks adds to that.
-RUN_ALL_CHANNELS = [*RUN_POSTGRES_ONLY, "piggywatch.delivery", "piggywatch.ack.service",
-                    "sentry_sdk", "slack_sdk", "httpx"]
+# What a configuration with every channel and the acknowledgement hooks adds to that (the
+# alerting sections' models included: the settings import them only when present).
+RUN_ALL_CHANNELS = [*RUN_POSTGRES_ONLY, "piggywatch.alerting.settings", "piggywatch.delivery",
+                    "piggywatch.ack.service", "sentry_sdk", "slack_sdk", "httpx"]
 
 # Run in a fresh interpreter: RSS (kB) before anything and after each group of imports.
 _PROBE = """

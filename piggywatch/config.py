@@ -7,7 +7,7 @@ file and line) is ``piggywatch.config_file``'s.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -23,27 +23,38 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from piggywatch.alerting.escalation import policy_problems
-from piggywatch.alerting.settings import (
-    EscalationStep,
-    InhibitRule,
-    Receiver,
-    Route,
-    alerting_problem_locations,
-)
-from piggywatch.alerting.time_intervals import TimeInterval
-from piggywatch.collectors.cost import CostConfig
-from piggywatch.collectors.custom_sql import CustomQueryConfig
-from piggywatch.collectors.edge_functions import EdgeFunctionsConfig
-from piggywatch.collectors.growth import GrowthConfig
-from piggywatch.collectors.probes import ProbeConfig
-from piggywatch.collectors.redis_cache import RedisConfig
-from piggywatch.collectors.system_memory import SystemMemoryConfig
+from piggywatch.config_lazy import lazy
 from piggywatch.config_types import Duration
 from piggywatch.http_server import DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT_SECONDS
 from piggywatch.yamlpos import (
     KeyPath,
 )
+
+if TYPE_CHECKING:
+    from piggywatch.alerting.settings import EscalationStep, InhibitRule, Receiver, Route
+    from piggywatch.alerting.time_intervals import TimeInterval
+    from piggywatch.collectors.cost import CostConfig
+    from piggywatch.collectors.custom_sql import CustomQueryConfig
+    from piggywatch.collectors.edge_functions import EdgeFunctionsConfig
+    from piggywatch.collectors.growth import GrowthConfig
+    from piggywatch.collectors.probes import ProbeConfig
+    from piggywatch.collectors.redis_cache import RedisConfig
+    from piggywatch.collectors.system_memory import SystemMemoryConfig
+else:
+    # Imported when a configuration has the section (see config_lazy): a PostgreSQL-only
+    # daemon never loads the channels', routes' and other sources' models.
+    EscalationStep = lazy("piggywatch.alerting.settings", "EscalationStep")
+    InhibitRule = lazy("piggywatch.alerting.settings", "InhibitRule")
+    Receiver = lazy("piggywatch.alerting.settings", "Receiver")
+    Route = lazy("piggywatch.alerting.settings", "Route")
+    TimeInterval = lazy("piggywatch.alerting.time_intervals", "TimeInterval")
+    CostConfig = lazy("piggywatch.collectors.cost", "CostConfig")
+    CustomQueryConfig = lazy("piggywatch.collectors.custom_sql", "CustomQueryConfig")
+    EdgeFunctionsConfig = lazy("piggywatch.collectors.edge_functions", "EdgeFunctionsConfig")
+    GrowthConfig = lazy("piggywatch.collectors.growth", "GrowthConfig")
+    ProbeConfig = lazy("piggywatch.collectors.probes", "ProbeConfig")
+    RedisConfig = lazy("piggywatch.collectors.redis_cache", "RedisConfig")
+    SystemMemoryConfig = lazy("piggywatch.collectors.system_memory", "SystemMemoryConfig")
 
 
 class _Strict(BaseModel):
@@ -396,6 +407,12 @@ class Settings(_Strict):
     def _delivery_references(self) -> Settings:
         # Each problem is its own error at its own key path, so it is reported with its
         # line, like any other; the chains' timing is checked beside the cross references.
+        if not (self.receivers or self.route or self.escalations or self.inhibit_rules
+                or self.time_intervals):
+            return self  # nothing to cross-check, and no alerting module to import
+        from piggywatch.alerting.escalation import policy_problems
+        from piggywatch.alerting.settings import alerting_problem_locations
+
         found = alerting_problem_locations(self.receivers, self.route, self.escalations,
                                            self.inhibit_rules, self.time_intervals)
         found += policy_problems(self.escalations)

@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from piggywatch.config import Settings
+from piggywatch.config_lazy import resolved
 from piggywatch.yamlpos import (
     FileProblem,
     FileProblems,
@@ -249,6 +250,7 @@ def _known_keys(path: KeyPath) -> list[str]:
 
 
 def _model_in(annotation: Any) -> Any:
+    annotation = resolved(annotation)
     origin = typing.get_origin(annotation)
     if origin in (list, Union, types.UnionType):
         for arg in typing.get_args(annotation):

@@ -22,6 +22,7 @@ from pydantic import BaseModel, BeforeValidator, SecretStr
 from pydantic.fields import FieldInfo
 
 from piggywatch.config import Settings
+from piggywatch.config_lazy import resolved
 from piggywatch.config_types import parse_duration
 
 __all__ = ["Row", "Section", "leaf_paths", "nested_model", "render", "sections"]
@@ -106,6 +107,7 @@ def _walk(model: type[BaseModel], path: str, found: list[Section],
 
 def nested_model(annotation: Any) -> tuple[type[BaseModel] | None, str]:
     """The model inside ``annotation`` and the path suffix reaching it (``[]``, ``.<name>``)."""
+    annotation = resolved(annotation)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation, ""
     origin = typing.get_origin(annotation)
@@ -149,6 +151,7 @@ def _describe(annotation: Any, metadata: list[Any] | tuple[Any, ...] = ()) -> st
     if validators:
         func = validators[0].func
         return "duration" if func is parse_duration else "duration (0s allowed)"
+    annotation = resolved(annotation)
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is Annotated:

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from piggywatch import __version__
 from piggywatch import leadership as leadership_metrics
-from piggywatch.alerting.channels import longest_timeout
 from piggywatch.alerting.inbox import Inbox
 from piggywatch.allocator import release_free_memory
 from piggywatch.collectors.base import Report, ServesReports
@@ -252,6 +251,9 @@ class Daemon:
         single replica: a claim left by a crashed process is retried at once)."""
         if not isinstance(self.leadership, AdvisoryLockLeadership):
             return 0.0
+        # Imported here: a single replica never needs the channels (about 1 MB of RSS).
+        from piggywatch.alerting.channels import longest_timeout
+
         # A channel's timeout bounds each phase of a request (connect, send, read), not
         # the whole; three of them, and a margin for clocks and the claim's commit.
         return 3 * longest_timeout(self.settings.receivers) + 5.0

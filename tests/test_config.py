@@ -189,3 +189,64 @@ def test_example_config_passes_check_with_its_rule_files() -> None:
     assert result.returncode == 0, result.stderr
     shipped = len(list((Path(__file__).parent.parent / "rules").glob("*.yaml")))
     assert f"rules in {shipped} rule files)" in result.stdout
+
+
+def test_problems_inside_sections_whose_models_load_lazily_name_their_line_and_key() -> None:
+    # The sources' and alerting sections' models are imported only when a configuration has
+    # them (config_lazy); their problems read as they did when they were imported up front.
+    text = GOOD + """\
+sources:
+  growth:
+    - target: main
+      users_tabel: public.users
+  probes:
+    - name: api
+      url: "http://127.0.0.1:1/healthz"
+      interval: soon
+  system_memory: {intervall: 10s}
+  edge_functions: 5
+receivers:
+  - name: oncall-slack
+    slack: {webhook_ur: "https://hooks.example.com/x"}
+route:
+  receiver: oncall-slack
+  group_wait: never
+inhibit_rules:
+  - equal: 3
+time_intervals:
+  - name: business-hours
+    times: [{start_time: "25:00", end_time: "17:00"}]
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_settings(text, "f.yaml", {"DATABASE_URL": SECRET_DSN})
+    assert [str(p) for p in info.value.problems] == [
+        "f.yaml:18: sources.edge_functions: Input should be a valid dictionary or instance "
+        "of EdgeFunctionsConfig",
+        "f.yaml:12: sources.growth[0].users_tabel: unknown key 'users_tabel'; did you mean "
+        "'users_table'?",
+        "f.yaml:16: sources.probes[0].interval: 'soon' is not a duration; write it like 30s, "
+        "5m or 1h",
+        "f.yaml:17: sources.system_memory.intervall: unknown key 'intervall'; did you mean "
+        "'interval'?",
+        "f.yaml:21: receivers[0].slack.webhook_ur: unknown key 'webhook_ur'; did you mean "
+        "'webhook_url'?",
+        "f.yaml:24: route.group_wait: 'never' is not a duration; write it like 30s, 5m or 1h",
+        "f.yaml:26: inhibit_rules[0].source_matchers: required key 'source_matchers' is "
+        "missing",
+        "f.yaml:26: inhibit_rules[0].target_matchers: required key 'target_matchers' is "
+        "missing",
+        "f.yaml:26: inhibit_rules[0].equal: Input should be a valid list",
+        "f.yaml:29: time_intervals[0].times[0].start_time: String should match pattern "
+        "'^([01]\\d|2[0-3]):[0-5]\\d$'",
+    ]
+
+
+def test_a_postgres_only_config_loads_without_the_sources_and_alerting_models() -> None:
+    # A fresh interpreter: this one has imported them all by now.
+    probe = ("import sys; from piggywatch.config_file import parse_settings; "
+             f"parse_settings({GOOD!r}, 'f.yaml', {{'DATABASE_URL': {SECRET_DSN!r}}}); "
+             "print(sorted(m for m in sys.modules if m.startswith(('piggywatch.alerting', "
+             "'piggywatch.collectors.'))))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True, timeout=60)
+    assert done.stdout.strip() == "[]"

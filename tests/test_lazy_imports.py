@@ -41,6 +41,13 @@ UNUSED = [
     "piggywatch.ack", "piggywatch.delivery", "piggywatch.alerting.incidents",
     "piggywatch.alerting.outbox", "piggywatch.alerting.dispatcher",
     "piggywatch.alerting.notifiers",
+    # The models of sections the configuration does not have (config_lazy).
+    "piggywatch.alerting.channels", "piggywatch.alerting.settings",
+    "piggywatch.alerting.escalation", "piggywatch.alerting.time_intervals",
+    "piggywatch.collectors.cost", "piggywatch.collectors.custom_sql",
+    "piggywatch.collectors.edge_functions", "piggywatch.collectors.growth",
+    "piggywatch.collectors.probes", "piggywatch.collectors.redis_cache",
+    "piggywatch.collectors.system_memory",
 ]
 
 
