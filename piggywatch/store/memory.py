@@ -20,8 +20,8 @@ _MATCH_CACHE_SIZE = 4096
 # that the edge search in _first_ms_from / _last_ms_to takes a step or two at most.
 _NEVER = -(10**16)
 _FOREVER = 10**16
-# How far behind the newest point an instant read of a series kept for instant reads only
-# stays exact, by default (see ``MemoryStore.set_retention``).
+# How far behind the newest time the store was given an instant read stays exact for the
+# series that keep only recent points, by default (see ``MemoryStore.set_retention``).
 RECENT = 60.0
 
 
@@ -163,9 +163,9 @@ class MemoryStore:
 
         ``full``: only the series of these metric names keep every point of the window (the
         names something reads over time: a range, a subquery, an offset); every other series
-        keeps only what an instant read at most ``recent`` seconds before the newest point the
-        store was given needs, and answers such a read exactly as it would with its whole
-        window. A name that joins ``full`` keeps its points from then on; one that leaves it
+        keeps only what an instant read at most ``recent`` seconds before the newest time the
+        store was given (a sample's or a publish's) needs, and answers such a read exactly as
+        it would with its whole window. A name that joins ``full`` keeps its points from then on; one that leaves it
         drops them lazily. None: every name keeps the whole window.
         """
         retention_ms = self._checked_retention(seconds)
