@@ -165,8 +165,8 @@ class MemoryStore:
         names something reads over time: a range, a subquery, an offset); every other series
         keeps only what an instant read at most ``recent`` seconds before the newest time the
         store was given (a sample's or a publish's) needs, and answers such a read exactly as
-        it would with its whole window. A name that joins ``full`` keeps its points from then on; one that leaves it
-        drops them lazily. None: every name keeps the whole window.
+        it would with its whole window. A name that joins ``full`` keeps its points from then
+        on; one that leaves it drops them lazily. None: every name keeps the whole window.
         """
         retention_ms = self._checked_retention(seconds)
         recent_ms = self._checked_retention(recent)
