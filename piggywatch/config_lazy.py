@@ -36,10 +36,9 @@ class LazyModel:
 
     def model(self) -> type[BaseModel]:
         """The model itself (imports its module)."""
-        found = getattr(import_module(self.module), self.name)
-        if not (isinstance(found, type) and issubclass(found, BaseModel)):
-            raise TypeError(f"{self.module}.{self.name} is not a pydantic model")
-        return found
+        # Every name in the settings resolves (the config reference test walks them all).
+        model: type[BaseModel] = getattr(import_module(self.module), self.name)
+        return model
 
     def __get_pydantic_core_schema__(self, source: Any,
                                      handler: GetCoreSchemaHandler) -> CoreSchema:
