@@ -89,8 +89,9 @@ sources:
             and value(v, "app_sessions_sessions") is not None
             and value(v, "redis_up") is not None
             and value(v, "system_memory_usage_ratio") is not None
-            and value(v, "piggywatch_collector_errors_total", collector="custom_sql:broken",
-                      reason="query") is not None
+            # (The counter starts at 0: wait for the failure itself, in the same scrape.)
+            and (value(v, "piggywatch_collector_errors_total", collector="custom_sql:broken",
+                       reason="query") or 0) >= 1
             and "custom query 'broken'" in proc.stderr()
             and any(name == "edge_function_invocations_total" for name, _ in v),
             15, "every source")
