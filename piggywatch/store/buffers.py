@@ -509,10 +509,11 @@ class SeriesHistory:
                 and 2 * (live + need) > capacity:
             values[:live] = values[dead:n]
         else:
-            # A series keeping only recent points grows by what it needs, and no more.
-            target = 0 if self.recent_ms is not None else \
-                self.timeline.expected(horizon_ms) + _HEADROOM
             least = live + need
+            # A series keeping only recent points holds twice them: a compaction (moving
+            # them) then comes once per that many appends.
+            target = 2 * least if self.recent_ms is not None else \
+                self.timeline.expected(horizon_ms) + _HEADROOM
             # Never less than array.append would grow by, so that appends stay O(1)
             # amortised however wrong the pace is.
             capacity = max(least + (least >> 4) + _HEADROOM,
