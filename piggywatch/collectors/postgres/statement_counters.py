@@ -7,16 +7,21 @@ starts at pg_stat_statements' own value (as postgres_exporter's does) and never 
 It is kept as "current value in the view + offset", where the offset, almost always zero,
 absorbs what resets and evictions took away: statements that did nothing in an interval
 then cost nothing at all.
+
+Each entry's key (dbid, userid, queryid, toplevel) is held as one int (``_KEY``), not a
+tuple of four: ~50 bytes an entry instead of ~170 (the tuple and its three int objects,
+the key columns being arrays), for the thousands of entries the view holds all the time.
 """
 
 from __future__ import annotations
 
 import struct
+from array import array
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from enum import Enum
-from itertools import compress, filterfalse, repeat
+from itertools import compress, filterfalse, repeat, starmap
 from operator import add, ne, sub
 from typing import Any
 
@@ -25,6 +30,7 @@ from piggywatch.collectors.postgres.statement_snapshot import (
     ZERO,
     Counters,
     Group,
+    HeldKeys,
     Key,
     KeyColumns,
     Snapshot,
@@ -36,6 +42,8 @@ from piggywatch.collectors.postgres.statement_snapshot import (
 _KEY_ELEMENTS = tuple(struct.Struct(f">i{code}") for code in ("I", "I", "q", "?"))
 _WIDTHS = tuple(element.size for element in _KEY_ELEMENTS)
 _QUERYID_COLUMN = 2
+# A key packed into one int: its bytes in this layout (see ``_packed``).
+_KEY = struct.Struct(">IIq?")
 # Entries added, gone or moved that the merge handles one by one before it gives up for the
 # full matching by key: about what that costs, per entry of the view (and a floor, so that
 # small views take the merge too).
@@ -63,9 +71,9 @@ class StatementCounters:
 
     def __init__(self) -> None:
         self._snap = Snapshot.empty()
-        # The key of each entry of the snapshot, and the position of each key in it.
-        self._keys: list[Key] = []
-        self._index: dict[Key, int] = {}
+        # The position of each key (packed, see ``_packed``) in the snapshot. Keys by position
+        # are not kept: the snapshot's key columns hold them, packed where needed.
+        self._index: dict[int, int] = {}
         # Per group: what was lost to resets and evictions, added back to its counters.
         self._offsets: dict[Group, Counters] = {}
         # The groups whose last entry left the view in the last advance (evicted or reset
@@ -83,7 +91,7 @@ class StatementCounters:
     def __contains__(self, group: object) -> bool:
         if not isinstance(group, tuple) or len(group) != 3:
             return False
-        return (*group, True) in self._index or (*group, False) in self._index
+        return _pack((*group, True)) in self._index or _pack((*group, False)) in self._index
 
     def advance(self, snap: Snapshot, continuity: Continuity) -> dict[Group, Counters]:
         """Take the next snapshot; return the interval's deltas of the groups that changed.
@@ -94,7 +102,7 @@ class StatementCounters:
         prev, self._snap = self._snap, snap
         self.gone = set()
         if continuity is Continuity.FIRST:
-            self._keys, self._index = _index_of(snap)
+            self._index = _index_of(snap)
             self._offsets = {}
             return {}
         if continuity is not Continuity.CONTINUES:
@@ -135,8 +143,8 @@ class StatementCounters:
             if len(positions) != size:
                 raise ValueError("a reset or first snapshot needs the whole view")
             return self.advance(Snapshot.of_lists(keys, counters), continuity)
-        snap, index, keys_before = self._snap, self._index, self._keys
-        pn = len(keys_before)
+        snap, index = self._snap, self._index
+        pn = len(snap)
         if len(index) != pn:  # the same key twice: only matching every entry copes
             self.touched = list(zip(*keys[:3], strict=True))
             whole = _patched(snap, positions, keys, counters, size)
@@ -144,16 +152,19 @@ class StatementCounters:
         self.gone = set()
         key_columns = snap.keys.decoded
         columns = [column.all() for column in snap.columns]
-        new_keys = list(zip(*keys, strict=True))
+        new_keys = _packed(zip(*keys, strict=True))
         # Where each entry read was (pn: not there), and its counters there (None: new).
         # An insertion shifts every entry after it, so most entries read may have only
         # moved: everything per entry is done column by column in C.
         at = list(map(index.get, new_keys, repeat(pn)))
-        then = []
+        then: list[list[Any]] = []
         for column in columns:
-            column.append(None)  # at position pn, for a moment: no copy of the column
+            column.append(0)  # at position pn, for a moment: no copy of the column
             then.append(list(map(column.__getitem__, at)))
             column.pop()
+        fresh = list(compress(range(len(at)), map(pn.__eq__, at)))
+        for before_values in then:
+            deque(map(before_values.__setitem__, fresh, repeat(None)), maxlen=0)
         # Deltas for the entries whose calls changed; totals for those whose counters did
         # (one evicted and back with the same calls has other counters).
         changed = list(compress(range(len(at)), map(ne, counters[0], then[0])))
@@ -162,7 +173,7 @@ class StatementCounters:
         groups = _groups_at(keys, changed)
         now = [list(map(column.__getitem__, changed)) for column in counters]
         before = [list(map(column.__getitem__, changed)) for column in then]
-        added = at.count(pn)
+        added = len(fresh)
         if added:  # a new entry's counters before are zeros
             before = [[0 if value is None else value for value in column] for column in before]
         # Entries that left: as many as were there, plus the new ones, minus the view's
@@ -171,21 +182,21 @@ class StatementCounters:
         departed: list[tuple[Group, Counters]] = []
         if pn + added > size:
             within = positions[:bisect_left(positions, pn)]
-            old = list(map(keys_before.__getitem__, within))
+            old = _keys_at(key_columns, within)
             out = list(compress(old, map(ne, old, new_keys)))
-            out += keys_before[size:pn]
+            out += _keys_at(key_columns, range(size, pn))
             left = list(filterfalse(set(new_keys).__contains__, out))
-            departed = [(key[:3], tuple(column[index[key]] for column in columns))
-                        for key in left]
+            departed = [(snap.group(position), tuple(column[position] for column in columns))
+                        for position in map(index.__getitem__, left)]
             for key in left:
                 del index[key]
-        targets: list[list[Any]] = [*key_columns, *columns, keys_before]
-        sources: list[Sequence[Any]] = [*keys, *counters, new_keys]
+        targets: list[array[Any]] = [*key_columns, *columns]
+        sources: list[Sequence[Any]] = [*keys, *counters]
         spans = runs(positions)
         for column, values in zip(targets, sources, strict=True):
             _patch(column, positions, spans, values, size)
         index.update(zip(new_keys, positions, strict=True))
-        snap.keys.raw = None  # the lists are the truth now
+        snap.keys.raw = None  # the arrays are the truth now
         deltas = self._deltas_of(groups, now, before)
         if departed:
             self._forget(departed)
@@ -197,9 +208,9 @@ class StatementCounters:
         Whatever the order of the entries; this builds the keys and the index afresh.
         """
         n, pn = len(snap), len(prev)
-        keys, index = _index_of(snap)
+        keys = _packed(zip(*snap.keys.decoded, strict=True))
         old = list(map(self._index.get, keys, repeat(pn)))  # pn: not there before
-        self._keys, self._index = keys, index
+        self._index = dict(zip(keys, range(n), strict=True))
         matched = set(old)
         matched.discard(pn)
         departed = list(filterfalse(matched.__contains__, range(pn))) \
@@ -250,7 +261,7 @@ class StatementCounters:
             if budget < 0:
                 return None
             key = _key_at(new, i)
-            at = index.get(key, pn)
+            at = index.get(_pack(key), pn)
             if at < j:
                 return None  # moved back, or there twice: order not kept
             steps.append((i, at, 1, key))  # a new entry when at == pn
@@ -269,10 +280,11 @@ class StatementCounters:
         """
         pn = len(prev)
         calls, calls_before = snap.calls, prev.calls
-        keys_before, index = self._keys, self._index
-        columns_before: tuple[list[Any], ...] = prev.keys.decoded
-        keys: list[Key] = []
-        columns: tuple[list[Any], list[Any], list[Any], list[Any]] = ([], [], [], [])
+        index = self._index
+        columns_before = prev.keys.decoded
+        dbids, userids, queryids, toplevel = (array(column.typecode)
+                                              for column in columns_before)
+        columns: HeldKeys = (dbids, userids, queryids, toplevel)
         changed: list[int] = []
         then: list[int] = []
         departed: list[int] = []
@@ -286,12 +298,11 @@ class StatementCounters:
                                      map(ne, calls[start:end], calls_before[at:old_end])))
                 changed += here
                 then += map((at - start).__add__, here) if at != start else here
-                run = keys_before[at:old_end]
-                keys += run
                 for column, column_before in zip(columns, columns_before, strict=True):
                     column += column_before[at:old_end]
                 if at != start:
-                    index.update(zip(run, range(start, end), strict=True))
+                    index.update(zip(_keys_at(columns_before, range(at, old_end)),
+                                     range(start, end), strict=True))
                 continue
             if at < pn:
                 departed.extend(range(j, at))
@@ -302,14 +313,12 @@ class StatementCounters:
             else:
                 changed.append(start)
                 then.append(pn)
-            keys.append(key)
             for column, value in zip(columns, key, strict=True):
                 column.append(value)
-            index[key] = start
+            index[_pack(key)] = start
         departed.extend(range(j, pn))
-        for position in departed:
-            del index[keys_before[position]]
-        self._keys = keys
+        for packed in _keys_at(columns_before, departed):
+            del index[packed]
         # What decoding the new bytes would give (runs are the old entries' bytes, the single
         # entries were decoded): set in place of decoding them all again.
         snap.keys.adopt_decoded(columns)
@@ -353,7 +362,7 @@ class StatementCounters:
         """The exported counters of each group, None for a group not in the view."""
         index, snap, offsets = self._index, self._snap, self._offsets
         missing = len(snap)  # a position that reads as zeros
-        top = list(map(index.get, map(add, groups, repeat((True,))), repeat(missing)))
+        top = list(map(index.get, _packed(map(add, groups, repeat((True,)))), repeat(missing)))
         found_top = snap.counters_at(top)
         # Nested entries exist only with pg_stat_statements.track = all.
         has_nested = False in snap.keys.decoded[3]
@@ -362,7 +371,7 @@ class StatementCounters:
             out += found_top  # the usual case: each group is its top-level entry
             return out
         for group, position, found in zip(groups, top, found_top, strict=True):
-            nested = index.get((*group, False)) if has_nested else None
+            nested = index.get(_pack((*group, False))) if has_nested else None
             if position == missing and nested is None:
                 out.append(None)
                 continue
@@ -389,7 +398,7 @@ class StatementCounters:
     def _rebase(self, prev: Snapshot, snap: Snapshot,
                 continuity: Continuity) -> dict[Group, Counters]:
         """After a reset of the whole view: every counter carries on from where it was."""
-        self._keys, self._index = _index_of(snap)
+        self._index = _index_of(snap)
         now, then = _group_sums(snap), _group_sums(prev)
         offsets: dict[Group, Counters] = {}
         for group, current in now.items():
@@ -418,7 +427,7 @@ class StatementCounters:
                 self.gone.add(group)
 
 
-def _patch(column: list[Any], positions: list[int],
+def _patch(column: array[Any], positions: list[int],
            spans: tuple[list[int], list[int], list[int]], values: Sequence[Any],
            size: int) -> None:
     """``column`` cut or grown to ``size``, with ``values`` at ``positions`` (which hold
@@ -426,23 +435,22 @@ def _patch(column: list[Any], positions: list[int],
     if size < len(column):
         del column[size:]
     elif size > len(column):
-        column.extend(repeat(None, size - len(column)))
+        column.extend(repeat(0, size - len(column)))  # each overwritten below
     firsts, lasts, at = spans
     if len(firsts) * 4 > len(positions):  # scattered: entry by entry is cheaper
         deque(map(column.__setitem__, positions, values), maxlen=0)
         return
+    source = array(column.typecode, values)  # an array's slices take arrays of its type only
     for first, last, start in zip(firsts, lasts, at, strict=True):
-        column[start:start + last - first] = values[first:last]
+        column[start:start + last - first] = source[first:last]
 
 
 def _patched(snap: Snapshot, positions: list[int], keys: KeyColumns,
              counters: list[list[Any]], size: int) -> Snapshot:
     """A new snapshot: ``snap`` with the entries read patched in (see ``advance_read``)."""
-    before = snap.keys.decoded
-    dbids, userids, queryids = list(before[0]), list(before[1]), list(before[2])
-    toplevel = list(before[3])
-    columns = [list(column.all()) for column in snap.columns]
-    targets: list[list[Any]] = [dbids, userids, queryids, toplevel, *columns]
+    dbids, userids, queryids, toplevel = (column[:] for column in snap.keys.decoded)
+    columns = [column.all()[:] for column in snap.columns]
+    targets: list[array[Any]] = [dbids, userids, queryids, toplevel, *columns]
     sources: list[Sequence[Any]] = [*keys, *counters]
     spans = runs(positions)
     for column, values in zip(targets, sources, strict=True):
@@ -450,17 +458,34 @@ def _patched(snap: Snapshot, positions: list[int], keys: KeyColumns,
     return Snapshot.of_lists((dbids, userids, queryids, toplevel), columns)
 
 
-def _groups_at(keys: KeyColumns, positions: list[int]) -> list[Group]:
+def _groups_at(keys: KeyColumns | HeldKeys, positions: list[int]) -> list[Group]:
     """The groups (dbid, userid, queryid) of the entries at ``positions`` of ``keys``."""
     dbids, userids, queryids, _ = keys
     return list(zip(map(dbids.__getitem__, positions), map(userids.__getitem__, positions),
                     map(queryids.__getitem__, positions), strict=True))
 
 
-def _index_of(snap: Snapshot) -> tuple[list[Key], dict[Key, int]]:
-    """The key of each entry, and the position of each key (the last, were one twice)."""
-    keys = list(zip(*snap.keys.decoded, strict=True))
-    return keys, dict(zip(keys, range(len(snap)), strict=True))
+def _index_of(snap: Snapshot) -> dict[int, int]:
+    """The position of each key (the last, were one twice)."""
+    keys = _packed(zip(*snap.keys.decoded, strict=True))
+    return dict(zip(keys, range(len(snap)), strict=True))
+
+
+def _keys_at(columns: HeldKeys, positions: Sequence[int]) -> list[int]:
+    """The keys of the entries at ``positions`` of ``columns``, packed."""
+    return _packed(zip(*(list(map(column.__getitem__, positions)) for column in columns),
+                       strict=True))
+
+
+def _packed(keys: Iterable[tuple[Any, ...]]) -> list[int]:
+    """Each of ``keys`` packed into one int: it identifies the entry as the tuple does, in
+    48 bytes. Toplevel flags may be bools or 0 and 1."""
+    return list(map(int.from_bytes, starmap(_KEY.pack, keys)))
+
+
+def _pack(key: Key) -> int:
+    """One key packed (see ``_packed``)."""
+    return int.from_bytes(_KEY.pack(*key))
 
 
 def _same_keys(new: tuple[bytes, ...], old: tuple[bytes, ...], i: int, j: int,
