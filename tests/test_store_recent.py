@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from piggywatch.rules.promql import Evaluator
@@ -70,6 +70,11 @@ cycle_st = st.one_of(
        reads=st.lists(st.integers(0, 29), max_size=6),
        # 0: right at the oldest instant read promised, where the oldest kept point matters.
        behind=st.lists(st.one_of(st.just(0.0), st.floats(0.0, 1.0)), min_size=1, max_size=4))
+# A held series whose oldest needed point is the held value at an entry it was not written at.
+@example(cycles=[(("changes", {(NAMES[1], LABELS[0]): 0.0}), 0.25),
+                 (("changes", {(NAMES[1], LABELS[0]): 0.0}), 0.25),
+                 (("whole", {(RANGED, LABELS[0]): 0.0}), 7.0)],
+         retention=10.0, recent=6.0, lookback=1.0, reads=[], behind=[0.0])
 def test_a_store_keeping_history_only_for_ranged_names_answers_as_one_keeping_everything(
         cycles: list[tuple[tuple[str, object], float]], retention: float, recent: float,
         lookback: float, reads: list[int], behind: list[float]) -> None:
