@@ -21,7 +21,7 @@ from piggywatch.collectors.postgres.target import PostgresTarget
 from piggywatch.config import Settings, TargetConfig
 from piggywatch.selfmetrics import SelfMetrics
 from piggywatch.state import StateStore
-from piggywatch.store import Changes, Labels, MemoryStore, Sample, labels_of
+from piggywatch.store import Changes, Labels, MemoryStore, Sample, labels_of, text_labels
 
 log = logging.getLogger("piggywatch.daemon")
 
@@ -92,6 +92,9 @@ class CollectorJob:
             log.exception("collector %s of %s crashed", self.collector.name, self.owner)
         if self.target is not None:
             samples = self._with_target_labels(samples)
+        else:
+            # A source reads text that PostgreSQL never checked (JSON, HTTP answers).
+            samples = _text_samples(samples)
         if getattr(self.collector, "dynamic_specs", False):
             # Families discovered by this cycle (e.g. the server's settings).
             self.store.register(self.collector.specs())
@@ -282,3 +285,15 @@ def build_source_collectors(settings: Settings, targets: dict[str, PostgresTarge
         if _configured(config):
             found.extend(import_module(module).build(config, context))
     return found
+
+
+def _text_samples(samples: list[Sample]) -> list[Sample]:
+    """``samples``, any label value's lone surrogate replaced (see ``text_labels``)."""
+    out = samples
+    for i, sample in enumerate(samples):
+        labels = text_labels(sample.labels)
+        if labels is not sample.labels:
+            if out is samples:
+                out = list(samples)
+            out[i] = Sample(sample.name, labels, sample.value, sample.timestamp)
+    return out

@@ -286,3 +286,19 @@ def test_the_failing_channel_alert_is_its_own_incident(tmp_path: Path) -> None:
         assert all(a.name != FAILING_ALERT for n in later for a in n.alerts)
     finally:
         pipeline.close()
+
+
+def test_an_event_the_dispatcher_fails_on_does_not_take_the_batchs_other_pages(
+        pipeline: Pipeline, caplog: pytest.LogCaptureFixture) -> None:
+    # Half an emoji in a label (text UTF-8 cannot encode) as a bug that lets one through
+    # would bring it: before, the pass raised, and the events drained after it were lost.
+    odd = _event(EventKind.FIRING, T0, "EdgeErrors", "critical", "resize\udc80")
+    pipeline.dispatcher.handle(odd)
+    pipeline.dispatcher.handle(_event(EventKind.FIRING, T0, "PostgresTargetDown", "critical",
+                                      "main"))
+    pipeline.dispatcher.run_pass(T0)
+    assert "could not take the firing event of EdgeErrors" in caplog.text
+    # What the target-down page alone gives (critical: the leads too, from level 1).
+    assert sorted(pipeline.new()) == [("leads-email", "trigger", 1),
+                                      ("oncall-pagerduty", "trigger", 1),
+                                      ("oncall-slack", "trigger", 1)]

@@ -243,6 +243,19 @@ def one_cycle(api: SupabaseLogsApi, tmp_path: Path, **http: Any) -> list[Sample]
     return collector.collect(time.time())
 
 
+
+def test_a_function_id_with_half_an_emoji_costs_only_that_character(tmp_path: Path) -> None:
+    # JSON's "\\ud83d" escape, in a log line, gives a lone surrogate, which neither SQLite
+    # (the watermark), /metrics nor a channel can encode: every cycle failed on it.
+    now = time.time()
+    with SupabaseLogsApi(token="t", ref="r") as api:
+        api.rows = [edge_invocation(i, now - 60 + i, "resize\ud83d" if i % 2 else "thumb",
+                                    500 if i < 4 else 200, 10.0) for i in range(20)]
+        samples = one_cycle(api, tmp_path)
+    assert values(samples, "edge_function_error_ratio") == {
+        (("function", "resize\ufffd"),): 0.2, (("function", "thumb"),): 0.2}
+
+
 def test_the_removed_logs_all_endpoint_is_an_error_that_names_the_dialect_to_use(
         tmp_path: Path) -> None:
     with SupabaseLogsApi(token="t", ref="r") as api:

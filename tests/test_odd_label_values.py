@@ -5,14 +5,17 @@ value its odd character, never the source's whole exposition nor the alert about
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from piggywatch.exporter import MetricsApp, build_registry
+from piggywatch.jobs import CollectorJob
 from piggywatch.rules.alerts import AlertEvent, EventKind
 from piggywatch.rules.manager import NoData, RuleManager
 from piggywatch.rules.state_db import AlertStateDB
+from piggywatch.selfmetrics import SelfMetrics
 from piggywatch.store import Changes, MemoryStore, MetricKind, MetricSpec, Sample, labels_of
 from tests.test_exposition_cache import scrape
 
@@ -75,3 +78,27 @@ groups:
     again.resume(AlertStateDB(tmp_path / "state.db"))
     assert sorted(a.fingerprint for _, _, a in again.active_alerts()) == sorted(
         e.alert.fingerprint for e in fired)
+
+
+class _JsonSource:
+    """A source as an extension would write one: label values straight from a JSON answer."""
+
+    name = "queue_depths"
+
+    def specs(self) -> list[MetricSpec]:
+        return [MetricSpec("queue_depth", MetricKind.GAUGE, "depth")]
+
+    def collect(self, now: float) -> list[Sample]:
+        answer = json.loads('{"mail\\udc80": 3, "push": 1}')
+        return [Sample("queue_depth", labels_of(queue=queue), float(depth), now)
+                for queue, depth in answer.items()]
+
+
+def test_a_source_job_takes_lone_surrogates_out_of_its_label_values() -> None:
+    store = MemoryStore()
+    store.register(_JsonSource().specs())
+    job = CollectorJob("app", None, _JsonSource(), 15.0, store, SelfMetrics(store))
+    job.run()
+    assert {s.labels: s.value for spec, samples in store.current()
+            if spec.name == "queue_depth" for s in samples} == {
+        labels_of(queue="mail\ufffd"): 3.0, labels_of(queue="push"): 1.0}

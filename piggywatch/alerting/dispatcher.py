@@ -194,9 +194,9 @@ class Dispatcher:
                 if event is not None:
                     events.append(event)
             for event in events:
-                self._take(event, at)
+                self._take_one(event, at)
             for event in book.failing.recovered(at):
-                self._take(event, at)
+                self._take_one(event, at)
             self._inhibitor.set_firing(self._firing.values())
             muted = self._muted_at(at)
             for due in book.grouper.due(at, muted):
@@ -222,6 +222,14 @@ class Dispatcher:
         if work.ended:
             book.tell_ended(work.ended)
         return work.notifications
+
+    def _take_one(self, event: AlertEvent, at: float) -> None:
+        try:
+            self._take(event, at)
+        except Exception:
+            # A bug: that event is lost, and logged; the rest of the drained batch, other
+            # alerts' pages among them, still goes out.
+            log.exception("could not take the %s event of %s", event.kind.value, event.rule)
 
     def _take(self, event: AlertEvent, now: float) -> None:
         labels = dict(event.alert.labels)

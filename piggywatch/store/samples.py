@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -10,6 +11,25 @@ from typing import NamedTuple
 # Sorted (name, value) pairs: hashable and cheap to compare, so a series key is just
 # (metric name, labels).
 Labels = tuple[tuple[str, str], ...]
+
+
+# Half an emoji: what a JSON "\\ud83d" escape (an edge function's log line, a probe's answer)
+# gives Python, and what UTF-8, the exposition, SQLite and every channel cannot encode.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def text_value(value: str) -> str:
+    """``value`` with every lone surrogate as U+FFFD: text that UTF-8 can encode."""
+    return value if value.isascii() or not _SURROGATE.search(value) else _SURROGATE.sub(
+        "\ufffd", value)
+
+
+def text_labels(labels: Labels) -> Labels:
+    """``labels``, each value as ``text_value`` makes it (the same object when none changes),
+    so that one odd value reaches neither the exposition nor an alert's delivery."""
+    if all(value.isascii() or not _SURROGATE.search(value) for _, value in labels):
+        return labels
+    return tuple((name, text_value(value)) for name, value in labels)
 
 
 def labels_of(mapping: Mapping[str, str] | None = None, **extra: str) -> Labels:

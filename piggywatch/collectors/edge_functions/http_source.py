@@ -31,6 +31,7 @@ from piggywatch.collectors.edge_functions.model import (
     WindowStats,
     add_to,
 )
+from piggywatch.store.samples import text_value
 
 # One row per invocation: id, timestamp, function id, status and duration. The nested
 # fields are unnested the way Supabase's log explorer documents it.
@@ -226,7 +227,9 @@ def _count(totals: Totals, function: str, status: int, seconds: float,
 
 
 def _row(item: dict[str, Any]) -> Row:
-    return (parse_timestamp(item["timestamp"]), str(item.get("function_id") or "unknown"),
+    # A function id is a label and a key in the state database: text UTF-8 can encode.
+    return (parse_timestamp(item["timestamp"]),
+            text_value(str(item.get("function_id") or "unknown")),
             int(item.get("status_code") or 0), float(item.get("execution_time_ms") or 0) / 1000)
 
 
