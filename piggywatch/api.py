@@ -4,7 +4,9 @@ delivery state (level, acknowledgement, silences, inhibition), acks and silences
 from __future__ import annotations
 
 import json
+import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -14,6 +16,7 @@ from piggywatch.config_types import parse_duration
 from piggywatch.rules.manager import RuleManager
 from piggywatch.rules.templating import format_go_float
 from piggywatch.server import ApiError, read_body
+from piggywatch.state import STATE_ERRORS
 
 if TYPE_CHECKING:
     import httpx
@@ -24,10 +27,14 @@ if TYPE_CHECKING:
     from piggywatch.alerting.silences import Silence
     from piggywatch.leadership import Leadership
 
+log = logging.getLogger(__name__)
+
 NO_DELIVERY = "alert delivery is not configured (the configuration has no route)"
 # Marks a call a standby forwarded, so it is never forwarded twice (leadership changing).
 FORWARDED_HEADER = "X-PiggyWatch-Forwarded-By"
 FORWARD_TIMEOUT_SECONDS = 10.0
+FORWARD_CONNECT_SECONDS = 2.0
+FORWARDS_AT_ONCE = 2
 # What a hook request's sender signs or says about its body, forwarded with it.
 _HOOK_HEADERS = (("Content-Type", "CONTENT_TYPE"),
                  ("X-PagerDuty-Signature", "HTTP_X_PAGERDUTY_SIGNATURE"),
@@ -161,6 +168,9 @@ class LeaderForward:
         self._leadership = leadership
         self._instance = instance
         self._verify: str | bool = ca_file or True
+        # A leader that does not answer holds a forward for its timeout: at most this many
+        # at once, so /healthz and /metrics keep HTTP workers of their own.
+        self._slots = threading.BoundedSemaphore(FORWARDS_AT_ONCE)
 
     def __call__(self, method: str, path: str, environ: dict[str, Any]
                  ) -> tuple[int, bytes] | None:
@@ -178,14 +188,20 @@ class LeaderForward:
         leader. PagerDuty's and Slack's requests, and an ack link's page, reach whichever
         replica the load balancer picks: the leader holds the incidents they act on. The
         body and the signature headers go unchanged, so the leader checks the signature."""
-        if self._leadership.is_leader():
-            return None
-        headers = {name: environ[key] for name, key in _HOOK_HEADERS if environ.get(key)}
         try:
+            if self._leadership.is_leader():
+                return None
+            headers = {name: environ[key] for name, key in _HOOK_HEADERS if environ.get(key)}
+            if not all(value.isascii() and value.isprintable() for value in headers.values()):
+                raise ApiError(400, "a header of the request is not printable ASCII")
             response = self._send(method, path, environ, body, headers)
         except ApiError as exc:
             return exc.status, json.dumps({"status": "error", "error": exc.message}).encode(), \
                 "application/json"
+        except STATE_ERRORS as exc:  # who leads could not be read: the sender retries
+            log.warning("%s %s: cannot tell the leader: %s", method, path, exc)
+            return 503, json.dumps({"status": "error", "error": "the state database is "
+                                    "unavailable; retry"}).encode(), "application/json"
         return (response.status_code, response.content,
                 response.headers.get("Content-Type", "application/octet-stream"))
 
@@ -201,13 +217,20 @@ class LeaderForward:
 
         query = environ.get("QUERY_STRING", "")
         target = url.rstrip("/") + path + (f"?{query}" if query else "")
+        if not self._slots.acquire(blocking=False):
+            raise ApiError(503, "this standby is forwarding as many requests as it may; "
+                                "retry in a few seconds")
         try:
             return httpx.request(method, target, content=body,
                                  headers={**headers, FORWARDED_HEADER: self._instance},
-                                 timeout=FORWARD_TIMEOUT_SECONDS, verify=self._verify)
+                                 timeout=httpx.Timeout(FORWARD_TIMEOUT_SECONDS,
+                                                       connect=FORWARD_CONNECT_SECONDS),
+                                 verify=self._verify)
         except httpx.InvalidURL as exc:
             raise ApiError(400, f"the request cannot be forwarded to the leader: {exc}"
                            ) from None
         except httpx.HTTPError as exc:
             raise ApiError(502, f"the leader at {url} did not answer: "
                                 f"{type(exc).__name__}") from None
+        finally:
+            self._slots.release()

@@ -22,7 +22,7 @@ import yaml
 from piggywatch.alerting.dispatcher import Dispatcher
 from piggywatch.alerting.outbox import Outbox
 from piggywatch.alerting.settings import AlertingSettings
-from piggywatch.api import DaemonApi, LeaderForward
+from piggywatch.api import FORWARDS_AT_ONCE, DaemonApi, LeaderForward
 from piggywatch.demo.cluster import ThrowawayCluster
 from piggywatch.exporter import build_registry
 from piggywatch.leadership import Leadership
@@ -372,3 +372,49 @@ def test_the_request_limits_are_server_settings() -> None:
     for bad in ({"max_connections": 0}, {"request_timeout": "0s"}):
         with pytest.raises(ValueError):
             ServerConfig.model_validate(bad)
+
+
+def raw(port: int, head: bytes, body: bytes = b"", wait: float = 15) -> bytes:
+    """One request as bytes on the wire; the answer as the server sent it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        sock.sendall(head + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                     + body)
+        answer = answer_or_closed(sock, wait)
+    assert answer is not None
+    return answer
+
+
+def test_a_standby_forwards_hooks_only_as_they_are_and_only_a_few_at_once(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    # A leader that takes connections and never answers (its node cut off before the lease
+    # moved): a forward waits out its timeout there.
+    mute = socket.create_server(("127.0.0.1", 0), backlog=16)
+    with ExitStack() as stack:
+        stack.callback(mute.close)
+        standby = make_endpoints(tmp_path, stack)
+        forward = LeaderForward(StandbyOf(f"http://127.0.0.1:{mute.getsockname()[1]}"),
+                                "standby")
+        standby.forward, standby.forward_hook = forward, forward.hook
+        server = stack.enter_context(running(standby))
+        post = b"POST /hooks/pagerduty HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        # A header WSGI hands over as Latin-1 cannot be sent on: refused, not a traceback.
+        odd = raw(server.port, post + "X-PagerDuty-Signature: v1=\xe9\r\n".encode("latin-1"),
+                  b"{}")
+        assert b" 400 " in odd.split(b"\r\n")[0] and b"not printable ASCII" in odd
+        held: list[bytes] = []
+        threads = [threading.Thread(target=lambda: held.append(raw(server.port, post, b"{}")))
+                   for _ in range(FORWARDS_AT_ONCE)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        began = time.monotonic()
+        busy = raw(server.port, post, b"{}")
+        assert b" 503 " in busy.split(b"\r\n")[0] and b"retry" in busy
+        # ...at once, and the replica still answers its own checks.
+        assert b" 200 " in raw(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        assert time.monotonic() - began < 2
+        for thread in threads:
+            thread.join()
+        assert [answer.split(b"\r\n")[0].split(b" ")[1] for answer in held] == [
+            b"502"] * FORWARDS_AT_ONCE
+    assert "Traceback" not in capfd.readouterr().err
