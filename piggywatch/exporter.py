@@ -243,19 +243,24 @@ class MetricsApp:
                 self._warmer.start()
 
     def _warm(self, exposition: Exposition) -> None:
+        published = False
         while True:
-            published = exposition.changed.wait(WARM_WHILE_SCRAPED)
             with self._lock:
+                # (Checked before waiting too: a close() while this thread compressed set
+                # the event that the compressing then cleared.)
                 if self._closed or time.monotonic() - self._last_gzip > WARM_WHILE_SCRAPED:
                     self._warmer = None
                     return
-            if published:
-                time.sleep(WARM_SETTLE)
-                exposition.changed.clear()
-                try:
-                    exposition.gzipped_parts()
-                except Exception:  # a scrape would meet it too, and say so
-                    log.exception("compressing the exposition ahead of scrapes failed")
+            if not published:
+                published = exposition.changed.wait(WARM_WHILE_SCRAPED)
+                continue
+            published = False
+            time.sleep(WARM_SETTLE)
+            exposition.changed.clear()
+            try:
+                exposition.gzipped_parts()
+            except Exception:  # a scrape would meet it too, and say so
+                log.exception("compressing the exposition ahead of scrapes failed")
 
 
 def _cached(registry: StoreRegistry, zipped: bool) -> bytes:

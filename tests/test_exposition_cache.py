@@ -22,7 +22,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from piggywatch.exporter import MetricsApp, StoreCollector, build_registry, render_text
-from piggywatch.store import MemoryStore, MetricKind, MetricSpec, Sample, labels_of
+from piggywatch.store import Changes, MemoryStore, MetricKind, MetricSpec, Sample, labels_of
+from piggywatch.store.exposition import gzip_member
 
 NAMES = ["pg_fam_a", "pg_fam_b_total", "pg_fam_c_seconds", "piggywatch_fam_d"]
 LABEL_KEYS = ["datname", "job", "instance", "server", "user", "a"]
@@ -202,3 +203,19 @@ def test_changed_families_are_compressed_when_published_while_gzip_scrapes_come(
     store.publish("b", [Sample("pg_x_total", labels_of(), 5.0, 102.0)], 102.0)
     time.sleep(0.2)
     assert not store.exposition.compressed()  # closed: no thread compresses any more
+
+
+def test_a_family_a_changes_publish_left_alone_is_not_compressed_again() -> None:
+    store = MemoryStore()
+    store.register([MetricSpec("pg_a", MetricKind.GAUGE, "a"),
+                    MetricSpec("pg_b", MetricKind.GAUGE, "b")])
+    series = [Sample(name, labels_of(i=str(i)), float(i), 100.0)
+              for name in ("pg_a", "pg_b") for i in range(50)]
+    store.publish_changes("s", Changes(series, []), 100.0, full=True)
+    parts, _, _ = store.exposition.gzipped_parts()
+    store.publish_changes("s", Changes([Sample("pg_b", labels_of(i="3"), 7.0, 101.0)], []),
+                          101.0)
+    again, _, _ = store.exposition.gzipped_parts()
+    assert again[0] is parts[0] and again[1] is not parts[1]
+    assert gzip.decompress(gzip_member(again, *store.exposition.gzipped_parts()[1:])) \
+        == reference_text(store).encode()

@@ -156,13 +156,13 @@ _NAME = itemgetter(0)  # a sample's metric name
 
 class _Changing:
     """What a source that publishes changes has rendered: each series' line (without its
-    end) by family, each family's lines as last handed out, and its label texts."""
+    end) by family, each family's chunk as last handed out, and its label texts."""
 
-    __slots__ = ("families", "snapshots", "texts")
+    __slots__ = ("chunks", "families", "texts")
 
     def __init__(self) -> None:
         self.families: dict[str, dict[Labels, str]] = {}
-        self.snapshots: dict[str, tuple[str, ...]] = {}
+        self.chunks: dict[str, _Lines] = {}
         self.texts: LabelTexts = {}
 
 
@@ -267,11 +267,20 @@ class Exposition:
             current = {id(labels) for lines in families.values() for labels in lines}
             state.texts = {key: hit for key, hit in texts.items() if key in current}
         end = f" {round(float(at) * 1000)}\n" if stamped else "\n"
-        before = state.snapshots
-        state.snapshots = snapshots = {
-            name: tuple(lines.values()) if name in touched or name not in before
-            else before[name] for name, lines in families.items()}
-        return {name: _Lines(lines, end) for name, lines in snapshots.items()}
+        before = state.chunks
+        chunks: dict[str, _Lines] = {}
+        for name, lines in families.items():
+            old = before.get(name)
+            if old is None or name in touched:
+                chunks[name] = _Lines(tuple(lines.values()), end)
+            elif old.end == end:
+                # Untouched, and unstamped (or stamped at the same time): the same chunk,
+                # so its joined bytes and their deflated block are reused.
+                chunks[name] = old
+            else:
+                chunks[name] = _Lines(old.lines, end)
+        state.chunks = chunks
+        return dict(chunks)
 
     def put(self, source: str, stamped: bool, chunks: Mapping[str, Chunk]) -> None:
         """Make ``chunks`` (from ``render``) the source's exposition."""
