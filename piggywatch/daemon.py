@@ -8,7 +8,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -37,7 +37,7 @@ from piggywatch.rules.loader import (
     RuleGroup,
     expand_globs,
 )
-from piggywatch.rules.manager import NoData, RuleManager
+from piggywatch.rules.manager import NoData, RuleManager, rule_keys
 from piggywatch.rules.promql import PromQLError, lookback_window, names_read_over_time
 from piggywatch.rules.state_db import AlertStateDB
 from piggywatch.rules.templating import template_queries
@@ -145,6 +145,8 @@ class Daemon:
             self.inbox = Inbox()
         # Until the rules are loaded: the store's default, about the hour.
         self._memory_window = MEMORY_WINDOW
+        # The names whose whole memory window the store keeps (None: all of them).
+        self._kept: frozenset[str] | None = None
         self._series = CombinedSource(self.store, None, lambda: self._memory_window)
         self.rules = self._build_rules()
         if self.rules is not None:
@@ -307,11 +309,21 @@ class Daemon:
         # rules that look further back (offset 7d, [6h]) are also kept, downsampled, in the
         # durable history. A window that grows on reload fills from then on, as at a start.
         groups = self.rules.groups()
+        window_before, kept_before = self._memory_window, self._kept
         self._memory_window = memory_window(groups)
         recorded = self.rules.long_range_selectors(self._memory_window)
-        # A name whose past a reloaded rule starts reading keeps its history from now on.
-        self.store.set_retention(self._memory_window, full=history_names(groups, recorded),
+        # A name whose past a reloaded rule starts reading keeps its history from now on,
+        # and the rules that read it wait until their range is in memory.
+        self._kept = history_names(groups, recorded)
+        self.store.set_retention(self._memory_window, full=self._kept,
                                  recent=INSTANT_READS_WINDOW)
+        now = time.time()
+        for group, key, lookback in rules_without_their_past(groups, kept_before,
+                                                             window_before):
+            log.warning("rule %r of group %r reads %.0f s of history that memory did not "
+                        "keep before this reload: it is evaluated from %s on", key, group,
+                        lookback, _utc(now + lookback).isoformat())
+            self.rules.hold(group, key, now + lookback)
         history = self.history
         if history is not None:
             history.keep(recorded)
@@ -553,6 +565,23 @@ def memory_window(groups: Iterable[RuleGroup]) -> float:
     reach = max((lookback for group in groups for rule in group.rules
                  if (lookback := lookback_window(rule.expr)) <= MEMORY_WINDOW), default=0.0)
     return min(MEMORY_WINDOW, max(MIN_MEMORY_WINDOW, reach + MEMORY_WINDOW_SLACK))
+
+
+def rules_without_their_past(groups: Iterable[RuleGroup], kept_before: frozenset[str] | None,
+                             window_before: float) -> Iterator[tuple[str, str, float]]:
+    """(group, rule key, lookback) of each rule that reads a past memory did not keep before
+    a reload: of a metric whose past was not kept (``kept_before``), or further back than
+    the memory window was (``window_before``). Rules that reach beyond memory read the
+    durable history, and are left as they are."""
+    for group in groups:
+        for rule, key in zip(group.rules, rule_keys(group), strict=True):
+            lookback = lookback_window(rule.expr)
+            if lookback > MEMORY_WINDOW:
+                continue
+            read = _read_over_time(rule)
+            if lookback > window_before or (kept_before is not None and (
+                    read is None or not read <= kept_before)):
+                yield group.name, key, lookback
 
 
 def history_names(groups: Iterable[RuleGroup],

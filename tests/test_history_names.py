@@ -14,7 +14,7 @@ from piggywatch.config import Settings
 from piggywatch.daemon import Daemon, history_names, memory_window
 from piggywatch.demo.run import shipped_rules_dir
 from piggywatch.rules.loader import load_rule_files
-from piggywatch.store import Sample, labels_of
+from piggywatch.store import MetricKind, MetricSpec, Sample, labels_of
 from piggywatch.store.series import LabelMatcher, MatchOp
 
 # What the shipped rules read over time: two of the five statements families
@@ -131,5 +131,46 @@ def test_a_reload_that_starts_reading_a_range_keeps_history_from_then_on(
         assert daemon.reload_rules()
         publish(100)
         assert len(store.history("pg_up", labels)) >= 100
+    finally:
+        daemon.state.close()
+
+
+def test_rules_a_reload_makes_read_a_past_not_kept_wait_for_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("groups:\n  - name: g\n    rules:\n"
+                     "      - alert: A\n        expr: pg_up == 0\n")
+    daemon = daemon_with_rules(tmp_path, [str(rules)])
+    try:
+        assert daemon.rules is not None and daemon.reload_rules()
+        store, manager = daemon.store, daemon.rules
+        manager.resume(None)  # as the leader, once elected
+        store.register([MetricSpec("jobs_total", MetricKind.COUNTER, "jobs")])
+        now = time.time()
+        at = now - 1800
+
+        def publish_until(end: float) -> None:
+            nonlocal at
+            while at < end:
+                at += 30
+                apps = ["api"] + (["mail"] if at > now + 1000 else [])  # a new one, late
+                store.publish("app", [Sample("jobs_total", labels_of(app=app), at, at)
+                                      for app in apps], at)
+
+        publish_until(now)  # half an hour of a series no rule reads over time
+        rules.write_text("groups:\n  - name: g\n    rules:\n"
+                         "      - alert: A\n        expr: pg_up == 0\n"
+                         "      - alert: New\n        expr: jobs_total unless jobs_total "
+                         "offset 15m\n")
+        assert daemon.reload_rules()
+        assert "rule 'New' of group 'g' reads 1200 s of history that memory did not keep" \
+            in caplog.text
+        # Memory kept a minute of it: evaluated now, the new rule would page for the series.
+        assert manager.query("jobs_total unless jobs_total offset 15m", at) != []
+        assert manager.evaluate_group("g", at) == []
+        # Once its range is in memory it runs, and it is right: only the new series is new.
+        publish_until(now + 1230)
+        [event] = manager.evaluate_group("g", at)
+        assert (event.rule, event.alert.label("app")) == ("New", "mail")
     finally:
         daemon.state.close()

@@ -153,6 +153,8 @@ class RuleManager:
         self._clock = clock
         self._lock = threading.RLock()
         self._runs: dict[str, _GroupRun] = {}
+        # (group, rule key) → until when the rule is not evaluated (see ``hold``).
+        self._held: dict[tuple[str, str], float] = {}
         self._reload_ok = 1.0
         self._reload_at = 0.0
         # Why the last (re)load was refused; empty when it worked.
@@ -322,6 +324,8 @@ class RuleManager:
             down = self._down_targets(at)
             policy = self._no_data_groups.get(name, self._no_data)
             for rule, key in zip(run.group.rules, rule_keys(run.group), strict=True):
+                if self._held and self._held.get((name, key), 0.0) > at:
+                    continue
                 try:
                     if isinstance(rule, RecordingRule):
                         self._record(rule, key, run.group, at)
@@ -378,6 +382,18 @@ class RuleManager:
                 log.exception("the alerting side failed to take an event for %s", event.rule)
         self._publish_meta(at)
         return events
+
+    def hold(self, group: str, key: str, until: float) -> None:
+        """Do not evaluate the rule ``key`` of ``group`` before ``until``: the past it reads
+        is not in memory yet (a reload made it read a metric whose past was not kept, or
+        further back than was kept). Its alerts stay as they are meanwhile; evaluated on
+        part of its range, a rule such as ``x unless x offset 15m`` or ``changes(x[1h]) ==
+        0`` would fire for every series."""
+        with self._lock:
+            now = self._clock()
+            self._held = {k: t for k, t in self._held.items() if t > now}
+            if until > now:
+                self._held[(group, key)] = until
 
     def query(self, expr: str, at: float) -> list[QuerySample]:
         """Run an instant query (for templates' ``query`` and for the API)."""
