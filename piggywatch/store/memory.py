@@ -418,7 +418,10 @@ class MemoryStore:
         """Series matching every matcher, with their points in ``[start, end]``.
 
         Points include stale markers. Series without points in the range are left out.
-        The returned sequences are copies: the caller may keep or change them.
+        The values are copies (an ``array('d')``, 8 bytes a point, not a float object each:
+        a [10m] read of 5,000 series would otherwise hold 60 MB at once); the timestamps
+        of the series that share a timeline and window are one list: read them, don't
+        change them.
         """
         lo = _first_ms_from(start)
         hi = _last_ms_to(end)
@@ -434,6 +437,10 @@ class MemoryStore:
             # (expiring it again to the same horizon would change nothing), then do per series
             # what hist.expire and hist.window do.
             expired: Timeline | None = None
+            # (the timeline's seconds, window) → them and their slice, shared by its series
+            # (the seconds held, so that their id is not reused meanwhile).
+            stamps_of: dict[tuple[int, int, int], tuple[list[float], list[float]]] = {}
+            values: Sequence[float]
             for hist in self._matching(matchers):
                 if hist.held is not None:
                     hist.catch_up(horizon)
@@ -456,8 +463,13 @@ class MemoryStore:
                 if window_lo >= window_hi:
                     continue
                 if hist.gap < window_lo:
-                    stamps = seconds[window_lo - at:window_hi - at]
-                    values = hist.values[window_lo - first:window_hi - first].tolist()
+                    key = (id(seconds), window_lo - at, window_hi - at)
+                    shared = stamps_of.get(key)
+                    if shared is None or shared[0] is not seconds:
+                        shared = stamps_of[key] = (seconds,
+                                                   seconds[window_lo - at:window_hi - at])
+                    stamps = shared[1]
+                    values = hist.values[window_lo - first:window_hi - first]
                 else:
                     window = hist.window(query)
                     if window is None:
