@@ -75,13 +75,10 @@ def run(config_path: Path, listen: str | None) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
     import logging
 
-    from piggywatch import allocator, gc_tuning
     from piggywatch.daemon import Daemon, ListenError, exit_now_if_stuck
     from piggywatch.observability import setup_logging, setup_sentry
 
-    # Process-wide, and before any thread (Sentry's, the scheduler's) takes an arena.
-    allocator.tune()
-    gc_tuning.tune()
+    _tune_process()
     settings = _load(config_path)
     if _unmatched_rule_files(config_path, settings):
         raise SystemExit(1)
@@ -184,7 +181,17 @@ def demo(listen: str) -> None:
     """Start a throwaway PostgreSQL with synthetic load and monitor it (Ctrl-C stops)."""
     from piggywatch.demo.run import run_demo
 
+    _tune_process()  # the demo's daemon is the one `run` starts, with a database beside it
     raise SystemExit(run_demo(listen))
+
+
+def _tune_process() -> None:
+    """The daemon's allocator and collector settings: process-wide, and before any thread
+    (Sentry's, the scheduler's) takes a malloc arena."""
+    from piggywatch import allocator, gc_tuning
+
+    allocator.tune()
+    gc_tuning.tune()
 
 
 @main.group()
