@@ -105,14 +105,20 @@ def test_the_durable_history_records_from_memory(tmp_path: Path) -> None:
     assert history_names(groups, [(LabelMatcher.of("job", MatchOp.EQUAL, "z"),)]) is None
 
 
-def test_a_reload_that_starts_reading_a_range_keeps_history_from_then_on(
-        tmp_path: Path) -> None:
+def reloaded_on_pg_up(tmp_path: Path) -> tuple[Path, Daemon]:
+    """A daemon whose one rule reads pg_up as an instant, loaded: (its rule file, it)."""
     rules = tmp_path / "rules.yaml"
     rules.write_text("groups:\n  - name: g\n    rules:\n"
                      "      - alert: A\n        expr: pg_up == 0\n")
     daemon = daemon_with_rules(tmp_path, [str(rules)])
+    assert daemon.rules is not None and daemon.reload_rules()
+    return rules, daemon
+
+
+def test_a_reload_that_starts_reading_a_range_keeps_history_from_then_on(
+        tmp_path: Path) -> None:
+    rules, daemon = reloaded_on_pg_up(tmp_path)
     try:
-        assert daemon.rules is not None and daemon.reload_rules()
         store = daemon.store
         labels = labels_of(target="main")
         now = time.time()
@@ -137,13 +143,10 @@ def test_a_reload_that_starts_reading_a_range_keeps_history_from_then_on(
 
 def test_rules_a_reload_makes_read_a_past_not_kept_wait_for_it(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    rules = tmp_path / "rules.yaml"
-    rules.write_text("groups:\n  - name: g\n    rules:\n"
-                     "      - alert: A\n        expr: pg_up == 0\n")
-    daemon = daemon_with_rules(tmp_path, [str(rules)])
+    rules, daemon = reloaded_on_pg_up(tmp_path)
     try:
-        assert daemon.rules is not None and daemon.reload_rules()
         store, manager = daemon.store, daemon.rules
+        assert manager is not None
         manager.resume(None)  # as the leader, once elected
         store.register([MetricSpec("jobs_total", MetricKind.COUNTER, "jobs")])
         now = time.time()
