@@ -437,9 +437,8 @@ class MemoryStore:
             # (expiring it again to the same horizon would change nothing), then do per series
             # what hist.expire and hist.window do.
             expired: Timeline | None = None
-            # (the timeline's seconds, window) → them and their slice, shared by its series
-            # (the seconds held, so that their id is not reused meanwhile).
-            stamps_of: dict[tuple[int, int, int], tuple[list[float], list[float]]] = {}
+            # (timeline, window) → its seconds there, one list shared by the window's series.
+            stamps_of: dict[tuple[Timeline, int, int], list[float]] = {}
             values: Sequence[float]
             for hist in self._matching(matchers):
                 if hist.held is not None:
@@ -463,12 +462,10 @@ class MemoryStore:
                 if window_lo >= window_hi:
                     continue
                 if hist.gap < window_lo:
-                    key = (id(seconds), window_lo - at, window_hi - at)
-                    shared = stamps_of.get(key)
-                    if shared is None or shared[0] is not seconds:
-                        shared = stamps_of[key] = (seconds,
-                                                   seconds[window_lo - at:window_hi - at])
-                    stamps = shared[1]
+                    key = (timeline, window_lo, window_hi)
+                    stamps = stamps_of.get(key)
+                    if stamps is None:
+                        stamps = stamps_of[key] = seconds[window_lo - at:window_hi - at]
                     values = hist.values[window_lo - first:window_hi - first]
                 else:
                     window = hist.window(query)
