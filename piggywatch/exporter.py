@@ -243,24 +243,26 @@ class MetricsApp:
                 self._warmer.start()
 
     def _warm(self, exposition: Exposition) -> None:
-        published = False
-        while True:
-            with self._lock:
-                # (Checked before waiting too: a close() while this thread compressed set
-                # the event that the compressing then cleared.)
-                if self._closed or time.monotonic() - self._last_gzip > WARM_WHILE_SCRAPED:
-                    self._warmer = None
-                    return
-            if not published:
-                published = exposition.changed.wait(WARM_WHILE_SCRAPED)
+        while self._warming():
+            if not exposition.changed.wait(WARM_WHILE_SCRAPED):
                 continue
-            published = False
+            if not self._warming():  # a close() sets the event to end the wait
+                return
             time.sleep(WARM_SETTLE)
             exposition.changed.clear()
             try:
                 exposition.gzipped_parts()
             except Exception:  # a scrape would meet it too, and say so
                 log.exception("compressing the exposition ahead of scrapes failed")
+
+    def _warming(self) -> bool:
+        """Whether the thread goes on: not closed, and a gzip scrape came lately. When not,
+        the thread is forgotten (a next gzip scrape starts another)."""
+        with self._lock:
+            if self._closed or time.monotonic() - self._last_gzip > WARM_WHILE_SCRAPED:
+                self._warmer = None
+                return False
+            return True
 
 
 def _cached(registry: StoreRegistry, zipped: bool) -> bytes:
