@@ -111,6 +111,27 @@ def test_a_series_that_never_changes_keeps_a_point_every_cycle_and_costs_no_appe
     assert [p.value for p in store.history(NAMES[1], labels)] == [1.0 + k for k in range(100)]
 
 
+def test_reading_a_series_that_never_changes_does_not_write_its_points() -> None:
+    """Rules read idle statements over [10m] every evaluation: each read answers every
+    point, and none of them is stored, so an idle series stays as small as it was; once its
+    written points expire it holds no buffer at all."""
+    store = new_store(30.0)
+    idle, busy = (NAMES[0], LABELS[0]), (NAMES[0], LABELS[1])
+    store.publish_changes(SOURCE, changes_between(None, {idle: 5.0, busy: 0.0}, T0), T0,
+                          full=True)
+    hist = store._by_name[NAMES[0]][idle[1]]
+    for k in range(1, 100):
+        store.publish_changes(SOURCE, Changes([Sample(*busy, float(k), T0 + k)], []), T0 + k)
+        read = {s.labels: s for s in store.select(
+            [LabelMatcher.of("__name__", MatchOp.EQUAL, NAMES[0])], T0 + k - 30, T0 + k)}
+        steady = read[(("__name__", NAMES[0]), *idle[1])]
+        assert list(steady.timestamps) == [T0 + j for j in range(max(0, k - 30), k + 1)]
+        assert set(steady.values) == {5.0}
+        assert hist.n <= 1
+    assert len(hist.values) == 0, "its one written point expired: no buffer is kept"
+    assert len(store._by_name[NAMES[0]][busy[1]].values) >= 31
+
+
 def test_a_series_held_longer_than_the_retention_keeps_its_value() -> None:
     store = new_store(10.0)
     key = (NAMES[0], LABELS[0])

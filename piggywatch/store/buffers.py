@@ -382,6 +382,32 @@ class SeriesHistory:
             self.catch_up(horizon_ms, before_ms)
             self.held = None
 
+    def readable_end(self, horizon_ms: int) -> int:
+        """Absolute index just past the newest point a read finds.
+
+        A series held on its source's timeline (the common case) is not caught up: its held
+        value stands, unwritten, at the entries from ``first + n`` to the returned index, and
+        a read fills them in its copy. A series that nothing changes then keeps no more than
+        the points it had when it last changed, however often rules read it: 5,000 idle
+        statements read over [10m] would otherwise each hold a full window of one value.
+        Whatever ``catch_up`` would leave out of the window, this leaves out too (and frees
+        the buffer when no written point is left). Any other held series is caught up.
+        """
+        held = self.held
+        if held is None:
+            return self.first + self.n
+        if held is not self.timeline or self.gap >= self.first:
+            self.catch_up(horizon_ms)
+            return self.first + self.n
+        held.expire(horizon_ms)
+        end = held.end()
+        live = self._held_from(held, end)
+        if self.first + self.n < live:
+            # Every point it had is expired or superseded, as catch_up would find.
+            self.first, self.n, self.gap = live, 0, -1
+            del self.values[:]
+        return end
+
     def catch_up(self, horizon_ms: int, before_ms: int | None = None) -> None:
         """Write the held value at the held timeline's live entries after the last point and
         before ``before_ms`` (all of them without it)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+from array import array
 from bisect import bisect_left
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -98,6 +99,11 @@ def _label_value(labels: Labels, name: str) -> str:
         if key == name:
             return value
     return ""
+
+
+def _held(value: float, count: int) -> array[float]:
+    """``count`` points of a held value, as a read's copy has them."""
+    return array("d", (value,)) * count
 
 
 def _with_name(name: str, labels: Labels) -> Labels:
@@ -441,24 +447,24 @@ class MemoryStore:
             stamps_of: dict[tuple[Timeline, int, int], list[float]] = {}
             values: Sequence[float]
             for hist in self._matching(matchers):
-                if hist.held is not None:
-                    hist.catch_up(horizon)
-                n = hist.n
-                if not n:
+                # A held series' value stands unwritten from its last written point to ``end``.
+                end = hist.readable_end(horizon) if hist.held is not None \
+                    else hist.first + hist.n
+                first = hist.first
+                if end == first:
                     continue
                 timeline = hist.timeline
                 if timeline is not expired:
                     timeline.expire(horizon)
                     expired = timeline
-                first = hist.first
-                if timeline.dropped + timeline.start >= first + n:
+                if timeline.dropped + timeline.start >= end:
                     hist.expire(horizon)  # all its points expired: let it drop them
                     continue
                 at, seconds = query.entries(timeline)
                 window_lo = at if at > first else first
                 window_hi = at + len(seconds)
-                if window_hi > first + n:
-                    window_hi = first + n
+                if window_hi > end:
+                    window_hi = end
                 if window_lo >= window_hi:
                     continue
                 if hist.gap < window_lo:
@@ -466,7 +472,12 @@ class MemoryStore:
                     stamps = stamps_of.get(key)
                     if stamps is None:
                         stamps = stamps_of[key] = seconds[window_lo - at:window_hi - at]
-                    values = hist.values[window_lo - first:window_hi - first]
+                    written = first + hist.n
+                    if window_hi <= written:
+                        values = hist.values[window_lo - first:window_hi - first]
+                    else:
+                        values = hist.values[window_lo - first:written - first] + _held(
+                            hist.held_value, window_hi - max(window_lo, written))
                 else:
                     window = hist.window(query)
                     if window is None:
