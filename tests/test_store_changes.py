@@ -5,6 +5,7 @@ by history(), by /metrics (parsed with prometheus-client's own parser) and by cu
 from __future__ import annotations
 
 import math
+from array import array
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,7 +17,7 @@ from piggywatch.collectors.postgres.target import PostgresTarget
 from piggywatch.jobs import CollectorJob
 from piggywatch.selfmetrics import SelfMetrics
 from piggywatch.store import Changes, Labels, MemoryStore, MetricKind, MetricSpec, Sample
-from piggywatch.store.series import LabelMatcher, MatchOp
+from piggywatch.store.series import HeldValues, LabelMatcher, MatchOp
 
 T0 = 1_700_000_000.0
 NAMES = ("pg_stat_statements_calls_total", "pg_stat_statements_seconds_total")
@@ -259,3 +260,16 @@ def test_a_flapping_series_held_through_a_silence_longer_than_the_retention_reco
         store.clear(SOURCE)
     assert everything(changing, now) == everything(whole, now)
     assert exposed(changing) == exposed(whole)
+
+
+def test_held_values_read_as_the_points_they_stand_for() -> None:
+    values = HeldValues(array("d", [1.0, 2.0]), 7.0, 3)
+    points = [1.0, 2.0, 7.0, 7.0, 7.0]
+    assert len(values) == 5
+    assert list(values) == points and values == points
+    assert [values[k] for k in range(-5, 5)] == points + points
+    assert list(values[1:4]) == points[1:4] and list(values[::-1]) == points[::-1]
+    assert sum(values) == sum(points)
+    with pytest.raises(IndexError):
+        values[5]
+    assert HeldValues(array("d"), 3.0, 0) == []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import threading
-from array import array
 from bisect import bisect_left
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from dataclasses import dataclass
 from piggywatch.store.buffers import SeriesHistory, Timeline, TimeRange
 from piggywatch.store.exposition import Chunk, Exposition
 from piggywatch.store.samples import Changes, Labels, MetricSpec, Sample
-from piggywatch.store.series import LabelMatcher, MatchOp, Series
+from piggywatch.store.series import HeldValues, LabelMatcher, MatchOp, Series
 
 _NAME_LABEL = "__name__"
 _SWEEP_MIN_APPENDS = 1024
@@ -99,11 +98,6 @@ def _label_value(labels: Labels, name: str) -> str:
         if key == name:
             return value
     return ""
-
-
-def _held(value: float, count: int) -> array[float]:
-    """``count`` points of a held value, as a read's copy has them."""
-    return array("d", (value,)) * count
 
 
 def _with_name(name: str, labels: Labels) -> Labels:
@@ -425,9 +419,10 @@ class MemoryStore:
 
         Points include stale markers. Series without points in the range are left out.
         The values are copies (an ``array('d')``, 8 bytes a point, not a float object each:
-        a [10m] read of 5,000 series would otherwise hold 60 MB at once); the timestamps
-        of the series that share a timeline and window are one list: read them, don't
-        change them.
+        a [10m] read of 5,000 series would otherwise hold 60 MB at once), and where a series
+        stood still, its held value is not copied point by point (``HeldValues``); the
+        timestamps of the series that share a timeline and window are one list: read them,
+        don't change them.
         """
         lo = _first_ms_from(start)
         hi = _last_ms_to(end)
@@ -476,8 +471,9 @@ class MemoryStore:
                     if window_hi <= written:
                         values = hist.values[window_lo - first:window_hi - first]
                     else:
-                        values = hist.values[window_lo - first:written - first] + _held(
-                            hist.held_value, window_hi - max(window_lo, written))
+                        values = HeldValues(hist.values[window_lo - first:written - first],
+                                            hist.held_value,
+                                            window_hi - max(window_lo, written))
                 else:
                     window = hist.window(query)
                     if window is None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 import re
 import struct
-from collections.abc import Iterable, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from itertools import chain, repeat
+from typing import Protocol, overload
 
 from piggywatch.store.samples import Labels
 
@@ -69,6 +71,56 @@ class Series:
     labels: Labels
     timestamps: Sequence[float]
     values: Sequence[float]
+
+
+class HeldValues(Sequence[float]):
+    """A read's values of a series that stood still: its written points, then its held value
+    ``times`` times, without a copy of each (see ``MemoryStore.select``).
+
+    A [10m] read of 5,000 idle statements would otherwise copy 5,000 windows of one value at
+    once; a range function reads these one series at a time.
+    """
+
+    __slots__ = ("times", "value", "written")
+
+    def __init__(self, written: array[float], value: float, times: int) -> None:
+        self.written = written
+        self.value = value
+        self.times = times
+
+    def __len__(self) -> int:
+        return len(self.written) + self.times
+
+    def __iter__(self) -> Iterator[float]:
+        return chain(self.written, repeat(self.value, self.times))
+
+    @overload
+    def __getitem__(self, index: int) -> float: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[float]: ...
+
+    def __getitem__(self, index: int | slice) -> float | Sequence[float]:
+        if isinstance(index, slice):
+            return array("d", self)[index]
+        size = len(self)
+        if index < 0:
+            index += size
+        if not 0 <= index < size:
+            raise IndexError("HeldValues index out of range")
+        written = self.written
+        return written[index] if index < len(written) else self.value
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (HeldValues, array, list, tuple)):
+            return len(self) == len(other) and all(
+                a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"HeldValues({list(self)!r})"
 
 
 class SeriesSource(Protocol):
