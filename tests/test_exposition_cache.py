@@ -158,6 +158,26 @@ def test_warm_scrape_serves_the_bytes_rendered_at_publish() -> None:
     assert scrape(app)[1] == reference_text(store).encode()
 
 
+def test_gzip_scrapes_never_join_the_whole_text() -> None:
+    """Prometheus scrapes with gzip: its answer is made of each family's deflated block, the
+    CRC and the length, so the megabytes of the joined text are never held for it."""
+    store = MemoryStore()
+    store.register([MetricSpec("pg_up", MetricKind.GAUGE, "up"),
+                    MetricSpec("pg_x_total", MetricKind.COUNTER, "x")])
+    store.publish("a", [Sample("pg_up", labels_of(server="s"), 1.0, 100.0)], 100.0, stamped=True)
+    store.publish("b", [Sample("pg_x_total", labels_of(q=str(k)), float(k), 100.0)
+                        for k in range(50)], 100.0)
+    app = MetricsApp(build_registry(store, process_metrics=False))
+    try:
+        zipped = scrape(app, HTTP_ACCEPT_ENCODING="gzip")[1]
+        assert store.exposition._current()._data is None
+        assert gzip.decompress(zipped) == reference_text(store).encode()
+        # A scrape without gzip joins it then, and serves the same text.
+        assert scrape(app)[1] == gzip.decompress(zipped)
+    finally:
+        app.close()
+
+
 def test_scrape_answers_while_a_publish_holds_the_store() -> None:
     store = MemoryStore()
     store.register([MetricSpec("pg_up", MetricKind.GAUGE, "up")])

@@ -182,15 +182,38 @@ class _Family:
 
 
 class _Body:
-    """The exposition at one version of the store: families, joined bytes, gzip parts."""
+    """The exposition at one version of the store: families, and the bytes joined or their
+    CRC-32 and length once asked for.
 
-    __slots__ = ("crc", "data", "families", "version")
+    Prometheus always scrapes with gzip, which needs only each family's deflated block, the
+    CRC and the length: the joined bytes (megabytes at top_k 5000) are made only for a scrape
+    without it.
+    """
+
+    __slots__ = ("_data", "crc", "families", "size", "version")
 
     def __init__(self, version: int, families: list[_Family]) -> None:
         self.version = version
         self.families = families
-        self.data = b"".join(piece for family in families for piece in family.pieces)
+        self._data: bytes | None = None
         self.crc: int | None = None
+        self.size = 0
+
+    def data(self) -> bytes:
+        if self._data is None:
+            self._data = b"".join(piece for family in self.families for piece in family.pieces)
+        return self._data
+
+    def checksum(self) -> int:
+        """The CRC-32 of the joined bytes (and their length in ``size``), without joining."""
+        if self.crc is None:
+            crc = size = 0
+            for family in self.families:
+                for piece in family.pieces:
+                    crc = zlib.crc32(piece, crc)
+                    size += len(piece)
+            self.crc, self.size = crc, size
+        return self.crc
 
 
 class Exposition:
@@ -301,7 +324,7 @@ class Exposition:
         """The text exposition of every family (or of the families in ``names``)."""
         if names is not None:
             return b"".join(piece for family in self._families(names) for piece in family.pieces)
-        return self._current().data
+        return self._current().data()
 
     def gzipped_parts(self) -> tuple[list[bytes], int, int]:
         """The deflate blocks of ``body()`` (no header, no end block), its CRC-32 and length.
@@ -314,9 +337,7 @@ class Exposition:
             if family.deflated is None:
                 family.deflated = _deflate(b"".join(family.pieces))
             blocks.append(family.deflated)
-        if body.crc is None:
-            body.crc = zlib.crc32(body.data)
-        return blocks, body.crc, len(body.data)
+        return blocks, body.checksum(), body.size
 
     def compressed(self) -> bool:
         """Whether the current exposition's gzip form is ready (a scrape only joins it)."""
