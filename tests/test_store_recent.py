@@ -70,6 +70,12 @@ cycle_st = st.one_of(
        reads=st.lists(st.integers(0, 29), max_size=6),
        # 0: right at the oldest instant read promised, where the oldest kept point matters.
        behind=st.lists(st.one_of(st.just(0.0), st.floats(0.0, 1.0)), min_size=1, max_size=4))
+# A recent window widened after a series' older points were dropped under the narrower one.
+@example(cycles=[(("whole", {(NAMES[1], LABELS[4]): 0.0}), 0.25),
+                 *[(("whole", {}), step) for step in (0.25, 0.25, 0.25, 0.25, 1.0)],
+                 (("other", {(NAMES[1], LABELS[4]): 0.0}), 2.0),
+                 (("policy", (False, 6.0)), 1.0), (("whole", {}), 1.0)],
+         retention=10.0, recent=1.0, lookback=1.0, reads=[], behind=[0.0])
 # A held series whose oldest needed point is the held value at an entry it was not written at.
 @example(cycles=[(("changes", {(NAMES[1], LABELS[0]): 0.0}), 0.25),
                  (("changes", {(NAMES[1], LABELS[0]): 0.0}), 0.25),
@@ -82,12 +88,15 @@ def test_a_store_keeping_history_only_for_ranged_names_answers_as_one_keeping_ev
     policy.set_retention(retention, full={RANGED}, recent=recent)
     now = T0
     newest = -math.inf
+    # A wider recent window holds from when it was set: what the narrower one had dropped
+    # is gone, so reads are promised from no earlier than what it promised then.
+    promised = -math.inf
     previous: Snapshot | None = None  # the statements source's snapshot, None when unknown
 
     def check() -> None:
         # Instant reads from ``recent`` before the newest time given to a little after it.
         for fraction in behind:
-            at = newest - recent + fraction * (recent + lookback + 1)
+            at = max(newest - recent + fraction * (recent + lookback + 1), promised)
             assert instant(policy, at, lookback) == instant(everything, at, lookback)
         assert ranged(policy, T0 - 10, now + 10) == ranged(everything, T0 - 10, now + 10)
         assert ranged(policy, now - 2 * recent, now - recent) == \
@@ -98,7 +107,10 @@ def test_a_store_keeping_history_only_for_ranged_names_answers_as_one_keeping_ev
         now += step
         if kind == "policy":
             assert isinstance(arg, tuple)
-            both, recent = arg
+            both, wider = arg
+            if wider > recent:
+                promised = max(promised, newest - recent)
+            recent = wider
             policy.set_retention(retention, full={RANGED, NAMES[1]} if both else {RANGED},
                                  recent=recent)
             continue

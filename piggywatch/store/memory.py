@@ -166,7 +166,8 @@ class MemoryStore:
         keeps only what an instant read at most ``recent`` seconds before the newest time the
         store was given (a sample's or a publish's) needs, and answers such a read exactly as
         it would with its whole window. A name that joins ``full`` keeps its points from then
-        on; one that leaves it drops them lazily. None: every name keeps the whole window.
+        on; one that leaves it drops them lazily; a wider ``recent`` holds from then on too
+        (points the narrower one dropped are gone). None: every name keeps the whole window.
         """
         retention_ms = self._checked_retention(seconds)
         recent_ms = self._checked_retention(recent)
