@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 import zlib
 from collections.abc import Callable, Collection, Iterable, Mapping
+from itertools import chain, repeat
 from operator import itemgetter
 from typing import cast
 
@@ -131,32 +132,45 @@ def _deflate(data: bytes) -> bytes:
 
 
 class _Lines:
-    """One family's lines from a source that publishes changes, without their line ends:
-    joined into the chunk when a scrape first asks (a stamped source's every line ends in the
-    new timestamp at every publish, so rendering at publish would be the whole chunk again)."""
+    """One family's lines from a source that publishes changes, as each series' labels and
+    value text: joined into the chunk, with the family's name, each labels' text (``texts``)
+    and the line end, when a scrape first asks (a stamped source's every line ends in the new
+    timestamp at every publish, so rendering at publish would be the whole chunk again).
 
-    __slots__ = ("_data", "end", "lines")
+    A series' label text is kept once for all the families it is in (five for a statement),
+    not once in each of its lines: 4 MB less at top_k 5000.
+    """
 
-    def __init__(self, lines: tuple[str, ...], end: str) -> None:
-        self.lines = lines
+    __slots__ = ("_data", "end", "keys", "name", "texts", "values")
+
+    def __init__(self, name: str, keys: tuple[Labels, ...], values: tuple[str, ...],
+                 texts: LabelTexts, end: str) -> None:
+        self.name = name
+        self.keys = keys
+        self.values = values
+        # Only ever added to while these keys are current (a pruned source gets a new dict).
+        self.texts = texts
         self.end = end
         self._data: bytes | None = None
 
     def data(self) -> bytes:
         if self._data is None:
-            end = self.end
-            self._data = utf8(end.join(self.lines) + end) if self.lines else b""
+            # Every step in C: name, text, " ", value, end, for each series.
+            texts = map(_TEXT, map(self.texts.__getitem__, map(id, self.keys)))
+            self._data = utf8("".join(chain.from_iterable(zip(
+                repeat(self.name), texts, repeat(" "), self.values, repeat(self.end)))))
         return self._data
 
 
 # A source's chunk of one family: its bytes, or its lines to join when first scraped.
 Chunk = bytes | _Lines
 _NAME = itemgetter(0)  # a sample's metric name
+_TEXT = itemgetter(1)  # a LabelTexts entry's text
 
 
 class _Changing:
-    """What a source that publishes changes has rendered: each series' line (without its
-    end) by family, each family's chunk as last handed out, and its label texts."""
+    """What a source that publishes changes has rendered: each series' value text by family,
+    each family's chunk as last handed out, and its label texts."""
 
     __slots__ = ("chunks", "families", "texts")
 
@@ -271,7 +285,6 @@ class Exposition:
                 if not lines:
                     del families[name]
         last_labels: Labels | None = None
-        text = ""
         for sample in changed:
             name, labels = sample.name, sample.labels
             if labels is not last_labels:
@@ -279,12 +292,11 @@ class Exposition:
                 key = id(labels)
                 hit = texts.get(key)
                 if hit is None or hit[0] is not labels:
-                    hit = texts[key] = (labels, label_text(labels))
-                text = hit[1]
+                    texts[key] = (labels, label_text(labels))
             lines = families.get(name)
             if lines is None:
                 lines = families[name] = {}
-            lines[labels] = f"{name}{text} {go_float(sample.value)}"
+            lines[labels] = go_float(sample.value)
         if removed and len(texts) > 2 * sum(map(len, families.values())):
             # Label texts of series long gone: keep only the current series'.
             current = {id(labels) for lines in families.values() for labels in lines}
@@ -292,16 +304,17 @@ class Exposition:
         end = f" {round(float(at) * 1000)}\n" if stamped else "\n"
         before = state.chunks
         chunks: dict[str, _Lines] = {}
+        texts = state.texts
         for name, lines in families.items():
             old = before.get(name)
             if old is None or name in touched:
-                chunks[name] = _Lines(tuple(lines.values()), end)
+                chunks[name] = _Lines(name, tuple(lines), tuple(lines.values()), texts, end)
             elif old.end == end:
                 # Untouched, and unstamped (or stamped at the same time): the same chunk,
                 # so its joined bytes and their deflated block are reused.
                 chunks[name] = old
             else:
-                chunks[name] = _Lines(old.lines, end)
+                chunks[name] = _Lines(name, old.keys, old.values, old.texts, end)
         state.chunks = chunks
         return dict(chunks)
 
