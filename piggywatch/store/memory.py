@@ -39,9 +39,10 @@ class _Snapshot:
     owned: set[SeriesHistory]
     # Exposed with each sample's own timestamp (see ``publish``).
     stamped: bool = False
-    # A source that publishes changes (``publish_changes``): each series' latest sample and
-    # history, and the time of its latest publish, at which every series stands.
-    series: dict[tuple[str, Labels], tuple[Sample, SeriesHistory]] | None = None
+    # A source that publishes changes (``publish_changes``): each series' latest value and
+    # history, and the time of its latest publish, at which every series stands. Values,
+    # not the samples: 25,000 samples at top_k 5000 are 2 MB kept for current() alone.
+    series: dict[tuple[str, Labels], tuple[float, SeriesHistory]] | None = None
     at: float = 0.0
 
     @property
@@ -51,8 +52,8 @@ class _Snapshot:
         if self.batch is None:
             assert self.series is not None
             at = self.at
-            self.batch = tuple(sample if sample.timestamp == at else sample._replace(timestamp=at)
-                               for sample, _ in self.series.values())
+            self.batch = tuple(Sample(name, labels, value, at)
+                               for (name, labels), (value, _) in self.series.items())
         return self.batch
 
 
@@ -293,7 +294,7 @@ class MemoryStore:
         for sample in snapshot.samples:
             hist = by_name[sample.name][sample.labels]
             hist.hold(timeline, sample.value)
-            series[sample.name, sample.labels] = (sample, hist)
+            series[sample.name, sample.labels] = (sample.value, hist)
         snapshot.series, snapshot.at = series, now
 
     def _apply_changes(self, source: str, changes: Changes, now: float, now_ms: int) -> None:
@@ -325,11 +326,11 @@ class MemoryStore:
             else:
                 hist = known[1]
                 if shared is not None and hist.change_held(sample.value, horizon):
-                    series[name, labels] = (sample, hist)
+                    series[name, labels] = (sample.value, hist)
                     continue
             hist.append(now_ms, sample.value, horizon, shared)
             hist.hold(timeline, sample.value)
-            series[name, labels] = (sample, hist)
+            series[name, labels] = (sample.value, hist)
         for key in removed:
             gone = series.pop(key, None)
             if gone is None:
