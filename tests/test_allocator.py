@@ -61,6 +61,29 @@ print(json.dumps({"released": released, "peak_mb": (peak - before) / 1024,
 """
 
 
+# A cycle's large blocks (256 KiB) freed after the first one raised glibc's own threshold:
+# tuned, each goes back to the system when freed; as glibc has it, they stay in the heap.
+_LARGE_FREED = """
+import json, sys
+from piggywatch import allocator
+def rss_kb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+if sys.argv[1] == "tuned":
+    allocator.tune()
+big = 256 * 1024
+first = bytes(big)
+del first
+before = rss_kb()
+blocks, kept = [], []
+for i in range(80):
+    blocks.append(bytes([i % 251]) * big)
+    kept.append(bytes([i % 7]) * 600)
+blocks.clear()
+print(json.dumps({"freed_mb": (rss_kb() - before) / 1024}))
+"""
+
+
 def run(code: str, *args: str) -> str:
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
                           text=True, check=True).stdout
@@ -80,3 +103,11 @@ def test_release_free_memory_returns_what_the_heap_holds_free() -> None:
     assert holes["peak_mb"] > 15 and holes["freed_mb"] > 15
     assert holes["released"] is True
     assert holes["trimmed_mb"] < 2
+
+
+def test_large_blocks_go_back_to_the_system_when_freed_once_tuned() -> None:
+    tuned = json.loads(run(_LARGE_FREED, "tuned"))
+    default = json.loads(run(_LARGE_FREED, "default"))
+    # 80 blocks of 256 KiB (20 MiB) were freed: held in the heap as glibc has it.
+    assert default["freed_mb"] > 15
+    assert tuned["freed_mb"] < 2
