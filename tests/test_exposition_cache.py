@@ -178,6 +178,27 @@ def test_gzip_scrapes_never_join_the_whole_text() -> None:
         app.close()
 
 
+def test_a_stamped_changes_source_keeps_only_its_deflated_blocks_between_publishes() -> None:
+    """Its every line ends in the publish time, so no later version reuses its chunks: once
+    deflated (and counted into the CRC) their joined text is let go, and a scrape without
+    gzip joins it again, the same."""
+    store = MemoryStore()
+    store.register([MetricSpec("pg_x_total", MetricKind.COUNTER, "x")])
+    series = [labels_of(queryid=str(k)) for k in range(40)]
+    store.publish_changes("s", Changes([Sample("pg_x_total", labels, 1.0, 100.0)
+                                        for labels in series], []), 100.0, stamped=True,
+                          full=True)
+    store.publish_changes("s", Changes([Sample("pg_x_total", series[3], 2.0, 102.0)], []),
+                          102.0, stamped=True)
+    parts, crc, size = store.exposition.gzipped_parts()
+    held = [part for family in store.exposition._current().families for part in family.parts
+            if not isinstance(part, bytes)]
+    assert held and all(part._data is None for part in held)  # type: ignore[union-attr]
+    text = gzip.decompress(gzip_member(parts, crc, size))
+    assert text == store.exposition.body() == reference_text(store).encode()
+    assert b'pg_x_total{queryid="3"} 2.0 102000\n' in text
+
+
 def test_scrape_answers_while_a_publish_holds_the_store() -> None:
     store = MemoryStore()
     store.register([MetricSpec("pg_up", MetricKind.GAUGE, "up")])
