@@ -21,7 +21,7 @@ from piggywatch.collectors.postgres.target import PostgresTarget
 from piggywatch.config import Settings, TargetConfig
 from piggywatch.selfmetrics import SelfMetrics
 from piggywatch.state import StateStore
-from piggywatch.store import Changes, Labels, MemoryStore, Sample, labels_of, text_labels
+from piggywatch.store import Changes, Labels, MemoryStore, Sample, text_labels
 
 log = logging.getLogger("piggywatch.daemon")
 
@@ -206,9 +206,13 @@ class CollectorJob:
         return out
 
     def _merged_labels(self, labels: Labels) -> Labels:
-        """``labels`` with the target's; the same object when it carries them already (the
-        statements collector's do), so that its samples are kept as they are."""
-        merged = labels_of(dict(labels), **dict(self._merge_key))
+        """``labels`` with the target's (which win); the same object when it carries them
+        already, so that its samples are kept as they are. Made of the pairs the collector
+        and the target hold, not copies: 5,000 statements' label sets share the target's
+        five pairs instead of each holding its own (1.4 MB at top_k 5000)."""
+        target = {pair[0]: pair for pair in self._merge_key}
+        merged = tuple(sorted([*(pair for pair in labels if pair[0] not in target),
+                               *target.values()]))
         return labels if merged == labels else merged
 
     def _report_failure(self, reason: str, message: str) -> None:

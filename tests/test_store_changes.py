@@ -213,6 +213,8 @@ def test_a_job_publishes_changes_with_the_target_labels_and_starts_over_after_a_
     assert values() == {"a": 1.0, "c": 1.0}
     assert {dict(s.labels)["queryid"] for s in current(NAMES[1])} == {"a", "c"}
     assert all(dict(s.labels)["target"] == "main" for s in current())
+    # The series share the target's label pair, not a copy each.
+    assert len({id(pair) for s in current() for pair in s.labels if pair[0] == "target"}) == 1
     b = (("queryid", "b"), ("target", "main"))
     assert [p.value for p in store.history(NAMES[0], b)][:2] == [2.0, 3.0]
     assert math.isnan(store.history(NAMES[0], b)[-1].value)  # stale once gone
