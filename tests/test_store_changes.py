@@ -5,6 +5,7 @@ by history(), by /metrics (parsed with prometheus-client's own parser) and by cu
 from __future__ import annotations
 
 import math
+import sys
 from array import array
 
 import pytest
@@ -275,3 +276,17 @@ def test_held_values_read_as_the_points_they_stand_for() -> None:
     with pytest.raises(IndexError):
         values[5]
     assert HeldValues(array("d"), 3.0, 0) == []
+
+
+def test_the_orphans_set_of_a_first_publish_does_not_keep_its_table() -> None:
+    """Every series of a source's first publish is an orphan until handed over; the set's
+    table, sized for all of them, is given back once they are handed over."""
+    store = new_store(60.0)
+    labels = [(("queryid", str(k)), ("target", "main")) for k in range(5000)]
+    store.publish_changes(SOURCE, Changes([Sample(NAMES[0], lab, 1.0, T0) for lab in labels],
+                                          []), T0, full=True)
+    for k in range(1, 4):  # enough appends for a sweep
+        store.publish_changes(SOURCE, Changes([Sample(NAMES[0], lab, 1.0 + k, T0 + k)
+                                               for lab in labels[:400]], []), T0 + k)
+    assert not store._orphans
+    assert sys.getsizeof(store._orphans) < 4096

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import threading
 from bisect import bisect_left
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -15,6 +16,8 @@ from piggywatch.store.series import HeldValues, LabelMatcher, MatchOp, Series
 
 _NAME_LABEL = "__name__"
 _SWEEP_MIN_APPENDS = 1024
+# A set of series no larger than this is left as it is, however empty its table.
+_SPARSE_SET_BYTES = 4096
 _MATCH_CACHE_SIZE = 4096
 # Far outside any real clock (about 317,000 years either side of 1970), yet small enough
 # that the edge search in _first_ms_from / _last_ms_to takes a step or two at most.
@@ -552,6 +555,10 @@ class MemoryStore:
             if not family:
                 del self._by_name[hist.name]
                 del self._name_generation[hist.name]
+        if sys.getsizeof(self._orphans) > _SPARSE_SET_BYTES + 64 * len(self._orphans):
+            # Every series of a source's first publish passes through it (25,000 at top_k
+            # 5000), and a set never shrinks by itself: 2 MB of empty table otherwise.
+            self._orphans = set(self._orphans)
         spent = []
         for source, timeline in self._timelines.items():
             if source not in self._sources:
