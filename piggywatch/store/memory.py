@@ -16,6 +16,8 @@ from piggywatch.store.series import HeldValues, LabelMatcher, MatchOp, Series
 
 _NAME_LABEL = "__name__"
 _SWEEP_MIN_APPENDS = 1024
+# The pairs _with_name puts in: metric names are few, so this stays small.
+_NAME_PAIRS: dict[str, tuple[str, str]] = {}
 # A set of series no larger than this is left as it is, however empty its table.
 _SPARSE_SET_BYTES = 4096
 _MATCH_CACHE_SIZE = 4096
@@ -105,7 +107,10 @@ def _label_value(labels: Labels, name: str) -> str:
 
 
 def _with_name(name: str, labels: Labels) -> Labels:
-    pair = (_NAME_LABEL, name)
+    # One ("__name__", name) pair per name, shared by its series' label sets.
+    pair = _NAME_PAIRS.get(name)
+    if pair is None:
+        pair = _NAME_PAIRS.setdefault(name, (_NAME_LABEL, name))
     at = bisect_left(labels, pair)
     return (*labels[:at], pair, *labels[at:])
 
