@@ -290,3 +290,32 @@ def test_the_orphans_set_of_a_first_publish_does_not_keep_its_table() -> None:
                                                for lab in labels[:400]], []), T0 + k)
     assert not store._orphans
     assert sys.getsizeof(store._orphans) < 4096
+
+
+def test_a_held_series_another_source_published_keeps_each_sources_points_at_their_times(
+) -> None:
+    """A series held by a changes source A whose points all expired, published meanwhile by a
+    whole source B (so it joined B's timeline) and then left by B: A's held value stands at
+    A's entries, never at B's, and reads and publishes go on."""
+    a_labels, b_labels = LABELS[0], LABELS[1]
+    name = NAMES[0]
+    store = new_store(10.0)
+    store.publish_changes("A", Changes([Sample(name, a_labels, 1.0, T0)], []), T0, full=True)
+    # A goes quiet past the retention; B publishes the series and another one, then drops it.
+    store.publish("B", [Sample(name, a_labels, 5.0, T0 + 20), Sample(name, b_labels, 5.0, T0 + 20)],
+                  T0 + 20)
+    store.publish("B", [Sample(name, b_labels, 6.0, T0 + 25)], T0 + 25)
+    store.publish_changes("A", Changes([], []), T0 + 23)
+    for at in (T0 + 26, T0 + 27):
+        found = {s.labels: (list(s.timestamps), list(s.values)) for s in store.select(
+            [LabelMatcher.of("__name__", MatchOp.EQUAL, name)], T0, at)}
+        assert found[(("__name__", name), *a_labels)] == ([T0 + 20, T0 + 23], [5.0, 1.0])
+        assert found[(("__name__", name), *b_labels)] == ([T0 + 20, T0 + 25], [5.0, 6.0])
+    store.publish_changes("A", Changes([Sample(name, a_labels, 2.0, T0 + 28)], []), T0 + 28)
+    store.publish("B", [Sample(name, b_labels, 7.0, T0 + 29)], T0 + 29)
+    found = {s.labels: (list(s.timestamps), list(s.values)) for s in store.select(
+        [LabelMatcher.of("__name__", MatchOp.EQUAL, name)], T0, T0 + 30)}
+    assert found[(("__name__", name), *a_labels)] == ([T0 + 20, T0 + 23, T0 + 28],
+                                                         [5.0, 1.0, 2.0])
+    assert found[(("__name__", name), *b_labels)] == ([T0 + 20, T0 + 25, T0 + 29],
+                                                         [5.0, 6.0, 7.0])

@@ -422,13 +422,17 @@ class SeriesHistory:
         if self.timeline is not held:
             own = self.timeline
             own.expire(horizon_ms)
+            if own.shared and own.live_from() < self.first + self.n:
+                # On another source's timeline (that source published it too): the held
+                # entries are not that source's to add. Its points move to one of its own.
+                self._own_timeline()
+                own = self.timeline
             if own.live_from() < self.first + self.n:
                 # Moved to a timeline of its own meanwhile (rare): point by point.
                 last = self.last_ms()
                 for index in range(held.live_from(), end):
                     t_ms = held.at(index)
-                    if t_ms > last:
-                        own.add(t_ms, horizon_ms)
+                    if t_ms > last and own.add(t_ms, horizon_ms):
                         self._push(value, horizon_ms)
                 return
             # Every point of its own expired (nothing published it for a retention):
@@ -571,6 +575,10 @@ class SeriesHistory:
         skip = max(0, timeline.live_from() - first)
         indices = [k for k in range(skip, self.n) if not _is_absent(values[k])]
         own = Timeline(shared=False)
+        if not indices:
+            # Nothing but absent values: an empty series on an empty timeline of its own.
+            self.values, self.n, self.timeline, self.first, self.gap = array("d"), 0, own, 0, -1
+            return
         base = own.base = timeline.at(first + indices[0])
         stamps = [timeline.at(first + k) - base for k in indices]
         own.times = array("i" if stamps[-1] <= _INT32_MAX else "q", stamps)
