@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import sys
 import threading
 import time
 import zlib
@@ -260,3 +261,61 @@ def test_a_family_a_changes_publish_left_alone_is_not_compressed_again() -> None
     assert again[0] is parts[0] and again[1] is not parts[1]
     assert gzip.decompress(gzip_member(again, *store.exposition.gzipped_parts()[1:])) \
         == reference_text(store).encode()
+
+
+def test_scrapes_of_every_kind_racing_a_stamped_changes_source_read_whole_expositions() -> None:
+    """gzip scrapes (which let joined chunks go), plain and by-name scrapes, all in threads
+    switching every microsecond while a stamped changes source publishes: each answer is one
+    publish's every line once, and each gzip member's CRC and length hold (gzip checks them)."""
+    names, count = ["pg_a", "pg_b"], 300
+    store = MemoryStore(retention=600.0)
+    store.register([MetricSpec(name, MetricKind.GAUGE, "h") for name in names])
+    labels = [(("queryid", str(q)),) for q in range(count)]
+    now = 1_700_000_000.0
+    store.publish_changes("s", Changes([Sample(name, lab, 1.0, now) for name in names
+                                        for lab in labels], []), now, stamped=True, full=True)
+
+    def whole(text: bytes) -> None:
+        lines = [line for line in text.decode().splitlines() if not line.startswith("#")]
+        assert len({line.rsplit(" ", 2)[0] for line in lines}) == len(lines) == 2 * count
+        assert len({line.rsplit(" ", 1)[1] for line in lines}) == 1  # one publish's stamp
+
+    def gzipped() -> None:
+        parts, crc, size = store.exposition.gzipped_parts()
+        whole(gzip.decompress(gzip_member(parts, crc, size)))
+
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    scrapes = [0]
+
+    def scraping(scrape: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                while not stop.is_set():
+                    scrape()
+                    scrapes[0] += 1
+            except BaseException as exc:  # reported by the test below
+                errors.append(exc)
+                stop.set()
+        return run
+
+    threads = [threading.Thread(target=scraping(scrape)) for scrape in (
+        gzipped, gzipped, lambda: whole(store.exposition.body()),
+        lambda: whole(store.exposition.body(set(names))))]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for thread in threads:
+            thread.start()
+        deadline, k = time.monotonic() + 2.0, 0
+        while time.monotonic() < deadline and not stop.is_set():
+            k, now = k + 1, now + 1
+            store.publish_changes("s", Changes([Sample(names[k % 2], labels[k % count],
+                                                       float(k), now)], []), now, stamped=True)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        sys.setswitchinterval(switch)
+    assert not errors, errors[0]
+    assert scrapes[0] > 4 and k > 4

@@ -163,12 +163,14 @@ class _Lines:
         self._data = None
 
     def data(self) -> bytes:
-        if self._data is None:
+        # Read once: a scrape thread may ``release()`` between a store and a second read.
+        data = self._data
+        if data is None:
             # Every step in C: name, text, " ", value, end, for each series.
             texts = map(_TEXT, map(self.texts.__getitem__, map(id, self.keys)))
-            self._data = utf8("".join(chain.from_iterable(zip(
+            data = self._data = utf8("".join(chain.from_iterable(zip(
                 repeat(self.name), texts, repeat(" "), self.values, repeat(self.end)))))
-        return self._data
+        return data
 
 
 # A source's chunk of one family: its bytes, or its lines to join when first scraped.
@@ -225,31 +227,33 @@ class _Body:
     without it.
     """
 
-    __slots__ = ("_data", "crc", "families", "size", "version")
+    __slots__ = ("_data", "families", "sum", "version")
 
     def __init__(self, version: int, families: list[_Family]) -> None:
         self.version = version
         self.families = families
         self._data: bytes | None = None
-        self.crc: int | None = None
-        self.size = 0
+        self.sum: tuple[int, int] | None = None
 
     def data(self) -> bytes:
-        if self._data is None:
-            self._data = b"".join(piece for family in self.families
-                                  for piece in family.pieces())
-        return self._data
+        data = self._data
+        if data is None:
+            data = self._data = b"".join(piece for family in self.families
+                                         for piece in family.pieces())
+        return data
 
-    def checksum(self) -> int:
-        """The CRC-32 of the joined bytes (and their length in ``size``), without joining."""
-        if self.crc is None:
+    def checksum(self) -> tuple[int, int]:
+        """The CRC-32 of the joined bytes and their length, without joining (one attribute,
+        so that a thread never sees one of the two without the other)."""
+        found = self.sum
+        if found is None:
             crc = size = 0
             for family in self.families:
                 for piece in family.pieces():
                     crc = zlib.crc32(piece, crc)
                     size += len(piece)
-            self.crc, self.size = crc, size
-        return self.crc
+            found = self.sum = (crc, size)
+        return found
 
 
 class Exposition:
@@ -373,16 +377,16 @@ class Exposition:
             if family.deflated is None:
                 family.deflated = _deflate(b"".join(family.pieces()))
             blocks.append(family.deflated)
-        crc = body.checksum()
+        crc, size = body.checksum()
         for family in body.families:
             family.release()
-        return blocks, crc, body.size
+        return blocks, crc, size
 
     def compressed(self) -> bool:
         """Whether the current exposition's gzip form is ready (a scrape only joins it)."""
         with self._lock:
             body, version = self._body, self._version
-        return (body is not None and body.version == version and body.crc is not None
+        return (body is not None and body.version == version and body.sum is not None
                 and all(family.deflated is not None for family in body.families))
 
     def _current(self) -> _Body:
