@@ -48,9 +48,9 @@ def everything(store: MemoryStore, at: float) -> list[tuple[Labels, list[float],
                   for s in found)
 
 
-def exposed(store: MemoryStore) -> list[tuple[str, tuple[tuple[str, str], ...], float, object]]:
+def exposed(store: MemoryStore) -> list[tuple[str, tuple[tuple[str, str], ...], float, str]]:
     body = store.exposition.body().decode()
-    return sorted((s.name, tuple(sorted(s.labels.items())), s.value, s.timestamp)
+    return sorted((s.name, tuple(sorted(s.labels.items())), s.value, repr(s.timestamp))
                   for family in text_string_to_metric_families(body) for s in family.samples)
 
 
@@ -319,3 +319,44 @@ def test_a_held_series_another_source_published_keeps_each_sources_points_at_the
                                                          [5.0, 1.0, 2.0])
     assert found[(("__name__", name), *b_labels)] == ([T0 + 20, T0 + 25, T0 + 29],
                                                          [5.0, 6.0, 7.0])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cycles=st.lists(st.tuples(cycle_st, st.one_of(st.none(), snapshot_st)), min_size=1,
+                       max_size=25),
+       retention=st.sampled_from([3.0, 10.0, 3600.0]), stamped=st.booleans(),
+       reads=st.lists(st.integers(0, 24), max_size=6))
+def test_a_changes_source_beside_a_whole_one_publishing_the_same_series_is_seen_as_whole(
+        cycles: list[tuple[tuple[Snapshot | str, float], Snapshot | None]], retention: float,
+        stamped: bool, reads: list[int]) -> None:
+    """The property above with a second source, publishing whole snapshots between the first
+    one's cycles, that may publish the same series: each source's points stay at its times."""
+    whole, changing = new_store(retention), new_store(retention)
+    now = T0
+    previous: Snapshot | None = None
+    for index, ((snapshot, step), other) in enumerate(cycles):
+        now += step
+        if other is not None:
+            at = now - step / 2
+            for store in (whole, changing):
+                store.publish("other", [Sample(n, labels, v, at)
+                                        for (n, labels), v in other.items()], at)
+        if isinstance(snapshot, str):
+            cleared_at = now if snapshot == "clear now" else None
+            whole.clear(SOURCE, cleared_at)
+            changing.clear(SOURCE, cleared_at)
+            previous = None
+            continue
+        whole.publish(SOURCE, [Sample(n, labels, v, now) for (n, labels), v in snapshot.items()],
+                      now, stamped=stamped)
+        changing.publish_changes(SOURCE, changes_between(previous, snapshot, now), now,
+                                 stamped=stamped, full=previous is None)
+        previous = snapshot
+        if index in reads:
+            assert everything(changing, now) == everything(whole, now)
+    assert everything(changing, now) == everything(whole, now)
+    assert exposed(changing) == exposed(whole)
+    for name in NAMES:
+        for labels in LABELS:
+            assert [(p.timestamp, repr(p.value)) for p in changing.history(name, labels)] == \
+                [(p.timestamp, repr(p.value)) for p in whole.history(name, labels)]
