@@ -31,7 +31,7 @@ from piggywatch.collectors.postgres.statements_setup import (
     find_statements,
 )
 from piggywatch.collectors.postgres.target import PostgresTarget, Session
-from piggywatch.store import Changes, Labels, MetricKind, MetricSpec, Sample, labels_of
+from piggywatch.store import Changes, Labels, MetricKind, MetricSpec, Sample
 
 CALLS = "pg_stat_statements_calls_total"
 SECONDS = "pg_stat_statements_seconds_total"
@@ -144,6 +144,9 @@ class StatementsCollector:
         self._gauges: dict[str, float] = {}
         self._datnames: dict[int, str] = {}
         self._usernames: dict[int, str] = {}
+        # The datname and user label pairs of each (dbid, userid), shared by its statements'
+        # label sets (10,000 tuples less at top_k 5000).
+        self._name_pairs: dict[tuple[int, int], tuple[tuple[str, str], tuple[str, str]]] = {}
         self._names_at = float("-inf")
         self._texts = QueryTexts(max(_MIN_TEXTS, _TEXTS_PER_SLOT * top_k))
         # Exported groups without a text yet, and the cache's evictions when that was known.
@@ -259,10 +262,7 @@ class StatementsCollector:
             values = values or ZERO
             known = labels.get(group)
             if known is None:
-                dbid, userid, queryid = group
-                known = labels[group] = labels_of(queryid=str(queryid),
-                                                  datname=self._datname(dbid),
-                                                  user=self._username(userid))
+                known = labels[group] = self._labels_of(group)
             before = None if full or group in old_labels else totals.get(group)
             totals[group] = values
             changed += _statement_samples(known, values, before, now)
@@ -360,6 +360,15 @@ class StatementsCollector:
                  if full or before.get(name) != value],
                 [(name, ()) for name in before if name not in values])
 
+    def _labels_of(self, group: Group) -> Labels:
+        """postgres_exporter's labels of a statement: datname, queryid, user (sorted)."""
+        dbid, userid, queryid = group
+        names = self._name_pairs.get((dbid, userid))
+        if names is None:
+            names = self._name_pairs[dbid, userid] = (("datname", self._datname(dbid)),
+                                                      ("user", self._username(userid)))
+        return (names[0], ("queryid", str(queryid)), names[1])
+
     def _datname(self, dbid: int) -> str:
         return self._datnames.get(dbid) or str(dbid)
 
@@ -383,13 +392,12 @@ class StatementsCollector:
         if datnames == self._datnames and usernames == self._usernames:
             return []
         self._datnames, self._usernames = datnames, usernames
+        self._name_pairs = {}
         relabelled = []
         labels = self._labels
         with self._top_lock:
             for group, old in labels.items():
-                dbid, userid, queryid = group
-                new = labels_of(queryid=str(queryid), datname=self._datname(dbid),
-                                user=self._username(userid))
+                new = self._labels_of(group)
                 if new != old:
                     relabelled.append((group, old))
                     labels[group] = new
