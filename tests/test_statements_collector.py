@@ -442,3 +442,40 @@ def test_query_texts_cache_is_bounded_and_scrubs_on_read() -> None:
     assert len(texts) == 3 and 0 not in texts and 1 not in texts
     assert texts.get(4) == "SELECT ?"
     assert texts.get(0) is None
+
+
+def test_a_renamed_role_relabels_its_statements_when_names_are_next_read(
+        pg_cluster: ThrowawayCluster, admin: Conn, targets: list[PostgresTarget]) -> None:
+    """Names are read again when a statement of an unknown role enters: a role renamed
+    meanwhile relabels its statements, and their series under the old name go."""
+    first, second = f"app_{secrets.token_hex(3)}", f"app_{secrets.token_hex(3)}"
+    table = fresh_table(admin)
+    admin.execute(sql.SQL("GRANT SELECT ON {} TO PUBLIC").format(sql.Identifier(table)))
+    statement = f"SELECT id FROM {table}"
+
+    def run_as(role: str) -> None:
+        admin.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        try:
+            run(admin, statement, 3)
+        finally:
+            admin.execute("RESET ROLE")
+
+    admin.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(first)))
+    run_as(first)
+    qid = queryid(admin, table)
+    collector = make_collector(pg_cluster, targets)
+    collector.collect_changes(time.time(), full=True)
+    run_as(first)
+    before = collector.collect_changes(time.time(), full=False)
+    assert {dict(s.labels)["user"] for s in before.changed
+            if s.name == CALLS and dict(s.labels)["queryid"] == qid} == {first}
+    renamed = f"{first}_renamed"
+    admin.execute(sql.SQL("ALTER ROLE {} RENAME TO {}").format(sql.Identifier(first),
+                                                              sql.Identifier(renamed)))
+    admin.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(second)))
+    run_as(second)  # a role the collector has not named yet
+    after = collector.collect_changes(time.time(), full=False)
+    users = {dict(s.labels)["user"] for s in after.changed
+             if s.name == CALLS and dict(s.labels)["queryid"] == qid}
+    assert users == {renamed, second}
+    assert (CALLS, labels_of(datname=DB, queryid=qid, user=first)) in after.removed
