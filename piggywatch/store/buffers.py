@@ -242,8 +242,9 @@ class SeriesHistory:
         self.full_labels: Labels | None = None
         # Set while the series' source publishes changes only (``MemoryStore.publish_changes``):
         # its value ``held_value`` carries on at every entry of the source's timeline ``held``
-        # after its last point. Those points are written when the series is next read or
-        # appended to (``catch_up``), so a series that does not change costs nothing a cycle.
+        # after its last point. Those points are written only when the series is appended to
+        # or leaves that timeline (``catch_up``); a read fills them in its copy
+        # (``readable_end``), so a series that does not change costs nothing a cycle.
         self.held: Timeline | None = None
         self.held_value = 0.0
         # None: every point of the retention window is kept (see the class docstring).

@@ -284,7 +284,9 @@ class MemoryStore:
         """Change ``source``'s snapshot by ``changes`` (see ``Changes``), all stamped ``now``.
 
         The series that did not change carry on with their value: they cost nothing here,
-        their points at ``now`` are written when they are next read. ``full``: ``changes``
+        and their points at ``now`` are not written (a read fills them in its copy, see
+        ``SeriesHistory.readable_end``), unless the series moves off its source's timeline
+        or changes. ``full``: ``changes``
         holds the whole snapshot (a first publish, or after a failed cycle or ``clear``);
         without it the source's current snapshot must be one ``publish_changes`` made.
         """
