@@ -70,15 +70,31 @@ cycle_st = st.tuples(st.one_of(snapshot_st, st.sampled_from(["clear now", "clear
 def test_publishing_changes_is_publishing_the_whole_snapshot(
         cycles: list[tuple[Snapshot | str, float]], retention: float, stamped: bool,
         reads: list[int]) -> None:
+    whole, changing = replay([(cycle, None) for cycle in cycles], retention, stamped, reads)
+    assert [(spec.name, sorted(samples)) for spec, samples in changing.current()] == \
+        [(spec.name, sorted(samples)) for spec, samples in whole.current()]
+
+
+def replay(cycles: list[tuple[tuple[Snapshot | str, float], Snapshot | None]], retention: float,
+           stamped: bool, reads: list[int]) -> tuple[MemoryStore, MemoryStore]:
+    """Run ``cycles`` of the source into a store as whole snapshots and into another as
+    changes (each cycle's ``other`` snapshot, if any, goes to a second, whole source in both,
+    half a step before); both must read the same after each cycle in ``reads`` and at the
+    end. The two stores, to compare further."""
     whole, changing = new_store(retention), new_store(retention)
     now = T0
     previous: Snapshot | None = None
-    for index, (snapshot, step) in enumerate(cycles):
+    for index, ((snapshot, step), other) in enumerate(cycles):
         now += step
+        if other is not None:
+            at = now - step / 2
+            for store in (whole, changing):
+                store.publish("other", [Sample(n, labels, v, at)
+                                        for (n, labels), v in other.items()], at)
         if isinstance(snapshot, str):
-            at = now if snapshot == "clear now" else None
-            whole.clear(SOURCE, at)
-            changing.clear(SOURCE, at)
+            cleared_at = now if snapshot == "clear now" else None
+            whole.clear(SOURCE, cleared_at)
+            changing.clear(SOURCE, cleared_at)
             previous = None
             continue
         whole.publish(SOURCE, [Sample(n, labels, v, now) for (n, labels), v in snapshot.items()],
@@ -86,16 +102,15 @@ def test_publishing_changes_is_publishing_the_whole_snapshot(
         changing.publish_changes(SOURCE, changes_between(previous, snapshot, now), now,
                                  stamped=stamped, full=previous is None)
         previous = snapshot
-        if index in reads:  # reading catches held series up: later cycles must not mind
+        if index in reads:  # a read between cycles must change nothing the later ones show
             assert everything(changing, now) == everything(whole, now)
     assert everything(changing, now) == everything(whole, now)
     assert exposed(changing) == exposed(whole)
-    assert [(spec.name, sorted(samples)) for spec, samples in changing.current()] == \
-        [(spec.name, sorted(samples)) for spec, samples in whole.current()]
     for name in NAMES:
         for labels in LABELS:
             assert [(p.timestamp, repr(p.value)) for p in changing.history(name, labels)] == \
                 [(p.timestamp, repr(p.value)) for p in whole.history(name, labels)]
+    return whole, changing
 
 
 def test_a_series_that_never_changes_keeps_a_point_every_cycle_and_costs_no_append() -> None:
@@ -331,32 +346,4 @@ def test_a_changes_source_beside_a_whole_one_publishing_the_same_series_is_seen_
         stamped: bool, reads: list[int]) -> None:
     """The property above with a second source, publishing whole snapshots between the first
     one's cycles, that may publish the same series: each source's points stay at its times."""
-    whole, changing = new_store(retention), new_store(retention)
-    now = T0
-    previous: Snapshot | None = None
-    for index, ((snapshot, step), other) in enumerate(cycles):
-        now += step
-        if other is not None:
-            at = now - step / 2
-            for store in (whole, changing):
-                store.publish("other", [Sample(n, labels, v, at)
-                                        for (n, labels), v in other.items()], at)
-        if isinstance(snapshot, str):
-            cleared_at = now if snapshot == "clear now" else None
-            whole.clear(SOURCE, cleared_at)
-            changing.clear(SOURCE, cleared_at)
-            previous = None
-            continue
-        whole.publish(SOURCE, [Sample(n, labels, v, now) for (n, labels), v in snapshot.items()],
-                      now, stamped=stamped)
-        changing.publish_changes(SOURCE, changes_between(previous, snapshot, now), now,
-                                 stamped=stamped, full=previous is None)
-        previous = snapshot
-        if index in reads:
-            assert everything(changing, now) == everything(whole, now)
-    assert everything(changing, now) == everything(whole, now)
-    assert exposed(changing) == exposed(whole)
-    for name in NAMES:
-        for labels in LABELS:
-            assert [(p.timestamp, repr(p.value)) for p in changing.history(name, labels)] == \
-                [(p.timestamp, repr(p.value)) for p in whole.history(name, labels)]
+    replay(cycles, retention, stamped, reads)
