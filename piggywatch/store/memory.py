@@ -335,11 +335,9 @@ class MemoryStore:
         timeline = self._timelines[source]
         # Every series of the source stands at this entry, changed or not.
         shared = timeline if timeline.add(now_ms, horizon) else None
-        by_name = self._by_name
         for sample in changed:
             name, labels = sample.name, sample.labels
-            family = by_name.get(name)
-            hist = None if family is None else family.get(labels)
+            hist = self._series(name, labels)
             if hist is None or hist not in series:
                 if hist is None:
                     hist = self._new_series(name, labels)
@@ -353,8 +351,7 @@ class MemoryStore:
             hist.hold(timeline, sample.value)
             series[hist] = sample.value
         for name, labels in removed:
-            family = by_name.get(name)
-            hist = None if family is None else family.get(labels)
+            hist = self._series(name, labels)
             if hist is None or series.pop(hist, None) is None:
                 continue
             hist.release(horizon, now_ms)
@@ -414,7 +411,7 @@ class MemoryStore:
     def history(self, name: str, labels: Labels) -> list[SeriesPoint]:
         """Stored points of one series, oldest first, stale markers included."""
         with self._lock:
-            hist = self._by_name.get(name, {}).get(labels)
+            hist = self._series(name, labels)
             if hist is None:
                 return []
             hist.expire(self._horizon_ms)
@@ -518,6 +515,10 @@ class MemoryStore:
         self._now_ms = max(self._now_ms, now_ms)
         if self._now_ms > _NEVER:
             self._horizon_ms = max(self._horizon_ms, self._now_ms - self._retention_ms)
+
+    def _series(self, name: str, labels: Labels) -> SeriesHistory | None:
+        family = self._by_name.get(name)
+        return None if family is None else family.get(labels)
 
     def _new_series(self, name: str, labels: Labels) -> SeriesHistory:
         if any(key == _NAME_LABEL for key, _ in labels):
